@@ -1,0 +1,3 @@
+"""Pynchy: a personal Claude assistant on Kubernetes."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from pynchy.cli import main
+
+raise SystemExit(main())

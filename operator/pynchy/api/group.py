@@ -1,0 +1,419 @@
+"""Group: one conversation space with its own isolated agent."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from pynchy.api.base import (
+    DNS_SUBDOMAIN,
+    ApiModel,
+    Condition,
+    ConfigMapKeySelector,
+    DeletionPolicy,
+    LocalObjectReference,
+    ResourceRequirements,
+    SecretKeySelector,
+    Timestamp,
+    cel,
+    conditions_field,
+    observed_generation_field,
+    validations,
+)
+
+
+class SlackChannel(ApiModel):
+    """A Slack conversation the Group answers in."""
+
+    channel_id: str = Field(
+        description="Slack conversation id: C… (public), G… (private) or D… (direct message), "
+        "as shown in the channel's 'About' pane.",
+        max_length=24,
+        json_schema_extra=validations(
+            cel(
+                "self.matches('^[CGD][A-Z0-9]{8,22}$')",
+                "channelId must be a Slack conversation id such as C0123ABCD "
+                "(C, G or D followed by upper-case letters and digits), not a channel name",
+            )
+        ),
+    )
+    reply_in: Literal["thread", "channel"] = Field(
+        default="thread",
+        description="Where replies go: 'thread' answers in the thread of the asking message, "
+        "'channel' posts top-level messages.",
+    )
+
+
+class LocalChannel(ApiModel):
+    """The local channel (`pynchy chat <name>`), for use without Slack."""
+
+    name: str = Field(
+        description="Name people pass to `pynchy chat`; unique among local channels.",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    )
+
+
+class ChannelBinding(ApiModel):
+    """Exactly one channel this Group is bound to."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "[has(self.slack), has(self.local)].filter(x, x).size() == 1",
+                "set exactly one of slack or local in each channels entry",
+            )
+        )
+    }
+
+    slack: SlackChannel | None = Field(default=None, description="A Slack conversation.")
+    local: LocalChannel | None = Field(default=None, description="A local channel reached with `pynchy chat`.")
+
+
+class Trigger(ApiModel):
+    """When a message wakes the agent."""
+
+    mode: Literal["mention", "always"] = Field(
+        default="mention",
+        description="'mention': only messages that address the agent (@name or an alias) start a turn; "
+        "'always': every message from an allowed sender does.",
+    )
+    aliases: list[Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Extra names the agent answers to in 'mention' mode, besides its bot mention.",
+    )
+
+
+class TextSource(ApiModel):
+    """Text given inline or taken from a ConfigMap key."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "has(self.inline) != has(self.configMapKeyRef)",
+                "set exactly one of inline or configMapKeyRef",
+            )
+        )
+    }
+
+    inline: str | None = Field(default=None, description="The text itself.", max_length=65536)
+    config_map_key_ref: ConfigMapKeySelector | None = Field(
+        default=None, description="A ConfigMap key holding the text; edits to it are picked up."
+    )
+
+
+class McpServer(ApiModel):
+    """An MCP server the agent may use, reached over HTTP."""
+
+    name: str = Field(
+        description="Server name as the agent sees it (tools appear as mcp__<name>__<tool>).",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$",
+    )
+    transport: Literal["http", "sse"] = Field(default="http", description="MCP transport: streamable 'http' or 'sse'.")
+    url: str = Field(
+        description="Server URL; must be allowed by spec.network for the pod to reach it.",
+        max_length=2048,
+        pattern=r"^https?://",
+    )
+    headers_secret_ref: LocalObjectReference | None = Field(
+        default=None,
+        description="A Secret whose keys are sent as HTTP headers (for example Authorization).",
+    )
+
+
+class AgentSettings(ApiModel):
+    """How the Group's agent behaves."""
+
+    model: str | None = Field(
+        default=None,
+        description="Claude model id or alias (for example claude-sonnet-4-5); empty uses the operator default.",
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$",
+    )
+    memory: TextSource | None = Field(
+        default=None,
+        description="Seed for the group's CLAUDE.md memory, written only when the memory file does not exist yet.",
+    )
+    directives: list[TextSource] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Standing instructions appended to the system prompt, in order.",
+    )
+    allowed_tools: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Claude Code tools the agent may use (for example Read, Write, Bash); empty allows the defaults.",
+    )
+    mcp_servers: list[McpServer] = Field(
+        default_factory=list,
+        max_length=16,
+        description="MCP servers the agent may call.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    max_turns: int | None = Field(
+        default=None, ge=1, le=1000, description="Maximum agentic turns per user message; empty means no limit."
+    )
+    timeout_seconds: int = Field(
+        default=1800,
+        ge=60,
+        le=86400,
+        description="Hard limit on one agent run (pod lifetime), in seconds.",
+    )
+    idle_timeout_seconds: int = Field(
+        default=600,
+        ge=30,
+        le=86400,
+        description="The agent pod exits after this many seconds without a turn; the session stays resumable.",
+    )
+
+
+class CredentialRef(ApiModel):
+    """An environment variable of the agent set from a Secret key (never an inline value)."""
+
+    env: str = Field(
+        description="Environment variable name in the agent container, for example GH_TOKEN.",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        json_schema_extra=validations(
+            cel(
+                "!(self in ['ANTHROPIC_API_KEY', 'ANTHROPIC_AUTH_TOKEN', 'ANTHROPIC_BASE_URL', "
+                "'CLAUDE_CODE_OAUTH_TOKEN'])",
+                "the model credential is injected by the gateway's model proxy; remove this entry "
+                "and put the key in the gateway's Secret",
+            )
+        ),
+    )
+    secret_key_ref: SecretKeySelector = Field(description="The Secret key that holds the value.")
+
+
+class PvcSource(ApiModel):
+    claim_name: str = Field(
+        description="Name of an existing PersistentVolumeClaim in this namespace.",
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+
+
+class ConfigMapSource(ApiModel):
+    name: str = Field(
+        description="Name of an existing ConfigMap in this namespace.",
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+
+
+class HostPathSource(ApiModel):
+    path: str = Field(
+        description="Absolute host path; allowed only under a prefix in the operator's hostPath allowlist.",
+        min_length=1,
+        max_length=4096,
+        pattern=r"^/",
+    )
+
+
+class ExtraMount(ApiModel):
+    """An existing volume mounted into the agent pod."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "[has(self.persistentVolumeClaim), has(self.configMap), has(self.hostPath)]"
+                ".filter(x, x).size() == 1",
+                "set exactly one of persistentVolumeClaim, configMap or hostPath in each mounts entry",
+            ),
+        )
+    }
+
+    name: str = Field(
+        description="Volume name, unique within the Group.",
+        min_length=1,
+        max_length=50,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    )
+    mount_path: str = Field(
+        description="Absolute path in the agent container, for example /mnt/notes.",
+        min_length=2,
+        max_length=1024,
+        json_schema_extra=validations(
+            cel(
+                "self.startsWith('/') && !self.contains('..') && !self.contains(':')",
+                "mountPath must be an absolute path without '..' or ':'",
+            ),
+            cel(
+                "!(self == '/workspace' || self.startsWith('/workspace/') || self == '/home/agent' "
+                "|| self.startsWith('/home/agent/'))",
+                "mountPath must not be under /workspace or /home/agent, which Pynchy mounts itself",
+            ),
+        ),
+    )
+    read_only: bool = Field(default=True, description="Mount read-only (the default).")
+    persistent_volume_claim: PvcSource | None = Field(default=None, description="Mount an existing PVC.")
+    config_map: ConfigMapSource | None = Field(default=None, description="Mount an existing ConfigMap as files.")
+    host_path: HostPathSource | None = Field(
+        default=None, description="Mount a host directory (only where the operator's allowlist permits)."
+    )
+
+
+class EgressPort(ApiModel):
+    port: int = Field(ge=1, le=65535, description="Destination port.")
+    protocol: Literal["TCP", "UDP"] = Field(default="TCP", description="Protocol: TCP or UDP.")
+
+
+class EgressRule(ApiModel):
+    """Destinations the agent pod may reach beyond DNS and the gateway."""
+
+    cidr: str = Field(
+        description="Destination network in CIDR notation, for example 203.0.113.0/24 or 0.0.0.0/0.",
+        max_length=64,
+        json_schema_extra=validations(cel("isCIDR(self)", "cidr must be a network such as 10.0.0.0/8 or 2001:db8::/32")),
+    )
+    except_cidrs: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list,
+        alias="except",
+        max_length=16,
+        description="Sub-networks of cidr to keep blocked, for example the cluster and metadata ranges.",
+        json_schema_extra=validations(
+            cel("self.all(c, isCIDR(c))", "every except entry must be a CIDR such as 169.254.0.0/16")
+        ),
+    )
+    ports: list[EgressPort] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Allowed destination ports; empty allows every port.",
+    )
+
+
+class NetworkSettings(ApiModel):
+    """Network rules of the agent pod: no ingress; egress to DNS, the gateway and what is listed here."""
+
+    egress: list[EgressRule] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Extra egress destinations. Empty keeps the agent on DNS and the Pynchy gateway only.",
+    )
+
+
+class StateStorage(ApiModel):
+    """The volume that holds the agent's home: session transcripts and CLAUDE.md memory."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "!has(oldSelf.storageClassName) || (has(self.storageClassName) "
+                "&& self.storageClassName == oldSelf.storageClassName)",
+                "storageClassName cannot change once the volume exists; create a new Group instead",
+            )
+        )
+    }
+
+    size: str = Field(
+        default="1Gi",
+        description="Requested size, for example 1Gi; may grow but not shrink.",
+        max_length=32,
+        pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$",
+    )
+    storage_class_name: str | None = Field(
+        default=None,
+        description="StorageClass; empty uses the cluster default.",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+    deletion_policy: DeletionPolicy = Field(
+        default="Retain",
+        description="What happens to the volume when the Group is deleted: Retain keeps it, Delete removes it.",
+    )
+
+
+class GroupSpec(ApiModel):
+    """Desired state of a Group."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "!has(self.allowedSenders) || !('*' in self.allowedSenders) || self.allowedSenders.size() == 1",
+                "allowedSenders: '*' already allows everyone; remove the other entries",
+                field_path=".allowedSenders",
+            ),
+        )
+    }
+
+    display_name: str | None = Field(default=None, description="Human-friendly name.", max_length=200)
+    channels: list[ChannelBinding] = Field(
+        min_length=1,
+        max_length=8,
+        description="Where people talk to this Group's agent: Slack conversations and/or local channels.",
+    )
+    trigger: Trigger = Field(default_factory=Trigger, description="Which messages start a turn.")
+    allowed_senders: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=lambda: ["owner"],
+        max_length=64,
+        description="Who may wake the agent: '*' (anyone), 'owner' (the configured owner), or "
+        "'slack:<user id>' entries. Admin Groups also honour this list.",
+        json_schema_extra=validations(
+            cel(
+                "self.all(s, s == '*' || s == 'owner' || s.matches('^slack:[UW][A-Z0-9]{8,20}$'))",
+                "allowedSenders entries must be '*', 'owner' or 'slack:<user id>' such as slack:U0123ABCD",
+            )
+        ),
+    )
+    admin: bool = Field(
+        default=False,
+        description="An admin Group may manage other Groups' tasks and message their channels.",
+    )
+    workspace_ref: LocalObjectReference | None = Field(
+        default=None, description="Workspace mounted at /workspace; empty gives the agent a scratch workspace."
+    )
+    agent: AgentSettings = Field(default_factory=AgentSettings, description="Agent behaviour and limits.")
+    credentials: list[CredentialRef] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Environment variables set from Secret keys (tokens for tools such as gh).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["env"]},
+    )
+    mounts: list[ExtraMount] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Existing PVCs, ConfigMaps or allowlisted host paths mounted into the agent pod.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    network: NetworkSettings = Field(default_factory=NetworkSettings, description="Egress rules of the agent pod.")
+    resources: ResourceRequirements | None = Field(
+        default=None, description="CPU and memory of the agent container; empty uses the operator defaults."
+    )
+    runtime_class_name: str | None = Field(
+        default=None,
+        description="RuntimeClass for stronger isolation, for example gvisor or kata.",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+    state: StateStorage = Field(default_factory=StateStorage, description="The agent home volume.")
+
+
+class GroupChildren(ApiModel):
+    """Names of the objects the operator manages for this Group."""
+
+    service_account: str | None = Field(default=None, description="ServiceAccount of the agent pods.", max_length=253)
+    state_claim: str | None = Field(default=None, description="PVC holding the agent home.", max_length=253)
+    config_map: str | None = Field(default=None, description="ConfigMap with memory seed and directives.", max_length=253)
+    network_policy: str | None = Field(default=None, description="NetworkPolicy of the agent pods.", max_length=253)
+
+
+class GroupStatus(ApiModel):
+    """Observed state of a Group."""
+
+    observed_generation: int | None = observed_generation_field()
+    conditions: list[Condition] = conditions_field()
+    children: GroupChildren | None = Field(default=None, description="Objects managed for this Group.")
+    active_run: str | None = Field(default=None, description="Name of the AgentRun serving the Group now.", max_length=253)
+    session_id: str | None = Field(
+        default=None, description="Claude session id the next run resumes.", max_length=128
+    )
+    last_activity_time: Timestamp | None = Field(default=None, description="When the Group last had a turn.")

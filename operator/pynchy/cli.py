@@ -1,0 +1,95 @@
+"""The `pynchy` command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from pynchy.logs import configure_logging
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@click.group()
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (or PYNCHY_LOG_LEVEL).")
+@click.option("--log-format", type=click.Choice(["json", "console"]), default=None,
+              help="Log format (or PYNCHY_LOG_FORMAT); default: console on a terminal, json otherwise.")
+def main(log_level: str | None, log_format: str | None) -> None:
+    """Pynchy: a personal Claude assistant on Kubernetes."""
+    try:
+        configure_logging(log_level, log_format)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=REPO_ROOT / "crds",
+              show_default=True, help="Directory the CRD files are written to.")
+@click.option("--check", is_flag=True, help="Do not write; exit 1 if the files differ from the models.")
+def crds(out_dir: Path, check: bool) -> None:
+    """Generate crds/*.yaml from the API models."""
+    from pynchy.crdgen import render_crds, write_crds
+
+    if check:
+        stale = [name for name, text in render_crds().items()
+                 if not (out_dir / name).exists() or (out_dir / name).read_text() != text]
+        if stale:
+            click.echo(f"out of date: {', '.join(stale)}; run `uv run pynchy crds`", err=True)
+            sys.exit(1)
+        click.echo("crds/ is up to date")
+        return
+    for path in write_crds(out_dir):
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def validate(files: tuple[Path, ...]) -> None:
+    """Check pynchy.dev manifests against the API models (offline, before kubectl apply)."""
+    from pynchy.api.validation import validate_document
+
+    failed = 0
+    for path in files:
+        for index, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            if doc is None:
+                continue
+            problems = validate_document(doc)
+            where = f"{path}#{index}"
+            if problems:
+                failed += 1
+                click.echo(f"{where}: invalid", err=True)
+                for line in problems:
+                    click.echo(f"  {line}", err=True)
+            else:
+                click.echo(f"{where}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')} ok")
+    sys.exit(1 if failed else 0)
+
+
+@main.command("controlplane")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for etcd data, certificates and the kubeconfig.")
+@click.option("--install-crds/--no-install-crds", default=True, show_default=True)
+def controlplane_cmd(data_dir: Path, install_crds: bool) -> None:
+    """Run etcd, kube-apiserver and kube-controller-manager locally until Ctrl-C."""
+    import signal
+    import threading
+
+    from pynchy.kube.binaries import ensure_binaries
+    from pynchy.kube.controlplane import ControlPlane
+
+    plane = ControlPlane(ensure_binaries(), data_dir)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with plane:
+        if install_crds:
+            plane.apply_crds(REPO_ROOT / "crds")
+        click.echo(f"control plane ready: export KUBECONFIG={plane.kubeconfig}")
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()
