@@ -51,7 +51,11 @@ def workspace(name: str = "inv-ws", **spec: Any) -> dict[str, Any]:
 
 
 def task(name: str = "inv-task", **spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"groupRef": {"name": "inv-group"}, "prompt": "Say hello.", "schedule": {"cron": "0 9 * * *"}}
+    base: dict[str, Any] = {
+        "groupRef": {"name": "inv-group"},
+        "prompt": "Say hello.",
+        "schedule": {"cron": "0 9 * * *"},
+    }
     base.update(spec)
     return _obj("ScheduledTask", name, base)
 

@@ -30,12 +30,14 @@ def test_pynchy_crds_regenerates_byte_for_byte(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pynchy", "crds", "--out", str(out)], check=True, capture_output=True)
     for path in (REPO / "crds").glob("*.yaml"):
         assert (out / path.name).read_bytes() == path.read_bytes()
-    check = subprocess.run([sys.executable, "-m", "pynchy", "crds", "--check", "--out", str(out)],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, "-m", "pynchy", "crds", "--check", "--out", str(out)], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stderr
     (out / "groups.pynchy.dev.yaml").write_text("# hand edit\n")
-    check = subprocess.run([sys.executable, "-m", "pynchy", "crds", "--check", "--out", str(out)],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, "-m", "pynchy", "crds", "--check", "--out", str(out)], capture_output=True, text=True
+    )
     assert check.returncode == 1
     assert "groups.pynchy.dev.yaml" in check.stderr
 
@@ -78,5 +80,6 @@ def test_crd_has_status_subresource_columns_and_category() -> None:
 
 def test_generated_yaml_has_no_anchors() -> None:
     for text in render_crds().values():
-        assert "&id" not in text and "*id" not in text
+        assert "&id" not in text
+        assert "*id" not in text
         yaml.safe_load(text)

@@ -13,14 +13,31 @@ REPO = Path(__file__).resolve().parents[1]
 def test_operator_folder_is_not_a_package() -> None:
     # A top-level package named `operator` would shadow Python's standard library.
     assert not (REPO / "operator" / "__init__.py").exists()
-    proc = subprocess.run([sys.executable, "-c", "import operator, pynchy; print(operator.__file__)"],
-                          capture_output=True, text=True, check=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import operator, pynchy; print(operator.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
     assert proc.stdout.strip().endswith("operator.py")
 
 
 def test_fixed_layout_exists() -> None:
-    for name in ("operator/pynchy", "deploys", "crds", "manifests", "agent-image", "tests", "pyproject.toml",
-                 "inventory.py", "uv.lock", "README.md", ".ci/run", "scripts/test"):
+    for name in (
+        "operator/pynchy",
+        "deploys",
+        "crds",
+        "manifests",
+        "agent-image",
+        "tests",
+        "pyproject.toml",
+        "inventory.py",
+        "uv.lock",
+        "README.md",
+        ".ci/run",
+        "scripts/test",
+    ):
         assert (REPO / name).exists(), name
 
 
@@ -31,7 +48,8 @@ def test_agent_runner_does_not_depend_on_the_operator() -> None:
         assert heavy not in deps
     for path in (REPO / "agent-image" / "pynchy_agent").rglob("*.py"):
         text = path.read_text()
-        assert "import pynchy\n" not in text and "from pynchy." not in text, path
+        assert "import pynchy\n" not in text, path
+        assert "from pynchy." not in text, path
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:

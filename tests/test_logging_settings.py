@@ -63,7 +63,8 @@ def test_control_plane_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_cli_rejects_a_bad_log_format() -> None:
-    proc = subprocess.run([sys.executable, "-m", "pynchy", "--log-format", "xml", "crds", "--check"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pynchy", "--log-format", "xml", "crds", "--check"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "xml" in proc.stderr

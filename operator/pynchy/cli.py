@@ -15,8 +15,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @click.group()
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (or PYNCHY_LOG_LEVEL).")
-@click.option("--log-format", type=click.Choice(["json", "console"]), default=None,
-              help="Log format (or PYNCHY_LOG_FORMAT); default: console on a terminal, json otherwise.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "console"]),
+    default=None,
+    help="Log format (or PYNCHY_LOG_FORMAT); default: console on a terminal, json otherwise.",
+)
 def main(log_level: str | None, log_format: str | None) -> None:
     """Pynchy: a personal Claude assistant on Kubernetes."""
     try:
@@ -26,16 +30,25 @@ def main(log_level: str | None, log_format: str | None) -> None:
 
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=REPO_ROOT / "crds",
-              show_default=True, help="Directory the CRD files are written to.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=REPO_ROOT / "crds",
+    show_default=True,
+    help="Directory the CRD files are written to.",
+)
 @click.option("--check", is_flag=True, help="Do not write; exit 1 if the files differ from the models.")
 def crds(out_dir: Path, check: bool) -> None:
     """Generate crds/*.yaml from the API models."""
     from pynchy.crdgen import render_crds, write_crds
 
     if check:
-        stale = [name for name, text in render_crds().items()
-                 if not (out_dir / name).exists() or (out_dir / name).read_text() != text]
+        stale = [
+            name
+            for name, text in render_crds().items()
+            if not (out_dir / name).exists() or (out_dir / name).read_text() != text
+        ]
         if stale:
             click.echo(f"out of date: {', '.join(stale)}; run `uv run pynchy crds`", err=True)
             sys.exit(1)
@@ -69,8 +82,12 @@ def validate(files: tuple[Path, ...]) -> None:
 
 
 @main.command("controlplane")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Directory for etcd data, certificates and the kubeconfig.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for etcd data, certificates and the kubeconfig.",
+)
 @click.option("--install-crds/--no-install-crds", default=True, show_default=True)
 def controlplane_cmd(data_dir: Path, install_crds: bool) -> None:
     """Run etcd, kube-apiserver and kube-controller-manager locally until Ctrl-C."""

@@ -20,10 +20,16 @@ class SettingsError(SystemExit):
 class LogSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PYNCHY_LOG_", extra="ignore")
 
-    level: str = Field(default="INFO", pattern=r"(?i)^(debug|info|warning|error|critical)$",
-                       description="Log level: DEBUG, INFO, WARNING or ERROR.")
-    format: str | None = Field(default=None, pattern=r"^(json|console)$",
-                               description="json or console; default: console on a terminal, json otherwise.")
+    level: str = Field(
+        default="INFO",
+        pattern=r"(?i)^(debug|info|warning|error|critical)$",
+        description="Log level: DEBUG, INFO, WARNING or ERROR.",
+    )
+    format: str | None = Field(
+        default=None,
+        pattern=r"^(json|console)$",
+        description="json or console; default: console on a terminal, json otherwise.",
+    )
 
 
 class ControlPlaneSettings(BaseSettings):

@@ -39,11 +39,16 @@ def _wait_gone(pids: list[int], timeout: float = 20) -> list[int]:
 def test_garbage_collector_deletes_owned_objects(control_plane: ControlPlane, namespace: str) -> None:
     control_plane.kubectl("create", "configmap", "owner", "-n", namespace)
     uid = json.loads(control_plane.kubectl("get", "configmap", "owner", "-n", namespace, "-o", "json").stdout)[
-        "metadata"]["uid"]
+        "metadata"
+    ]["uid"]
     child = {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "child", "namespace": namespace,
-                     "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]},
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "child",
+            "namespace": namespace,
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}],
+        },
     }
     control_plane.kubectl("create", "-f", "-", input=json.dumps(child))
     control_plane.kubectl("delete", "configmap", "owner", "-n", namespace)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from invalid_cases import INVALID_CASES, InvalidCase
 
+from invalid_cases import INVALID_CASES, InvalidCase
 from pynchy.api import KINDS, Kind
 from pynchy.api.base import ApiModel
 from pynchy.kube.controlplane import ControlPlane
@@ -118,7 +118,14 @@ def test_agentrun_spec_is_immutable(control_plane: ControlPlane, namespace: str)
     control_plane.kubectl("apply", "-n", namespace, "-f", str(REPO / "manifests/examples/agentrun.yaml"))
     name = yaml.safe_load((REPO / "manifests/examples/agentrun.yaml").read_text())["metadata"]["name"]
     proc = control_plane.kubectl(
-        "patch", "agentrun", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"prompt":"something else"}}',
+        "patch",
+        "agentrun",
+        name,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"prompt":"something else"}}',
         check=False,
     )
     assert proc.returncode != 0
@@ -129,8 +136,15 @@ def test_workspace_access_mode_cannot_change(control_plane: ControlPlane, namesp
     control_plane.kubectl("apply", "-n", namespace, "-f", str(REPO / "manifests/examples/workspace.yaml"))
     name = yaml.safe_load((REPO / "manifests/examples/workspace.yaml").read_text())["metadata"]["name"]
     proc = control_plane.kubectl(
-        "patch", "workspace", name, "-n", namespace, "--type=merge",
-        "-p", '{"spec":{"storage":{"accessMode":"ReadWriteMany"}}}', check=False,
+        "patch",
+        "workspace",
+        name,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"storage":{"accessMode":"ReadWriteMany"}}}',
+        check=False,
     )
     assert proc.returncode != 0
     assert "spec.storage.accessMode" in proc.stderr
@@ -145,11 +159,24 @@ def test_status_is_a_subresource(control_plane: ControlPlane, namespace: str) ->
     control_plane.kubectl("apply", "-n", namespace, "-f", str(REPO / "manifests/examples/group-local.yaml"))
     name = yaml.safe_load((REPO / "manifests/examples/group-local.yaml").read_text())["metadata"]["name"]
     before = _get(control_plane, "group", name, "-n", namespace)["metadata"]["generation"]
-    status = {"status": {"observedGeneration": before, "conditions": [{
-        "type": "Ready", "status": "True", "reason": "Reconciled", "message": "",
-        "lastTransitionTime": "2026-11-21T00:00:00Z", "observedGeneration": before}]}}
-    control_plane.kubectl("patch", "group", name, "-n", namespace, "--subresource=status", "--type=merge",
-                          "-p", json.dumps(status))
+    status = {
+        "status": {
+            "observedGeneration": before,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "Reconciled",
+                    "message": "",
+                    "lastTransitionTime": "2026-11-21T00:00:00Z",
+                    "observedGeneration": before,
+                }
+            ],
+        }
+    }
+    control_plane.kubectl(
+        "patch", "group", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(status)
+    )
     obj = _get(control_plane, "group", name, "-n", namespace)
     assert obj["metadata"]["generation"] == before  # status writes do not bump generation
     table = control_plane.kubectl("get", "groups", "-n", namespace).stdout.splitlines()

@@ -55,7 +55,8 @@ class AgentRunSpec(ApiModel):
     trigger: RunTrigger = Field(default_factory=RunTrigger, description="Why the run exists.")
     prompt: str | None = Field(
         default=None,
-        description="Served as the run's first turn (schedules, manual runs); message runs take turns from the gateway.",
+        description="Served as the run's first turn (schedules, manual runs); "
+        "message runs take their turns from the gateway.",
         max_length=16384,
     )
     context_mode: Literal["group", "isolated"] = Field(
@@ -86,10 +87,10 @@ class AgentRunStatus(ApiModel):
 
     observed_generation: int | None = observed_generation_field()
     conditions: list[Condition] = conditions_field()
-    phase: RunPhase | None = Field(
-        default=None, description="Pending, Running, Succeeded, Failed or TimedOut."
+    phase: RunPhase | None = Field(default=None, description="Pending, Running, Succeeded, Failed or TimedOut.")
+    reason: str | None = Field(
+        default=None, description="CamelCase reason for the phase, for example Queued.", max_length=128
     )
-    reason: str | None = Field(default=None, description="CamelCase reason for the phase, for example Queued.", max_length=128)
     message: str | None = Field(default=None, description="Details for people.", max_length=4096)
     pod_name: str | None = Field(default=None, description="The agent pod.", max_length=253)
     start_time: Timestamp | None = Field(default=None, description="When the agent pod started.")

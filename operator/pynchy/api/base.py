@@ -133,12 +133,11 @@ class Condition(ApiModel):
         pattern=REASON,
     )
     message: str = Field(
-        default="", description="Human-readable details about the transition: what happened and what to fix.",
+        default="",
+        description="Human-readable details about the transition: what happened and what to fix.",
         max_length=32768,
     )
-    last_transition_time: Timestamp = Field(
-        description="When the condition last changed status (RFC 3339)."
-    )
+    last_transition_time: Timestamp = Field(description="When the condition last changed status (RFC 3339).")
     observed_generation: int | None = Field(
         default=None,
         ge=0,

@@ -225,8 +225,7 @@ class ExtraMount(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
             cel(
-                "[has(self.persistentVolumeClaim), has(self.configMap), has(self.hostPath)]"
-                ".filter(x, x).size() == 1",
+                "[has(self.persistentVolumeClaim), has(self.configMap), has(self.hostPath)].filter(x, x).size() == 1",
                 "set exactly one of persistentVolumeClaim, configMap or hostPath in each mounts entry",
             ),
         )
@@ -273,7 +272,9 @@ class EgressRule(ApiModel):
     cidr: str = Field(
         description="Destination network in CIDR notation, for example 203.0.113.0/24 or 0.0.0.0/0.",
         max_length=64,
-        json_schema_extra=validations(cel("isCIDR(self)", "cidr must be a network such as 10.0.0.0/8 or 2001:db8::/32")),
+        json_schema_extra=validations(
+            cel("isCIDR(self)", "cidr must be a network such as 10.0.0.0/8 or 2001:db8::/32")
+        ),
     )
     except_cidrs: list[Annotated[str, Field(max_length=64)]] = Field(
         default_factory=list,
@@ -307,9 +308,10 @@ class StateStorage(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
             cel(
-                "!has(oldSelf.storageClassName) || (has(self.storageClassName) "
-                "&& self.storageClassName == oldSelf.storageClassName)",
+                "has(self.storageClassName) == has(oldSelf.storageClassName) && "
+                "(!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
                 "storageClassName cannot change once the volume exists; create a new Group instead",
+                field_path=".storageClassName",
             )
         )
     }
@@ -402,7 +404,9 @@ class GroupChildren(ApiModel):
 
     service_account: str | None = Field(default=None, description="ServiceAccount of the agent pods.", max_length=253)
     state_claim: str | None = Field(default=None, description="PVC holding the agent home.", max_length=253)
-    config_map: str | None = Field(default=None, description="ConfigMap with memory seed and directives.", max_length=253)
+    config_map: str | None = Field(
+        default=None, description="ConfigMap with memory seed and directives.", max_length=253
+    )
     network_policy: str | None = Field(default=None, description="NetworkPolicy of the agent pods.", max_length=253)
 
 
@@ -412,8 +416,8 @@ class GroupStatus(ApiModel):
     observed_generation: int | None = observed_generation_field()
     conditions: list[Condition] = conditions_field()
     children: GroupChildren | None = Field(default=None, description="Objects managed for this Group.")
-    active_run: str | None = Field(default=None, description="Name of the AgentRun serving the Group now.", max_length=253)
-    session_id: str | None = Field(
-        default=None, description="Claude session id the next run resumes.", max_length=128
+    active_run: str | None = Field(
+        default=None, description="Name of the AgentRun serving the Group now.", max_length=253
     )
+    session_id: str | None = Field(default=None, description="Claude session id the next run resumes.", max_length=128)
     last_activity_time: Timestamp | None = Field(default=None, description="When the Group last had a turn.")

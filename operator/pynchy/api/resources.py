@@ -185,4 +185,14 @@ KINDS: tuple[Kind, ...] = (
 )
 
 KINDS_BY_NAME = {k.kind: k for k in KINDS}
-__all__ = ["API_GROUP", "API_VERSION", "KINDS", "KINDS_BY_NAME", "AgentRun", "Group", "Kind", "ScheduledTask", "Workspace"]
+__all__ = [
+    "API_GROUP",
+    "API_VERSION",
+    "KINDS",
+    "KINDS_BY_NAME",
+    "AgentRun",
+    "Group",
+    "Kind",
+    "ScheduledTask",
+    "Workspace",
+]

@@ -55,8 +55,7 @@ class Schedule(ApiModel):
                 "interval must be a duration made of hours, minutes and seconds, for example 30m or 1h30m",
             ),
             cel(
-                "!self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') || self == '' "
-                "|| duration(self) >= duration('1m')",
+                "!self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') || self == '' || duration(self) >= duration('1m')",
                 "interval must be at least 1m",
             ),
         ),
@@ -71,9 +70,7 @@ class ScheduledTaskSpec(ApiModel):
     """Desired state of a ScheduledTask."""
 
     group_ref: LocalObjectReference = Field(description="The Group whose agent runs the task.")
-    prompt: str = Field(
-        description="What the agent is asked to do at each run.", min_length=1, max_length=16384
-    )
+    prompt: str = Field(description="What the agent is asked to do at each run.", min_length=1, max_length=16384)
     schedule: Schedule = Field(description="When the task runs.")
     time_zone: str = Field(
         default="UTC",

@@ -56,6 +56,10 @@ class WorkspaceStorage(ApiModel):
         description="Volume access mode. ReadWriteMany is needed when several Groups' pods run at once on "
         "different nodes.",
     )
+    deletion_policy: DeletionPolicy = Field(
+        default="Retain",
+        description="What happens to the volume when the Workspace is deleted: Retain keeps it, Delete removes it.",
+    )
 
 
 class GitSource(ApiModel):
@@ -79,7 +83,9 @@ class GitSource(ApiModel):
         max_length=255,
         pattern=r"^[A-Za-z0-9._/-]+$",
         json_schema_extra=validations(
-            cel("!self.contains('..') && !self.startsWith('/') && !self.endsWith('/')", "branch is not a valid ref name")
+            cel(
+                "!self.contains('..') && !self.startsWith('/') && !self.endsWith('/')", "branch is not a valid ref name"
+            )
         ),
     )
     credentials_secret_ref: LocalObjectReference | None = Field(
@@ -97,10 +103,6 @@ class WorkspaceSpec(ApiModel):
     """Desired state of a Workspace."""
 
     storage: WorkspaceStorage = Field(default_factory=WorkspaceStorage, description="The workspace volume.")
-    deletion_policy: DeletionPolicy = Field(
-        default="Retain",
-        description="What happens to the volume when the Workspace is deleted: Retain keeps it, Delete removes it.",
-    )
     git: GitSource | None = Field(default=None, description="Optional repository cloned into the workspace.")
 
 
@@ -109,7 +111,9 @@ class WorkspaceStatus(ApiModel):
 
     observed_generation: int | None = observed_generation_field()
     conditions: list[Condition] = conditions_field()
-    claim_name: str | None = Field(default=None, description="The PersistentVolumeClaim holding the files.", max_length=253)
+    claim_name: str | None = Field(
+        default=None, description="The PersistentVolumeClaim holding the files.", max_length=253
+    )
     git_url: str | None = Field(default=None, description="Repository the workspace is cloned from.", max_length=2048)
     git_branch: str | None = Field(default=None, description="Branch checked out.", max_length=255)
     last_clone_time: Timestamp | None = Field(default=None, description="When the repository was first cloned.")

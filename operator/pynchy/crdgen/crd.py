@@ -11,6 +11,7 @@ from pynchy.api import API_GROUP, API_VERSION, KINDS, Kind
 from pynchy.api.base import cel
 from pynchy.crdgen.schema import structural_schema
 
+
 class _Dumper(yaml.SafeDumper):
     """Plain YAML: no &anchors/*aliases for repeated sub-schemas, so the files read like kubectl's."""
 

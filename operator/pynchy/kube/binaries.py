@@ -13,7 +13,7 @@ TOOLS_DIR = Path(__file__).resolve().parents[3] / "tools" / "kube"
 log = get_logger(__name__)
 
 
-class BinariesUnavailable(RuntimeError):
+class BinariesUnavailableError(RuntimeError):
     """The control plane cannot start; the message says what is missing and how to get it."""
 
 
@@ -31,11 +31,11 @@ def ensure_binaries(settings: ControlPlaneSettings | None = None) -> Path:
     if settings.bin_dir is not None:
         missing = _missing(settings.bin_dir)
         if missing:
-            raise BinariesUnavailable(f"PYNCHY_K8S_BIN_DIR={settings.bin_dir} lacks {', '.join(missing)}")
+            raise BinariesUnavailableError(f"PYNCHY_K8S_BIN_DIR={settings.bin_dir} lacks {', '.join(missing)}")
         return settings.bin_dir
     script = TOOLS_DIR / "build.sh"
     if not script.is_file():
-        raise BinariesUnavailable(
+        raise BinariesUnavailableError(
             f"{script} not found: run from a Pynchy checkout, or set PYNCHY_K8S_BIN_DIR to a folder with "
             f"{', '.join(REQUIRED)}"
         )
@@ -49,14 +49,14 @@ def ensure_binaries(settings: ControlPlaneSettings | None = None) -> Path:
         check=False,
     )
     if proc.returncode != 0:
-        raise BinariesUnavailable(
+        raise BinariesUnavailableError(
             f"building the Kubernetes control plane failed (exit {proc.returncode}); the lines above say why. "
             "It needs Go >= 1.26 and the Go module proxy."
         )
     bin_dir = Path(proc.stdout.strip().splitlines()[-1])
     missing = _missing(bin_dir)
     if missing:
-        raise BinariesUnavailable(f"build finished but {bin_dir} lacks {', '.join(missing)}")
+        raise BinariesUnavailableError(f"build finished but {bin_dir} lacks {', '.join(missing)}")
     return bin_dir
 
 

@@ -187,8 +187,12 @@ class ControlPlane:
             self._launch(kcm)
             # Pods need the namespace's default ServiceAccount, made by KCM's serviceaccount controller.
             self._wait(kcm, lambda: self._kubectl_ok("get", "serviceaccount", "default", "-n", "default"))
-        log.info("control plane ready", server=self.server, seconds=round(time.monotonic() - started, 1),
-                 kubeconfig=str(self.kubeconfig))
+        log.info(
+            "control plane ready",
+            server=self.server,
+            seconds=round(time.monotonic() - started, 1),
+            kubeconfig=str(self.kubeconfig),
+        )
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
@@ -261,10 +265,12 @@ class ControlPlane:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "pynchy", "cluster": {"server": self.server,
-                                                         "certificate-authority-data": _b64(ca.cert_path)}}],
-            "users": [{"name": user, "user": {"client-certificate-data": _b64(pair.cert),
-                                              "client-key-data": _b64(pair.key)}}],
+            "clusters": [
+                {"name": "pynchy", "cluster": {"server": self.server, "certificate-authority-data": _b64(ca.cert_path)}}
+            ],
+            "users": [
+                {"name": user, "user": {"client-certificate-data": _b64(pair.cert), "client-key-data": _b64(pair.key)}}
+            ],
             "contexts": [{"name": "pynchy", "context": {"cluster": "pynchy", "user": user}}],
             "current-context": "pynchy",
         }
@@ -288,8 +294,7 @@ class ControlPlane:
         for f in files:
             self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(f))
         names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
-        self.kubectl("wait", "--for=condition=Established", f"--timeout={timeout}",
-                     *[f"crd/{n}" for n in names])
+        self.kubectl("wait", "--for=condition=Established", f"--timeout={timeout}", *[f"crd/{n}" for n in names])
         return names
 
     def audit_events(self) -> list[dict[str, Any]]:
