@@ -136,8 +136,8 @@ INVALID_CASES: list[InvalidCase] = [
     ),
     InvalidCase(
         "workspace-bad-deletion-policy",
-        workspace(deletionPolicy="Keep"),
-        ("spec.deletionPolicy", "Unsupported value", "Keep"),
+        workspace(storage={"size": "1Gi", "deletionPolicy": "Keep"}),
+        ("spec.storage.deletionPolicy", "Unsupported value", "Keep"),
     ),
     InvalidCase(
         "workspace-bad-access-mode",

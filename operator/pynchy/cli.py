@@ -89,7 +89,8 @@ def validate(files: tuple[Path, ...]) -> None:
     help="Directory for etcd data, certificates and the kubeconfig.",
 )
 @click.option("--install-crds/--no-install-crds", default=True, show_default=True)
-def controlplane_cmd(data_dir: Path, install_crds: bool) -> None:
+@click.option("--port", type=int, default=6443, show_default=True, help="kube-apiserver port on 127.0.0.1.")
+def controlplane_cmd(data_dir: Path, install_crds: bool, port: int) -> None:
     """Run etcd, kube-apiserver and kube-controller-manager locally until Ctrl-C."""
     import signal
     import threading
@@ -97,14 +98,23 @@ def controlplane_cmd(data_dir: Path, install_crds: bool) -> None:
     from pynchy.kube.binaries import ensure_binaries
     from pynchy.kube.controlplane import ControlPlane
 
-    plane = ControlPlane(ensure_binaries(), data_dir)
+    plane = ControlPlane(ensure_binaries(), data_dir, apiserver_port=port)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with plane:
         if install_crds:
             plane.apply_crds(REPO_ROOT / "crds")
-        click.echo(f"control plane ready: export KUBECONFIG={plane.kubeconfig}")
+        kubectl = plane.bin_dir / "kubectl"
+        click.echo(
+            "\nPynchy control plane is up (Ctrl-C stops it; state stays in "
+            f"{data_dir}).\n\n"
+            f"  export KUBECONFIG={plane.kubeconfig}\n"
+            f"  alias kubectl={kubectl}\n"
+            "  kubectl apply -f manifests/examples/group-local.yaml\n"
+            "  kubectl get pynchy\n"
+            "  kubectl explain group.spec\n"
+        )
         stop.wait()
 
 
