@@ -103,7 +103,7 @@ def test_valid_baseline_is_accepted() -> None:
         ({"trigger": {"modee": "always"}}, "spec.trigger.modee"),
         ({"allowedSender": ["owner"]}, "spec.allowedSender"),
         ({"agent": {"timeout": 60}}, "spec.agent.timeout"),
-        ({"network": {"egress": [{"cidr": "0.0.0.0/0", "port": 443}]}}, "spec.network.egress.0.port"),
+        ({"network": {"egress": [{"cidr": "0.0.0.0/0", "port": 443}]}}, "spec.network.egress[0].port"),
     ],
 )
 def test_unknown_field_is_rejected_with_its_path(spec: dict[str, Any], path: str) -> None:
@@ -251,8 +251,8 @@ CASES_BY_ID = {case.id: case for case in INVALID_CASES}
 
 
 def _local_path(field_path: str) -> str:
-    """'spec.channels[0].local.name' as the models report it: 'spec.channels.0.local.name'."""
-    return field_path.replace("[", ".").replace("]", "")
+    """The models report paths as the API server does: 'spec.channels[0].local.name'."""
+    return field_path
 
 
 def test_invalid_cases_are_well_formed() -> None:
@@ -287,3 +287,14 @@ def test_models_reject_schema_level_invalid_case(case_id: str) -> None:
     field_path = case.expect[0]
     assert field_path.startswith("spec."), case_id
     assert any(p.startswith(_local_path(field_path)) for p in problems), problems
+
+
+def test_snake_case_keys_are_not_wire_names() -> None:
+    problems = validate_document(_group(allowed_senders=["*"]))
+    assert any(p.startswith("spec.allowed_senders:") for p in problems), problems
+
+
+def test_names_are_checked_offline_like_the_server_does() -> None:
+    doc = _group()
+    doc["metadata"]["name"] = "x" * 41
+    assert any("at most 40 characters" in p for p in validate_document(doc))

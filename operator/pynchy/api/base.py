@@ -57,7 +57,8 @@ class ApiModel(BaseModel):
     @classmethod
     def from_k8s(cls, data: Any) -> Self:
         """Validate data decoded from the Kubernetes API (JSON semantics: timestamps are strings)."""
-        return cls.model_validate_json(json.dumps(data))
+        # Wire names only: `allowed_senders` is not a field the API server knows.
+        return cls.model_validate_json(json.dumps(data), by_alias=True, by_name=False)
 
     def to_k8s(self) -> dict[str, Any]:
         """Serialise to the wire form, leaving out unset optional fields."""

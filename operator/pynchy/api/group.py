@@ -193,6 +193,8 @@ class CredentialRef(ApiModel):
 
 
 class PvcSource(ApiModel):
+    """An existing PersistentVolumeClaim."""
+
     claim_name: str = Field(
         description="Name of an existing PersistentVolumeClaim in this namespace.",
         min_length=1,
@@ -202,6 +204,8 @@ class PvcSource(ApiModel):
 
 
 class ConfigMapSource(ApiModel):
+    """An existing ConfigMap, mounted as files."""
+
     name: str = Field(
         description="Name of an existing ConfigMap in this namespace.",
         min_length=1,
@@ -211,6 +215,8 @@ class ConfigMapSource(ApiModel):
 
 
 class HostPathSource(ApiModel):
+    """A directory on the node (allowlisted by the operator)."""
+
     path: str = Field(
         description="Absolute host path; allowed only under a prefix in the operator's hostPath allowlist.",
         min_length=1,
@@ -262,6 +268,8 @@ class ExtraMount(ApiModel):
 
 
 class EgressPort(ApiModel):
+    """A destination port."""
+
     port: int = Field(ge=1, le=65535, description="Destination port.")
     protocol: Literal["TCP", "UDP"] = Field(default="TCP", description="Protocol: TCP or UDP.")
 

@@ -1,0 +1,1 @@
+"""The kopf operator: Groups, Workspaces (and later AgentRuns, ScheduledTasks) → Kubernetes objects."""

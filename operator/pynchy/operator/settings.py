@@ -1,0 +1,82 @@
+"""Operator settings: one typed object, read from PYNCHY_* variables and validated at start-up."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from pynchy.api.base import QUANTITY
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class OperatorSettings(BaseSettings):
+    """Everything the operator needs to know that is not in a custom resource."""
+
+    model_config = SettingsConfigDict(env_prefix="PYNCHY_", extra="ignore", frozen=True)
+
+    namespaces: CommaList = Field(
+        default_factory=list,
+        description="Namespaces to watch (comma-separated); empty watches every namespace.",
+    )
+    host_path_allowlist: CommaList = Field(
+        default_factory=list,
+        description="Absolute host path prefixes Groups may mount with hostPath (comma-separated); "
+        "empty forbids hostPath mounts.",
+    )
+    gateway_namespace: str = Field(
+        default="pynchy-system", min_length=1, max_length=63, description="Namespace of the Pynchy gateway."
+    )
+    gateway_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "pynchy-gateway"},
+        description="Labels of the gateway pods (JSON); agent pods may reach them.",
+    )
+    gateway_port: int = Field(default=8080, ge=1, le=65535, description="Port of the gateway's run API.")
+    gateway_url: str = Field(
+        default="http://pynchy-gateway.pynchy-system.svc:8080",
+        pattern=r"^https?://",
+        description="URL agent pods use to reach the gateway.",
+    )
+    dns_namespace: str = Field(default="kube-system", description="Namespace of the cluster DNS pods.")
+    dns_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"k8s-app": "kube-dns"}, description="Labels of the cluster DNS pods (JSON)."
+    )
+    agent_image: str = Field(
+        default="localhost/pynchy-agent:0.1.0", min_length=1, description="Container image of agent pods."
+    )
+    default_cpu_request: str = Field(default="250m", pattern=QUANTITY, description="Default agent CPU request.")
+    default_memory_request: str = Field(default="512Mi", pattern=QUANTITY, description="Default agent memory request.")
+    default_cpu_limit: str = Field(default="2", pattern=QUANTITY, description="Default agent CPU limit.")
+    default_memory_limit: str = Field(default="2Gi", pattern=QUANTITY, description="Default agent memory limit.")
+    max_concurrent_runs: int = Field(default=4, ge=1, le=1000, description="Agent runs active at once, cluster-wide.")
+    workers: int = Field(default=8, ge=1, le=64, description="Reconcile workers.")
+    resync_seconds: int = Field(
+        default=600, ge=0, description="Re-check every object this often (0: only on changes); a no-op writes nothing."
+    )
+    liveness_port: int = Field(default=8080, ge=0, le=65535, description="Port of /healthz (0 disables it).")
+
+    @field_validator("namespaces", "host_path_allowlist", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("host_path_allowlist")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            if not prefix.startswith("/") or ".." in prefix:
+                raise ValueError(f"{prefix!r} must be an absolute path without '..'")
+        return [p.rstrip("/") or "/" for p in value]
+
+    def host_path_allowed(self, path: str) -> bool:
+        if ".." in path.split("/"):
+            return False
+        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.host_path_allowlist)
