@@ -82,13 +82,17 @@ def test_children_die_with_a_killed_parent(control_plane: ControlPlane, tmp_path
         f"p = ControlPlane(Path({str(control_plane.bin_dir)!r}), Path({str(tmp_path / 'cp')!r}), "
         "controller_manager=False)\n"
         "p.start()\n"
-        "print(' '.join(str(x.pid) for x in p.processes), flush=True)\n"
+        "print('PIDS', *(x.pid for x in p.processes), flush=True)\n"
         "time.sleep(600)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        line = parent.stdout.readline() if parent.stdout else ""
-        pids = [int(x) for x in line.split()]
+        assert parent.stdout is not None
+        line = ""
+        while not line.startswith("PIDS"):  # skip start-up log lines
+            line = parent.stdout.readline()
+            assert line, "the child exited before starting the control plane"
+        pids = [int(x) for x in line.split()[1:]]
         assert len(pids) == 2, line
         assert all(_alive(p) for p in pids)
         parent.send_signal(signal.SIGKILL)

@@ -49,15 +49,16 @@ _KEEP = {
 class CrdJsonSchema(GenerateJsonSchema):
     """Emit defaults from default factories so the API server applies them.
 
-    A nested object whose default is "all fields defaulted" gets `default: {}`: the API
-    server then fills in each nested field's own default, so every default is written once.
+    A nested object defaults to its fully materialised value (not `{}`): the API server
+    checks a default against the CEL rules before nested defaulting, so `{}` would fail
+    rules that read defaulted fields.
     """
 
     def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
         if "default_factory" in schema and not schema.get("default_factory_takes_data"):
             value = schema["default_factory"]()  # type: ignore[call-arg]
             if isinstance(value, BaseModel):
-                return {}
+                return value.model_dump(mode="json", by_alias=True, exclude_none=True)
             if value in ([], {}):
                 return NoDefault
             return value

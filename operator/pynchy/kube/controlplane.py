@@ -46,6 +46,13 @@ class ControlPlaneError(RuntimeError):
     """The control plane failed to start; the message carries the component's last log lines."""
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """kubectl failed; str() includes what it printed, so test failures explain themselves."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstdout: {self.stdout}\nstderr: {self.stderr}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
@@ -252,7 +259,7 @@ class ControlPlane:
             check=False,
         )
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
+            raise KubectlError(proc.returncode, proc.args, proc.stdout, proc.stderr)
         return proc
 
     def write_kubeconfig(

@@ -13,10 +13,11 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # If the supervising Python process dies (even by SIGKILL), the kernel sends SIGTERM
-    # to this child: no orphan etcd or apiserver is ever left behind.
+    # If the supervising Python process dies (even by SIGKILL), the kernel kills this child
+    # too: no orphan etcd or apiserver is ever left behind. SIGKILL, because an orphan has
+    # no one to wait for its graceful shutdown (written data is in the page cache either way).
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     os.setpgrp()
 
 

@@ -1,0 +1,105 @@
+"""Turns watch events into keys, and keys into reconciles of the current state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+from pynchy.logs import get_logger
+from pynchy.operator.build.common import LABEL_GROUP, LABEL_MANAGED_BY, LABEL_WORKSPACE, MANAGED_BY
+from pynchy.operator.checks import Ref
+from pynchy.operator.kubeapi import KubeApi
+from pynchy.operator.reconcile_group import reconcile_group
+from pynchy.operator.reconcile_workspace import reconcile_workspace
+from pynchy.operator.settings import OperatorSettings
+from pynchy.operator.workqueue import WorkQueue
+
+log = get_logger(__name__)
+Key = tuple[str, str, str]  # (kind, namespace, name) of a Group or Workspace
+
+
+class Controller:
+    def __init__(self, api: KubeApi, settings: OperatorSettings) -> None:
+        self.api = api
+        self.settings = settings
+        self.queue = WorkQueue(self.reconcile, settings.workers)
+        self.known: set[Key] = set()
+        # Reverse index: which Groups/Workspaces depend on an object they reference.
+        self._dependents: dict[Ref, set[Key]] = defaultdict(set)
+        self._refs: dict[Key, set[Ref]] = {}
+        self._resync: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.queue.start()
+        if self.settings.resync_seconds:
+            self._resync = asyncio.create_task(self._resync_loop(), name="resync")
+
+    async def stop(self) -> None:
+        if self._resync:
+            self._resync.cancel()
+        await self.queue.stop()
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            for key in list(self.known):
+                self.queue.add(key)
+
+    # -- events -----------------------------------------------------------------------
+
+    def on_owner_event(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        key: Key = (kind, meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            self.known.discard(key)
+            self._set_refs(key, set())
+            self.queue.forget(key)
+        else:
+            self.known.add(key)
+            self.queue.add(key)
+        # Groups that use this Workspace re-check readiness when it changes.
+        self._wake_dependents(kind, meta["namespace"], meta["name"])
+
+    def on_child_event(self, body: dict[str, Any]) -> None:
+        labels = body["metadata"].get("labels") or {}
+        if labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
+            return
+        ns = body["metadata"]["namespace"]
+        if LABEL_GROUP in labels:
+            self.queue.add(("Group", ns, labels[LABEL_GROUP]))
+        if LABEL_WORKSPACE in labels:
+            self.queue.add(("Workspace", ns, labels[LABEL_WORKSPACE]))
+
+    def on_referenced_event(self, kind: str, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        self._wake_dependents(kind, meta.get("namespace") or "", meta["name"])
+
+    def _wake_dependents(self, kind: str, namespace: str, name: str) -> None:
+        for key in self._dependents.get((kind, namespace, name), ()):
+            self.queue.add(key)
+
+    def _set_refs(self, key: Key, refs: set[Ref]) -> None:
+        for ref in self._refs.pop(key, set()) - refs:
+            self._dependents[ref].discard(key)
+            if not self._dependents[ref]:
+                del self._dependents[ref]
+        for ref in refs:
+            self._dependents[ref].add(key)
+        if refs:
+            self._refs[key] = refs
+
+    # -- reconcile --------------------------------------------------------------------
+
+    async def reconcile(self, key: Key) -> float | None:
+        kind, namespace, name = key
+        raw = await self.api.get(kind, namespace, name)
+        if raw is None or raw["metadata"].get("deletionTimestamp"):
+            self._set_refs(key, set())
+            return None
+        if kind == "Group":
+            checks = await reconcile_group(self.api, raw, self.settings)
+        else:
+            checks = await reconcile_workspace(self.api, raw)
+        self._set_refs(key, checks.refs)
+        return None

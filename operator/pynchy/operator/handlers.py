@@ -1,0 +1,108 @@
+"""kopf wiring: watch events become work-queue keys. Run with `pynchy operator` or
+`kopf run -m pynchy.operator.handlers --all-namespaces --standalone`.
+
+Handlers are level-triggered (`on.event`): kopf stores no per-object progress, adds no
+finalizers (children are garbage-collected through owner references) and writes nothing
+to our objects except what the reconcilers decide, so an idle operator or a restart
+makes no write request.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from pynchy.logs import get_logger
+from pynchy.operator.controller import Controller
+from pynchy.operator.kubeapi import KubeApi, load_client
+from pynchy.operator.settings import OperatorSettings
+from pynchy.settings import load
+
+log = get_logger(__name__)
+GROUP, VERSION = "pynchy.dev", "v1alpha1"
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """Project-specific storage names, so another kopf operator never collides with ours."""
+    settings.persistence.finalizer = "pynchy.dev/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="pynchy.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="pynchy.dev", key="last-handled-configuration"
+    )
+    # We post our own Events on condition transitions; kopf's log-as-event would add writes.
+    settings.posting.enabled = False
+    # Least privilege: no CustomResourceDefinition or Namespace listing.
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.error_backoffs = [1, 2, 5, 10, 30]
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure_kopf(settings)
+    op_settings = load(OperatorSettings)
+    api = KubeApi(load_client(), threads=op_settings.workers)
+    memo.controller = Controller(api, op_settings)
+    await memo.controller.start()
+    log.info("operator started", namespaces=op_settings.namespaces or "all", workers=op_settings.workers)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller | None = getattr(memo, "controller", None)
+    if controller is not None:
+        await controller.stop()
+        controller.api.close()
+
+
+@kopf.on.probe(id="queue")
+def queue_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    controller: Controller = memo.controller
+    return {"processed": controller.queue.processed, "idle": controller.queue.idle()}
+
+
+@kopf.on.event(GROUP, VERSION, "groups")
+def group_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.on_owner_event("Group", event.get("type"), dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, "workspaces")
+def workspace_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.on_owner_event("Workspace", event.get("type"), dict(body))
+
+
+_MANAGED = {"app.kubernetes.io/managed-by": "pynchy-operator"}
+
+
+@kopf.on.event("v1", "serviceaccounts", labels=_MANAGED)
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=_MANAGED)
+def child_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.on_child_event(dict(body))
+
+
+@kopf.on.event("v1", "configmaps")
+def config_map_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.on_child_event(dict(body))
+    memo.controller.on_referenced_event("ConfigMap", dict(body))
+
+
+@kopf.on.event("v1", "persistentvolumeclaims")
+def claim_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.on_child_event(dict(body))
+    memo.controller.on_referenced_event("PersistentVolumeClaim", dict(body))
+
+
+@kopf.on.event("v1", "secrets")
+def secret_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.on_referenced_event("Secret", dict(body))
+
+
+@kopf.on.event("node.k8s.io", "v1", "runtimeclasses")
+def runtime_class_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.on_referenced_event("RuntimeClass", dict(body))
+
+
+logging.getLogger("kopf.activities.probe").setLevel(logging.WARNING)

@@ -1,0 +1,186 @@
+"""A small REST layer over the official client: one code path for every kind the operator touches.
+
+Calls are blocking (urllib3) and run in a thread pool sized for the reconcile workers, so
+handlers stay async without a second HTTP stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import kubernetes
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+
+FIELD_MANAGER = "pynchy-operator"
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    prefix: str  # "/api/v1" or "/apis/<group>/<version>"
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return self.prefix.removeprefix("/api/").removeprefix("/apis/")
+
+
+RESOURCES: dict[str, ResourceType] = {
+    "ServiceAccount": ResourceType("/api/v1", "serviceaccounts"),
+    "PersistentVolumeClaim": ResourceType("/api/v1", "persistentvolumeclaims"),
+    "ConfigMap": ResourceType("/api/v1", "configmaps"),
+    "Secret": ResourceType("/api/v1", "secrets"),
+    "Pod": ResourceType("/api/v1", "pods"),
+    "Event": ResourceType("/api/v1", "events"),
+    "NetworkPolicy": ResourceType("/apis/networking.k8s.io/v1", "networkpolicies"),
+    "StorageClass": ResourceType("/apis/storage.k8s.io/v1", "storageclasses", namespaced=False),
+    "RuntimeClass": ResourceType("/apis/node.k8s.io/v1", "runtimeclasses", namespaced=False),
+    "Group": ResourceType("/apis/pynchy.dev/v1alpha1", "groups"),
+    "Workspace": ResourceType("/apis/pynchy.dev/v1alpha1", "workspaces"),
+    "ScheduledTask": ResourceType("/apis/pynchy.dev/v1alpha1", "scheduledtasks"),
+    "AgentRun": ResourceType("/apis/pynchy.dev/v1alpha1", "agentruns"),
+}
+
+
+class KubeError(Exception):
+    """A failed API call, with the server's status code and message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def temporary(self) -> bool:
+        """Worth retrying with backoff: no connection, conflicts, throttling, server errors."""
+        return self.status in (0, 408, 409, 429) or self.status >= 500
+
+    @classmethod
+    def from_exception(cls, exc: ApiException) -> KubeError:
+        message = exc.reason or ""
+        reason = exc.reason or ""
+        if exc.body:
+            try:
+                body = json.loads(exc.body)
+                message = body.get("message", message)
+                reason = body.get("reason", reason)
+            except (ValueError, AttributeError):
+                message = str(exc.body)[:500]
+        return cls(int(exc.status or 0), str(reason), str(message))
+
+
+def load_client() -> ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return ApiClient()
+
+
+class KubeApi:
+    def __init__(self, client: ApiClient, threads: int = 8) -> None:
+        self.client = client
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kubeapi")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+    @staticmethod
+    def path(kind: str, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
+        rt = RESOURCES[kind]
+        path = rt.prefix
+        if rt.namespaced and namespace:
+            path += f"/namespaces/{quote(namespace)}"
+        path += f"/{rt.plural}"
+        if name:
+            path += f"/{quote(name)}"
+        if sub:
+            path += f"/{sub}"
+        return path
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        url = self.client.configuration.host + path + (f"?{urlencode(query)}" if query else "")
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        self.client.update_params_for_auth(headers, None, ["BearerToken"], path, method, body)
+        payload = json.dumps(body) if body is not None else None
+        try:
+            resp = self.client.call_api(method, url, header_params=headers, body=payload)
+            resp.read()
+        except ApiException as exc:
+            raise KubeError.from_exception(exc) from None
+        except Exception as exc:  # urllib3 connection errors and the like
+            raise KubeError(0, type(exc).__name__, str(exc)) from None
+        if resp.status >= 400:
+            raise KubeError.from_exception(ApiException(http_resp=resp))
+        return json.loads(resp.data) if resp.data else None
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: self._request(method, path, **kwargs))
+
+    # -- verbs ---------------------------------------------------------------------------
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", self.path(kind, namespace, name))  # type: ignore[no-any-return]
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list(
+        self, kind: str, namespace: str | None, labels: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        query = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
+        result = await self.request("GET", self.path(kind, namespace), query=query)
+        return list(result.get("items", []))
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply of a whole desired object (create or update in one request)."""
+        kind = obj["kind"]
+        meta = obj["metadata"]
+        return await self.request(  # type: ignore[no-any-return]
+            "PATCH",
+            self.path(kind, meta.get("namespace"), meta["name"]),
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def delete(self, kind: str, namespace: str | None, name: str, uid: str | None = None) -> None:
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            await self.request("DELETE", self.path(kind, namespace, name), body=body)
+        except KubeError as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        return await self.request(  # type: ignore[no-any-return]
+            "PATCH",
+            self.path(kind, namespace, name, "status"),
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        return await self.request("POST", self.path(obj["kind"], meta.get("namespace")), body=obj)  # type: ignore[no-any-return]

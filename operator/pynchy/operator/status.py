@@ -1,0 +1,48 @@
+"""Write status only when it changed, and post an Event when acceptance fails."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pynchy.operator.checks import Problem
+from pynchy.operator.conditions import Cond, condition, merge_conditions
+from pynchy.operator.events import record_event
+from pynchy.operator.kubeapi import KubeApi
+
+
+def acceptance(problems: list[Problem]) -> Cond:
+    if not problems:
+        return Cond("Accepted", True, "Accepted", "All references resolved.")
+    reason = problems[0].reason if len({p.reason for p in problems}) == 1 else "InvalidReferences"
+    return Cond("Accepted", False, reason, "; ".join(p.message for p in problems))
+
+
+def conditions_for(
+    existing: list[dict[str, Any]], accepted: Cond, ready: Cond, generation: int
+) -> list[dict[str, Any]]:
+    """Accepted and Ready, plus kstatus' Stalled while the spec cannot be acted on."""
+    wanted = [accepted, ready]
+    drop: tuple[str, ...] = ("Stalled",)
+    if not accepted.status:
+        wanted.append(Cond("Stalled", True, accepted.reason, accepted.message))
+        drop = ()
+    return merge_conditions(existing, wanted, generation, drop=drop)
+
+
+async def publish(api: KubeApi, raw: dict[str, Any], new_fields: dict[str, Any]) -> bool:
+    """Merge-patch `new_fields` into status if any differs; post a Warning Event when Accepted turns
+    False (or its reason changes). Returns whether anything was written."""
+    old = raw.get("status") or {}
+    if all(old.get(k) == v for k, v in new_fields.items()):
+        return False
+    meta = raw["metadata"]
+    await api.patch_status(raw["kind"], meta["namespace"], meta["name"], new_fields)
+    before = condition(old.get("conditions"), "Accepted")
+    after = condition(new_fields.get("conditions"), "Accepted")
+    if (
+        after
+        and after["status"] == "False"
+        and (before is None or before["status"] != "False" or before["reason"] != after["reason"])
+    ):
+        await record_event(api, raw, "Warning", after["reason"], after["message"])
+    return True

@@ -1,0 +1,110 @@
+"""A per-key de-duplicating work queue with backoff, as in controller-runtime.
+
+Events only enqueue keys; workers reconcile the current state of a key. A key is never
+processed by two workers at once, and a key added while it is being processed runs once
+more afterwards: bursts of events collapse into one reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+from pynchy.logs import get_logger
+
+log = get_logger(__name__)
+Reconcile = Callable[[Any], Awaitable[float | None]]
+
+
+class WorkQueue:
+    def __init__(self, reconcile: Reconcile, workers: int = 8, *, base_delay: float = 0.5, max_delay: float = 300.0):
+        self._reconcile = reconcile
+        self._workers = workers
+        self._base = base_delay
+        self._max = max_delay
+        self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
+        self._queued: set[Hashable] = set()
+        self._active: set[Hashable] = set()
+        self._dirty: set[Hashable] = set()
+        self._failures: dict[Hashable, int] = {}
+        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.processed = 0
+
+    def add(self, key: Hashable, after: float = 0.0) -> None:
+        """Reconcile `key` (now, or after `after` seconds; an earlier request wins)."""
+        if after > 0:
+            loop = asyncio.get_running_loop()
+            when = loop.time() + after
+            timer = self._timers.get(key)
+            if timer is not None and timer.when() <= when:
+                return
+            if timer is not None:
+                timer.cancel()
+            self._timers[key] = loop.call_at(when, self._fire, key)
+            return
+        if key in self._active:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def _fire(self, key: Hashable) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def forget(self, key: Hashable) -> None:
+        self._failures.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer:
+            timer.cancel()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker(), name=f"reconcile-{i}") for i in range(self._workers)]
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def idle(self) -> bool:
+        return not self._queued and not self._active
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._active.add(key)
+            try:
+                requeue = await self._reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Unexpected errors are retried with exponential backoff, never in a hot loop,
+                # and never crash the operator.
+                failures = self._failures.get(key, 0) + 1
+                self._failures[key] = failures
+                delay = min(self._max, self._base * 2 ** (failures - 1)) * (1 + random.random() / 5)
+                log.warning(
+                    "reconcile failed; retrying",
+                    key=str(key),
+                    attempt=failures,
+                    retry_in=round(delay, 1),
+                    error=str(exc),
+                    exc_info=not getattr(exc, "temporary", False),
+                )
+                requeue = delay
+            else:
+                self._failures.pop(key, None)
+            finally:
+                self._active.discard(key)
+                self.processed += 1
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self.add(key)
+            elif requeue is not None:
+                self.add(key, after=requeue)
