@@ -43,3 +43,46 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
     control_plane.kubectl("create", "namespace", name)
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+OPERATOR_USER = "system:serviceaccount:pynchy-system:pynchy-operator"
+
+# k3s's default StorageClass: claims bind when their first pod is scheduled.
+LOCAL_PATH_CLASS = """
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: local-path
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: rancher.io/local-path
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Delete
+"""
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(control_plane: ControlPlane) -> Path:
+    """Credentials of the operator's ServiceAccount, bound to exactly manifests/base/operator/rbac.yaml."""
+    control_plane.kubectl("create", "namespace", "pynchy-system", check=False)
+    control_plane.kubectl("apply", "-f", str(REPO / "manifests/base/operator/rbac.yaml"))
+    control_plane.kubectl("apply", "-f", "-", input=LOCAL_PATH_CLASS)
+    return control_plane.service_account_kubeconfig("pynchy-system", "pynchy-operator")
+
+
+@pytest.fixture
+def operator_env(operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
+    monkeypatch.setenv("PYNCHY_HOST_PATH_ALLOWLIST", "/srv/pynchy")
+    monkeypatch.setenv("PYNCHY_WORKERS", "4")
+
+
+@pytest.fixture
+def operator(operator_env: None) -> Iterator[object]:
+    """The real operator, in-process, under its production RBAC."""
+    from pynchy.operator.run import EmbeddedOperator
+
+    op = EmbeddedOperator().start()
+    try:
+        yield op
+    finally:
+        op.stop()

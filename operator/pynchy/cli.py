@@ -81,6 +81,14 @@ def validate(files: tuple[Path, ...]) -> None:
     sys.exit(1 if failed else 0)
 
 
+@main.command("operator")
+def operator_cmd() -> None:
+    """Run the kopf operator (settings from PYNCHY_* variables; see docs/operator.md)."""
+    from pynchy.operator.run import run_forever
+
+    run_forever()
+
+
 @main.command("controlplane")
 @click.option(
     "--data-dir",

@@ -9,7 +9,7 @@ from typing import Any
 from pynchy.logs import get_logger
 from pynchy.operator.build.common import LABEL_GROUP, LABEL_MANAGED_BY, LABEL_WORKSPACE, MANAGED_BY
 from pynchy.operator.checks import Ref
-from pynchy.operator.kubeapi import KubeApi
+from pynchy.operator.kubeapi import KubeApi, KubeError
 from pynchy.operator.reconcile_group import reconcile_group
 from pynchy.operator.reconcile_workspace import reconcile_workspace
 from pynchy.operator.settings import OperatorSettings
@@ -97,9 +97,17 @@ class Controller:
         if raw is None or raw["metadata"].get("deletionTimestamp"):
             self._set_refs(key, set())
             return None
-        if kind == "Group":
-            checks = await reconcile_group(self.api, raw, self.settings)
-        else:
-            checks = await reconcile_workspace(self.api, raw)
+        try:
+            if kind == "Group":
+                checks = await reconcile_group(self.api, raw, self.settings)
+            else:
+                checks = await reconcile_workspace(self.api, raw)
+        except KubeError as exc:
+            if exc.gone:
+                # Deleted (or its namespace is terminating) while we worked: nothing left to do.
+                log.debug("object went away during reconcile", key=str(key), error=exc.message)
+                self._set_refs(key, set())
+                return None
+            raise
         self._set_refs(key, checks.refs)
         return None

@@ -62,6 +62,11 @@ class KubeError(Exception):
         """Worth retrying with backoff: no connection, conflicts, throttling, server errors."""
         return self.status in (0, 408, 409, 429) or self.status >= 500
 
+    @property
+    def gone(self) -> bool:
+        """The object or its namespace is going away: stop working on it, do not retry."""
+        return self.status == 404 or (self.status == 403 and "being terminated" in self.message)
+
     @classmethod
     def from_exception(cls, exc: ApiException) -> KubeError:
         message = exc.reason or ""
@@ -118,9 +123,9 @@ class KubeApi:
         url = self.client.configuration.host + path + (f"?{urlencode(query)}" if query else "")
         headers = {"Accept": "application/json", "Content-Type": content_type}
         self.client.update_params_for_auth(headers, None, ["BearerToken"], path, method, body)
-        payload = json.dumps(body) if body is not None else None
         try:
-            resp = self.client.call_api(method, url, header_params=headers, body=payload)
+            # The REST layer serialises dict bodies itself (JSON is valid YAML for apply patches).
+            resp = self.client.call_api(method, url, header_params=headers, body=body)
             resp.read()
         except ApiException as exc:
             raise KubeError.from_exception(exc) from None

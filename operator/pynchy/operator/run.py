@@ -1,0 +1,75 @@
+"""Run the operator: as the `pynchy operator` command, or embedded in a thread (tests, `pynchy dev`)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import kopf
+
+from pynchy.operator import handlers  # noqa: F401  (registers the handlers with kopf)
+from pynchy.operator.settings import OperatorSettings
+from pynchy.settings import load
+
+
+def operator_kwargs(settings: OperatorSettings) -> dict[str, Any]:
+    return {
+        "clusterwide": not settings.namespaces,
+        "namespaces": list(settings.namespaces),
+        "standalone": True,  # one replica, Recreate strategy: no peering objects to write
+    }
+
+
+def run_forever() -> None:
+    """Blocking entry point; settings are validated before kopf starts (fail fast, clear message)."""
+    settings = load(OperatorSettings)
+    liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
+    kopf.run(liveness_endpoint=liveness, **operator_kwargs(settings))
+
+
+class EmbeddedOperator:
+    """The operator in a background thread with its own event loop; `memo.controller` is inspectable."""
+
+    def __init__(self) -> None:
+        self.memo = kopf.Memo()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self, timeout: float = 30.0) -> EmbeddedOperator:
+        settings = load(OperatorSettings)
+        self._thread = threading.Thread(target=self._main, args=(settings,), name="pynchy-operator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"operator did not become ready in {timeout}s: {self.error!r}")
+        return self
+
+    def _main(self, settings: OperatorSettings) -> None:
+        try:
+            asyncio.run(
+                kopf.operator(memo=self.memo, stop_flag=self._stop, ready_flag=self._ready, **operator_kwargs(settings))
+            )
+        except BaseException as exc:
+            self.error = exc
+            self._ready.set()
+
+    @property
+    def controller(self) -> Any:
+        return self.memo.controller
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise RuntimeError("operator thread did not stop")
+        self._thread = None
+
+    def __enter__(self) -> EmbeddedOperator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,71 @@
+"""Small helpers for tests against the real control plane."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pynchy.kube.controlplane import ControlPlane
+
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last value: {last!r}")
+
+
+def get(plane: ControlPlane, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    proc = plane.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return c
+    return None
+
+
+def is_ready(plane: ControlPlane, kind: str, name: str, namespace: str) -> bool:
+    obj = get(plane, kind, name, namespace)
+    c = condition(obj, "Ready")
+    return bool(
+        obj and c and c["status"] == "True" and obj["status"].get("observedGeneration") == obj["metadata"]["generation"]
+    )
+
+
+class AuditWindow:
+    """Write requests recorded by the API server's audit log from now on."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+        self.offset = plane.audit_log.stat().st_size if plane.audit_log.exists() else 0
+
+    def writes(self, user: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        with self.plane.audit_log.open() as f:
+            f.seek(self.offset)
+            events = [json.loads(line) for line in f if line.strip()]
+        return [
+            e
+            for e in events
+            if e["user"]["username"] == user
+            and e["verb"] in WRITE_VERBS
+            and (namespace is None or e.get("objectRef", {}).get("namespace") == namespace)
+        ]
+
+
+def describe(events: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"{e['verb']} {e['objectRef'].get('resource')}/{e['objectRef'].get('subresource', '')}"
+        f"{e['objectRef'].get('name', '')} -> {e.get('responseStatus', {}).get('code')}"
+        for e in events
+    ]
