@@ -405,3 +405,34 @@ def test_group_waits_for_its_workspace(control_plane: ControlPlane, namespace: s
     # The StorageClass is not watched; the resync (or the next change) picks it up. Nudge the Workspace.
     control_plane.kubectl("annotate", "workspace", "slow", "-n", namespace, "nudge=1")
     wait_for(lambda: is_ready(control_plane, "group", "waiter", namespace), what="Group Ready")
+
+
+def test_a_spec_the_models_reject_becomes_a_condition_not_a_crash(
+    control_plane: ControlPlane, namespace: str, operator_env: None
+) -> None:
+    """An object stored under an older schema (here: edited in memory) gets Accepted=False InvalidSpec."""
+    import asyncio
+
+    from pynchy.operator.kubeapi import KubeApi, load_client
+    from pynchy.operator.reconcile_group import reconcile_group
+    from pynchy.operator.settings import OperatorSettings
+
+    apply(control_plane, namespace, group("legacy"))
+    raw = get(control_plane, "group", "legacy", namespace)
+    assert raw is not None
+    raw["spec"]["trigger"] = {"mode": "sometimes", "legacyField": True}
+
+    async def run() -> None:
+        api = KubeApi(load_client())
+        try:
+            result = await reconcile_group(api, raw, OperatorSettings())
+        finally:
+            api.close()
+        assert [p.reason for p in result.problems] == ["InvalidSpec"]
+
+    asyncio.run(run())
+    c = condition(get(control_plane, "group", "legacy", namespace), "Accepted")
+    assert c["status"] == "False"
+    assert c["reason"] == "InvalidSpec"
+    assert "spec.trigger.mode" in c["message"]
+    assert "spec.trigger.legacyField" in c["message"]
