@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -65,7 +66,7 @@ def test_conditions_keep_transition_time_when_status_is_unchanged() -> None:
     reason_only = merge_conditions(flipped, [Cond("Ready", True, "Other", "ok")], 2, now="2026-01-04T00:00:00Z")
     assert reason_only[0]["lastTransitionTime"] == "2026-01-03T00:00:00Z"
     dropped = merge_conditions(
-        first + [{"type": "Stalled", "status": "True", "reason": "X", "message": "", "lastTransitionTime": "t"}],
+        [*first, {"type": "Stalled", "status": "True", "reason": "X", "message": "", "lastTransitionTime": "t"}],
         [],
         1,
         drop=("Stalled",),
@@ -122,9 +123,9 @@ def test_workqueue_backs_off_on_errors_instead_of_hot_looping() -> None:
         return times
 
     times = asyncio.run(main())
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert 3 <= len(times) <= 5, times  # 0, 0.05, 0.1, 0.2 (+ jitter): not hundreds of retries
-    assert all(later >= earlier for earlier, later in zip(gaps, gaps[1:], strict=False))
+    assert all(later >= earlier for earlier, later in itertools.pairwise(gaps))
 
 
 def test_operator_settings_are_validated_with_variable_names(monkeypatch: pytest.MonkeyPatch) -> None:
