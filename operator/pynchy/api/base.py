@@ -188,3 +188,41 @@ class ResourceRequirements(ApiModel):
 
 
 DeletionPolicy = Literal["Retain", "Delete"]
+
+
+# -- persistent volume fields shared by Group.spec.state and Workspace.spec.storage ----------
+
+
+def volume_size_field(default: str) -> Any:
+    return Field(
+        default=default,
+        description=f"Requested size, for example {default}; may grow but not shrink.",
+        max_length=32,
+        pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$",
+    )
+
+
+def storage_class_field() -> Any:
+    return Field(
+        default=None,
+        description="StorageClass; empty uses the cluster default.",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+
+
+def deletion_policy_field(owner: str) -> Any:
+    return Field(
+        default="Retain",
+        description=f"What happens to the volume when the {owner} is deleted: Retain keeps it, Delete removes it.",
+    )
+
+
+def storage_class_immutable(owner: str) -> dict[str, str]:
+    """PVC storage classes cannot change; say so at apply time instead of failing in the operator."""
+    return cel(
+        "has(self.storageClassName) == has(oldSelf.storageClassName) && "
+        "(!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
+        f"storageClassName cannot change once the volume exists; create a new {owner} instead",
+        field_path=".storageClassName",
+    )

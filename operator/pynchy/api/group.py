@@ -18,8 +18,12 @@ from pynchy.api.base import (
     Timestamp,
     cel,
     conditions_field,
+    deletion_policy_field,
     observed_generation_field,
+    storage_class_field,
+    storage_class_immutable,
     validations,
+    volume_size_field,
 )
 
 
@@ -313,33 +317,11 @@ class NetworkSettings(ApiModel):
 class StateStorage(ApiModel):
     """The volume that holds the agent's home: session transcripts and CLAUDE.md memory."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": validations(
-            cel(
-                "has(self.storageClassName) == has(oldSelf.storageClassName) && "
-                "(!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
-                "storageClassName cannot change once the volume exists; create a new Group instead",
-                field_path=".storageClassName",
-            )
-        )
-    }
+    model_config = ApiModel.model_config | {"json_schema_extra": validations(storage_class_immutable("Group"))}
 
-    size: str = Field(
-        default="1Gi",
-        description="Requested size, for example 1Gi; may grow but not shrink.",
-        max_length=32,
-        pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$",
-    )
-    storage_class_name: str | None = Field(
-        default=None,
-        description="StorageClass; empty uses the cluster default.",
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
-    )
-    deletion_policy: DeletionPolicy = Field(
-        default="Retain",
-        description="What happens to the volume when the Group is deleted: Retain keeps it, Delete removes it.",
-    )
+    size: str = volume_size_field("1Gi")
+    storage_class_name: str | None = storage_class_field()
+    deletion_policy: DeletionPolicy = deletion_policy_field("Group")
 
 
 class GroupSpec(ApiModel):

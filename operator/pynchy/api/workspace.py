@@ -7,7 +7,6 @@ from typing import Literal
 from pydantic import Field
 
 from pynchy.api.base import (
-    DNS_SUBDOMAIN,
     ApiModel,
     Condition,
     DeletionPolicy,
@@ -15,8 +14,12 @@ from pynchy.api.base import (
     Timestamp,
     cel,
     conditions_field,
+    deletion_policy_field,
     observed_generation_field,
+    storage_class_field,
+    storage_class_immutable,
     validations,
+    volume_size_field,
 )
 
 
@@ -30,36 +33,18 @@ class WorkspaceStorage(ApiModel):
                 "accessMode cannot change once the volume exists; create a new Workspace instead",
                 field_path=".accessMode",
             ),
-            cel(
-                "has(self.storageClassName) == has(oldSelf.storageClassName) && "
-                "(!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
-                "storageClassName cannot change once the volume exists; create a new Workspace instead",
-                field_path=".storageClassName",
-            ),
+            storage_class_immutable("Workspace"),
         )
     }
 
-    size: str = Field(
-        default="5Gi",
-        description="Requested size, for example 10Gi; may grow but not shrink.",
-        max_length=32,
-        pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$",
-    )
-    storage_class_name: str | None = Field(
-        default=None,
-        description="StorageClass; empty uses the cluster default.",
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
-    )
+    size: str = volume_size_field("5Gi")
+    storage_class_name: str | None = storage_class_field()
     access_mode: Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"] = Field(
         default="ReadWriteOnce",
         description="Volume access mode. ReadWriteMany is needed when several Groups' pods run at once on "
         "different nodes.",
     )
-    deletion_policy: DeletionPolicy = Field(
-        default="Retain",
-        description="What happens to the volume when the Workspace is deleted: Retain keeps it, Delete removes it.",
-    )
+    deletion_policy: DeletionPolicy = deletion_policy_field("Workspace")
 
 
 class GitSource(ApiModel):

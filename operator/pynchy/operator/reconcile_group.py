@@ -7,7 +7,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from pynchy.api.resources import Group
-from pynchy.api.validation import format_errors
 from pynchy.operator.build.common import (
     LABEL_GROUP,
     LABEL_MANAGED_BY,
@@ -18,13 +17,13 @@ from pynchy.operator.build.common import (
     group_state_claim_name,
 )
 from pynchy.operator.build.group import group_children
-from pynchy.operator.checks import CheckResult, Problem, check_group
+from pynchy.operator.checks import CheckResult, check_group
 from pynchy.operator.children import sync_children
 from pynchy.operator.claims import claim_usable
 from pynchy.operator.conditions import Cond, condition
 from pynchy.operator.kubeapi import KubeApi, KubeError
 from pynchy.operator.settings import OperatorSettings
-from pynchy.operator.status import acceptance, conditions_for, publish
+from pynchy.operator.status import NOT_ACCEPTED, acceptance, conditions_for, publish, publish_invalid_spec
 
 CHILD_KINDS = ("ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "NetworkPolicy")
 
@@ -33,25 +32,15 @@ async def reconcile_group(api: KubeApi, raw: dict[str, Any], settings: OperatorS
     meta = raw["metadata"]
     generation = int(meta.get("generation", 0))
     existing = (raw.get("status") or {}).get("conditions") or []
-    not_accepted = Cond("Ready", False, "NotAccepted", "The spec is not accepted; see the Accepted condition.")
     try:
         g = Group.from_k8s(raw)
     except ValidationError as exc:
-        problem = Problem("InvalidSpec", "; ".join(format_errors(exc)))
-        await publish(
-            api,
-            raw,
-            {
-                "observedGeneration": generation,
-                "conditions": conditions_for(existing, acceptance([problem]), not_accepted, generation),
-            },
-        )
-        return CheckResult(problems=[problem])
+        return await publish_invalid_spec(api, raw, exc)
 
     checks = await check_group(api, g, settings)
     accepted = acceptance(checks.problems)
     status: dict[str, Any] = {"observedGeneration": generation}
-    ready = not_accepted
+    ready = NOT_ACCEPTED
     if accepted.status:
         name = meta["name"]
         try:

@@ -7,15 +7,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from pynchy.api.resources import Workspace
-from pynchy.api.validation import format_errors
 from pynchy.operator.build.common import LABEL_MANAGED_BY, LABEL_WORKSPACE, MANAGED_BY, workspace_claim_name
 from pynchy.operator.build.workspace import workspace_children
-from pynchy.operator.checks import CheckResult, Problem, check_workspace
+from pynchy.operator.checks import CheckResult, check_workspace
 from pynchy.operator.children import sync_children
 from pynchy.operator.claims import claim_usable
 from pynchy.operator.conditions import Cond
 from pynchy.operator.kubeapi import KubeApi, KubeError
-from pynchy.operator.status import acceptance, conditions_for, publish
+from pynchy.operator.status import NOT_ACCEPTED, acceptance, conditions_for, publish, publish_invalid_spec
 
 
 async def reconcile_workspace(api: KubeApi, raw: dict[str, Any]) -> CheckResult:
@@ -25,21 +24,11 @@ async def reconcile_workspace(api: KubeApi, raw: dict[str, Any]) -> CheckResult:
     try:
         ws = Workspace.from_k8s(raw)
     except ValidationError as exc:
-        problem = Problem("InvalidSpec", "; ".join(format_errors(exc)))
-        accepted = acceptance([problem])
-        await publish(
-            api,
-            raw,
-            {
-                "observedGeneration": generation,
-                "conditions": conditions_for(existing, accepted, _not_accepted(), generation),
-            },
-        )
-        return CheckResult(problems=[problem])
+        return await publish_invalid_spec(api, raw, exc)
 
     checks = await check_workspace(api, ws)
     accepted = acceptance(checks.problems)
-    ready = _not_accepted()
+    ready = NOT_ACCEPTED
     status: dict[str, Any] = {"observedGeneration": generation}
     if accepted.status:
         try:
@@ -66,7 +55,3 @@ async def reconcile_workspace(api: KubeApi, raw: dict[str, Any]) -> CheckResult:
     status["conditions"] = conditions_for(existing, accepted, ready, generation)
     await publish(api, raw, status)
     return checks
-
-
-def _not_accepted() -> Cond:
-    return Cond("Ready", False, "NotAccepted", "The spec is not accepted; see the Accepted condition.")

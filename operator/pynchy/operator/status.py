@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pynchy.operator.checks import Problem
+from pydantic import ValidationError
+
+from pynchy.api.validation import format_errors
+from pynchy.operator.checks import CheckResult, Problem
 from pynchy.operator.conditions import Cond, condition, merge_conditions
 from pynchy.operator.events import record_event
 from pynchy.operator.kubeapi import KubeApi
@@ -46,3 +49,16 @@ async def publish(api: KubeApi, raw: dict[str, Any], new_fields: dict[str, Any])
     ):
         await record_event(api, raw, "Warning", after["reason"], after["message"])
     return True
+
+
+NOT_ACCEPTED = Cond("Ready", False, "NotAccepted", "The spec is not accepted; see the Accepted condition.")
+
+
+async def publish_invalid_spec(api: KubeApi, raw: dict[str, Any], exc: ValidationError) -> CheckResult:
+    """A stored object our models reject (for example written under an older schema): report, never crash."""
+    generation = int(raw["metadata"].get("generation", 0))
+    problem = Problem("InvalidSpec", "; ".join(format_errors(exc)))
+    existing = (raw.get("status") or {}).get("conditions") or []
+    conditions = conditions_for(existing, acceptance([problem]), NOT_ACCEPTED, generation)
+    await publish(api, raw, {"observedGeneration": generation, "conditions": conditions})
+    return CheckResult(problems=[problem])
