@@ -436,3 +436,24 @@ def test_a_spec_the_models_reject_becomes_a_condition_not_a_crash(
     assert c["reason"] == "InvalidSpec"
     assert "spec.trigger.mode" in c["message"]
     assert "spec.trigger.legacyField" in c["message"]
+
+
+def test_runs_under_plain_kopf_run(control_plane: ControlPlane, namespace: str, operator_kubeconfig: Any) -> None:
+    """The documented alternative entry point: `kopf run -m pynchy.operator.handlers`."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig), "PYNCHY_LOG_FORMAT": "json"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kopf", "run", "-m", "pynchy.operator.handlers", "--all-namespaces", "--standalone"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        apply(control_plane, namespace, group("via-kopf"))
+        wait_for(lambda: is_ready(control_plane, "group", "via-kopf", namespace) or proc.poll() is not None,
+                 what="Ready via kopf run")
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    finally:
+        proc.terminate()
+        proc.wait(30)
