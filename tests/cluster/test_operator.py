@@ -447,12 +447,17 @@ def test_runs_under_plain_kopf_run(control_plane: ControlPlane, namespace: str, 
     env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig), "PYNCHY_LOG_FORMAT": "json"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "kopf", "run", "-m", "pynchy.operator.handlers", "--all-namespaces", "--standalone"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         apply(control_plane, namespace, group("via-kopf"))
-        wait_for(lambda: is_ready(control_plane, "group", "via-kopf", namespace) or proc.poll() is not None,
-                 what="Ready via kopf run")
+        wait_for(
+            lambda: is_ready(control_plane, "group", "via-kopf", namespace) or proc.poll() is not None,
+            what="Ready via kopf run",
+        )
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
     finally:
         proc.terminate()
