@@ -10,7 +10,7 @@ import pytest
 from pynchy.operator.conditions import Cond, merge_conditions
 from pynchy.operator.diff import contains, up_to_date
 from pynchy.operator.settings import OperatorSettings
-from pynchy.operator.workqueue import WorkQueue
+from pynchy.operator.workqueue import WorkQueue, retry_delay
 from pynchy.settings import SettingsError, load
 
 
@@ -106,26 +106,37 @@ def test_workqueue_collapses_bursts_and_never_runs_a_key_twice_at_once() -> None
     assert overlaps == 0
 
 
-def test_workqueue_backs_off_on_errors_instead_of_hot_looping() -> None:
-    async def main() -> list[float]:
-        times: list[float] = []
-        loop = asyncio.get_running_loop()
+def test_retry_delay_doubles_up_to_the_cap() -> None:
+    delays = [retry_delay(n, base=0.5, cap=300.0) for n in range(1, 13)]
+    assert delays[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert delays[-1] == 300.0
+    assert all(later >= earlier for earlier, later in itertools.pairwise(delays))
+    assert retry_delay(1, base=0.5, cap=300.0, jitter=0.999) < 0.5 * 1.2
+
+
+def test_workqueue_schedules_a_retry_instead_of_hot_looping() -> None:
+    async def main() -> tuple[int, float | None]:
+        calls = 0
 
         async def reconcile(key: str) -> None:
-            times.append(loop.time())
+            nonlocal calls
+            calls += 1
             raise RuntimeError("API down")
 
-        q = WorkQueue(reconcile, workers=1, base_delay=0.05, max_delay=1.0)
+        q = WorkQueue(reconcile, workers=1, base_delay=30.0, max_delay=60.0)
         q.start()
         q.add("k")
-        await asyncio.sleep(0.5)
+        while calls == 0:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the worker records the failure and schedules the retry
+        delay = q.scheduled_in("k")
         await q.stop()
-        return times
+        return calls, delay
 
-    times = asyncio.run(main())
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert 3 <= len(times) <= 5, times  # 0, 0.05, 0.1, 0.2 (+ jitter): not hundreds of retries
-    assert all(later >= earlier for earlier, later in itertools.pairwise(gaps))
+    calls, delay = asyncio.run(main())
+    assert calls == 1  # not retried at once
+    assert delay is not None
+    assert 29.0 < delay <= 36.0  # first retry after base_delay, with at most 20 % jitter
 
 
 def test_operator_settings_are_validated_with_variable_names(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,8 +9,7 @@ import click
 import yaml
 
 from pynchy.logs import configure_logging
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from pynchy.paths import CRDS_DIR
 
 
 @click.group()
@@ -34,7 +33,7 @@ def main(log_level: str | None, log_format: str | None) -> None:
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=REPO_ROOT / "crds",
+    default=CRDS_DIR,
     show_default=True,
     help="Directory the CRD files are written to.",
 )
@@ -112,7 +111,7 @@ def controlplane_cmd(data_dir: Path, install_crds: bool, port: int) -> None:
         signal.signal(sig, lambda *_: stop.set())
     with plane:
         if install_crds:
-            plane.apply_crds(REPO_ROOT / "crds")
+            plane.apply_crds(CRDS_DIR)
         kubectl = plane.bin_dir / "kubectl"
         click.echo(
             "\nPynchy control plane is up (Ctrl-C stops it; state stays in "

@@ -157,20 +157,15 @@ def test_references_are_checked(control_plane: ControlPlane, namespace: str) -> 
     # Fix everything; the Group follows each fix without being touched.
     control_plane.kubectl("create", "configmap", "house-rules", "-n", namespace, "--from-literal=rules.md=Be kind.")
     apply(control_plane, namespace, workspace("code"))
-    control_plane.kubectl(
-        "apply",
-        "-n",
+    apply(
+        control_plane,
         namespace,
-        "-f",
-        "-",
-        input=json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": "notes"},
-                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-            }
-        ),
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "notes"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
     )
     patch = {
         "spec": {
@@ -185,17 +180,6 @@ def test_references_are_checked(control_plane: ControlPlane, namespace: str) -> 
     cm = get(control_plane, "configmap", "pynchy-refs-config", namespace)
     assert cm["data"]["directives.md"] == "Be kind."
     # Editing the referenced ConfigMap updates the Group's ConfigMap.
-    control_plane.kubectl(
-        "create",
-        "configmap",
-        "house-rules",
-        "-n",
-        namespace,
-        "--from-literal=rules.md=Be brief.",
-        "--dry-run=client",
-        "-o",
-        "yaml",
-    )
     control_plane.kubectl(
         "patch", "configmap", "house-rules", "-n", namespace, "--type=merge", "-p", '{"data":{"rules.md":"Be brief."}}'
     )
@@ -388,19 +372,16 @@ def test_group_waits_for_its_workspace(control_plane: ControlPlane, namespace: s
 
     c = wait_for(waiting, what="WorkspaceNotReady")
     assert "StorageClass 'missing-class' does not exist" in c["message"]
-    control_plane.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=json.dumps(
-            {
-                "apiVersion": "storage.k8s.io/v1",
-                "kind": "StorageClass",
-                "metadata": {"name": "missing-class"},
-                "provisioner": "example.com/none",
-                "volumeBindingMode": "WaitForFirstConsumer",
-            }
-        ),
+    apply(  # cluster-scoped: the namespace is ignored
+        control_plane,
+        namespace,
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": "missing-class"},
+            "provisioner": "example.com/none",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        },
     )
     # The StorageClass is not watched; the resync (or the next change) picks it up. Nudge the Workspace.
     control_plane.kubectl("annotate", "workspace", "slow", "-n", namespace, "nudge=1")

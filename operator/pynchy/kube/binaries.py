@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 from pynchy.logs import get_logger
+from pynchy.paths import KUBE_TOOLS_DIR
 from pynchy.settings import ControlPlaneSettings, load
 
 REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
-TOOLS_DIR = Path(__file__).resolve().parents[3] / "tools" / "kube"
 log = get_logger(__name__)
 
 
@@ -33,7 +34,7 @@ def ensure_binaries(settings: ControlPlaneSettings | None = None) -> Path:
         if missing:
             raise BinariesUnavailableError(f"PYNCHY_K8S_BIN_DIR={settings.bin_dir} lacks {', '.join(missing)}")
         return settings.bin_dir
-    script = TOOLS_DIR / "build.sh"
+    script = KUBE_TOOLS_DIR / "build.sh"
     if not script.is_file():
         raise BinariesUnavailableError(
             f"{script} not found: run from a Pynchy checkout, or set PYNCHY_K8S_BIN_DIR to a folder with "
@@ -42,7 +43,7 @@ def ensure_binaries(settings: ControlPlaneSettings | None = None) -> Path:
     log.info("control plane binaries: checking cache (a first build takes 20-40 minutes)", cache=str(settings.cache))
     proc = subprocess.run(
         ["bash", str(script)],
-        env={**_env(), "PYNCHY_K8S_CACHE": str(settings.cache)},
+        env={**os.environ, "PYNCHY_K8S_CACHE": str(settings.cache)},
         stdout=subprocess.PIPE,
         stderr=None,
         text=True,
@@ -58,9 +59,3 @@ def ensure_binaries(settings: ControlPlaneSettings | None = None) -> Path:
     if missing:
         raise BinariesUnavailableError(f"build finished but {bin_dir} lacks {', '.join(missing)}")
     return bin_dir
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)

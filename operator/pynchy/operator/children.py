@@ -27,22 +27,16 @@ async def sync_children(
     """
     live: dict[str, dict[str, Any]] = {}
     wanted = {f"{d['kind']}/{d['metadata']['name']}": d for d in desired}
+    # Desired children carry the selector's labels, so listing by it finds every one that exists.
+    assert {d["kind"] for d in desired} <= set(kinds), "every desired kind must be listed"
     for kind in kinds:
         for obj in await api.list(kind, namespace, selector):
             live[f"{kind}/{obj['metadata']['name']}"] = obj
     for key, obj in wanted.items():
         current = live.get(key)
-        if current is None and obj["kind"] not in kinds:
-            current = await api.get(obj["kind"], namespace, obj["metadata"]["name"])
         if current is not None and up_to_date(obj, current):
             continue
-        if current is None:
-            # A same-named object outside the selector (for example a retained claim whose
-            # labels were edited) is adopted by the apply below.
-            current = await api.get(obj["kind"], namespace, obj["metadata"]["name"])
-            if current is not None and up_to_date(obj, current):
-                live[key] = current
-                continue
+        # Server-side apply creates, updates, or adopts a same-named object outside the selector.
         log.info("applying child", child=key, namespace=namespace, action="update" if current else "create")
         live[key] = await api.apply(obj)
     for key, obj in list(live.items()):
@@ -51,11 +45,7 @@ async def sync_children(
         refs = obj["metadata"].get("ownerReferences") or []
         if any(r.get("uid") == owner_uid and r.get("controller") for r in refs):
             log.info("pruning child", child=key, namespace=namespace)
-            await api.delete(
-                obj["kind"] if "kind" in obj else key.split("/")[0],
-                namespace,
-                obj["metadata"]["name"],
-                uid=obj["metadata"].get("uid"),
-            )
+            kind = key.split("/", 1)[0]
+            await api.delete(kind, namespace, obj["metadata"]["name"], uid=obj["metadata"].get("uid"))
         del live[key]
     return live

@@ -18,20 +18,24 @@ from pynchy.operator.build.common import (
 )
 from pynchy.operator.build.group import group_children
 from pynchy.operator.checks import CheckResult, check_group
-from pynchy.operator.children import sync_children
 from pynchy.operator.claims import claim_usable
 from pynchy.operator.conditions import Cond, condition
-from pynchy.operator.kubeapi import KubeApi, KubeError
+from pynchy.operator.kubeapi import KubeApi
 from pynchy.operator.settings import OperatorSettings
-from pynchy.operator.status import NOT_ACCEPTED, acceptance, conditions_for, publish, publish_invalid_spec
+from pynchy.operator.status import (
+    NOT_ACCEPTED,
+    acceptance,
+    publish,
+    publish_invalid_spec,
+    status_fields,
+    sync_or_refusal,
+)
 
 CHILD_KINDS = ("ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "NetworkPolicy")
 
 
 async def reconcile_group(api: KubeApi, raw: dict[str, Any], settings: OperatorSettings) -> CheckResult:
-    meta = raw["metadata"]
-    generation = int(meta.get("generation", 0))
-    existing = (raw.get("status") or {}).get("conditions") or []
+    name = raw["metadata"]["name"]
     try:
         g = Group.from_k8s(raw)
     except ValidationError as exc:
@@ -39,33 +43,24 @@ async def reconcile_group(api: KubeApi, raw: dict[str, Any], settings: OperatorS
 
     checks = await check_group(api, g, settings)
     accepted = acceptance(checks.problems)
-    status: dict[str, Any] = {"observedGeneration": generation}
     ready = NOT_ACCEPTED
+    fields: dict[str, Any] = {}
     if accepted.status:
-        name = meta["name"]
-        try:
-            live = await sync_children(
-                api,
-                meta["namespace"],
-                {LABEL_GROUP: name, LABEL_MANAGED_BY: MANAGED_BY},
-                CHILD_KINDS,
-                group_children(g, raw, checks.inputs, settings),
-                meta["uid"],
-            )
-        except KubeError as exc:
-            if exc.temporary:
-                raise
-            ready = Cond("Ready", False, "ApplyFailed", f"the API server refused a child object: {exc.message}")
+        selector = {LABEL_GROUP: name, LABEL_MANAGED_BY: MANAGED_BY}
+        live, refusal = await sync_or_refusal(
+            api, raw, selector, CHILD_KINDS, group_children(g, raw, checks.inputs, settings)
+        )
+        if live is None:
+            ready = refusal or NOT_ACCEPTED
         else:
-            status["children"] = {
+            fields["children"] = {
                 "serviceAccount": group_sa_name(name),
                 "stateClaim": group_state_claim_name(name),
                 "configMap": group_config_map_name(name),
                 "networkPolicy": group_network_policy_name(name),
             }
             ready = await _readiness(api, live[f"PersistentVolumeClaim/{group_state_claim_name(name)}"], checks)
-    status["conditions"] = conditions_for(existing, accepted, ready, generation)
-    await publish(api, raw, status)
+    await publish(api, raw, status_fields(raw, accepted, ready, **fields))
     return checks
 
 

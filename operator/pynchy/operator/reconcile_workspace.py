@@ -10,17 +10,21 @@ from pynchy.api.resources import Workspace
 from pynchy.operator.build.common import LABEL_MANAGED_BY, LABEL_WORKSPACE, MANAGED_BY, workspace_claim_name
 from pynchy.operator.build.workspace import workspace_children
 from pynchy.operator.checks import CheckResult, check_workspace
-from pynchy.operator.children import sync_children
 from pynchy.operator.claims import claim_usable
 from pynchy.operator.conditions import Cond
-from pynchy.operator.kubeapi import KubeApi, KubeError
-from pynchy.operator.status import NOT_ACCEPTED, acceptance, conditions_for, publish, publish_invalid_spec
+from pynchy.operator.kubeapi import KubeApi
+from pynchy.operator.status import (
+    NOT_ACCEPTED,
+    acceptance,
+    publish,
+    publish_invalid_spec,
+    status_fields,
+    sync_or_refusal,
+)
 
 
 async def reconcile_workspace(api: KubeApi, raw: dict[str, Any]) -> CheckResult:
     meta = raw["metadata"]
-    generation = int(meta.get("generation", 0))
-    existing = (raw.get("status") or {}).get("conditions") or []
     try:
         ws = Workspace.from_k8s(raw)
     except ValidationError as exc:
@@ -29,29 +33,21 @@ async def reconcile_workspace(api: KubeApi, raw: dict[str, Any]) -> CheckResult:
     checks = await check_workspace(api, ws)
     accepted = acceptance(checks.problems)
     ready = NOT_ACCEPTED
-    status: dict[str, Any] = {"observedGeneration": generation}
+    fields: dict[str, Any] = {}
     if accepted.status:
-        try:
-            live = await sync_children(
-                api,
-                meta["namespace"],
-                {LABEL_WORKSPACE: meta["name"], LABEL_MANAGED_BY: MANAGED_BY},
-                ("PersistentVolumeClaim",),
-                workspace_children(ws, raw),
-                meta["uid"],
-            )
-        except KubeError as exc:
-            if exc.temporary:
-                raise
-            ready = Cond("Ready", False, "ApplyFailed", f"the API server refused the volume claim: {exc.message}")
+        selector = {LABEL_WORKSPACE: meta["name"], LABEL_MANAGED_BY: MANAGED_BY}
+        live, refusal = await sync_or_refusal(
+            api, raw, selector, ("PersistentVolumeClaim",), workspace_children(ws, raw)
+        )
+        if live is None:
+            ready = refusal or NOT_ACCEPTED
         else:
             claim = live[f"PersistentVolumeClaim/{workspace_claim_name(meta['name'])}"]
             usable, why = await claim_usable(api, claim)
             ready = Cond("Ready", usable, "VolumeReady" if usable else "ClaimPending", why)
-            status["claimName"] = claim["metadata"]["name"]
+            fields["claimName"] = claim["metadata"]["name"]
         if ws.spec.git:
-            status["gitUrl"] = ws.spec.git.url
-            status["gitBranch"] = ws.spec.git.branch
-    status["conditions"] = conditions_for(existing, accepted, ready, generation)
-    await publish(api, raw, status)
+            fields["gitUrl"] = ws.spec.git.url
+            fields["gitBranch"] = ws.spec.git.branch
+    await publish(api, raw, status_fields(raw, accepted, ready, **fields))
     return checks

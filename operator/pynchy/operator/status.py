@@ -8,9 +8,10 @@ from pydantic import ValidationError
 
 from pynchy.api.validation import format_errors
 from pynchy.operator.checks import CheckResult, Problem
+from pynchy.operator.children import sync_children
 from pynchy.operator.conditions import Cond, condition, merge_conditions
 from pynchy.operator.events import record_event
-from pynchy.operator.kubeapi import KubeApi
+from pynchy.operator.kubeapi import KubeApi, KubeError
 
 
 def acceptance(problems: list[Problem]) -> Cond:
@@ -20,16 +21,32 @@ def acceptance(problems: list[Problem]) -> Cond:
     return Cond("Accepted", False, reason, "; ".join(p.message for p in problems))
 
 
-def conditions_for(
-    existing: list[dict[str, Any]], accepted: Cond, ready: Cond, generation: int
-) -> list[dict[str, Any]]:
-    """Accepted and Ready, plus kstatus' Stalled while the spec cannot be acted on."""
+def status_fields(raw: dict[str, Any], accepted: Cond, ready: Cond, **fields: Any) -> dict[str, Any]:
+    """observedGeneration, `fields`, and the conditions: Accepted, Ready, and kstatus' Stalled while
+    the spec cannot be acted on. Transition times are kept from the live status."""
+    generation = int(raw["metadata"].get("generation", 0))
+    existing = (raw.get("status") or {}).get("conditions") or []
     wanted = [accepted, ready]
     drop: tuple[str, ...] = ("Stalled",)
     if not accepted.status:
         wanted.append(Cond("Stalled", True, accepted.reason, accepted.message))
         drop = ()
-    return merge_conditions(existing, wanted, generation, drop=drop)
+    conditions = merge_conditions(existing, wanted, generation, drop=drop)
+    return {"observedGeneration": generation, **fields, "conditions": conditions}
+
+
+async def sync_or_refusal(
+    api: KubeApi, raw: dict[str, Any], selector: dict[str, str], kinds: tuple[str, ...], desired: list[dict[str, Any]]
+) -> tuple[dict[str, dict[str, Any]] | None, Cond | None]:
+    """Apply the children. A refusal that will not pass by retrying (422, 403, ...) becomes a Ready=False
+    condition; temporary API errors propagate to the work queue's backoff."""
+    meta = raw["metadata"]
+    try:
+        return await sync_children(api, meta["namespace"], selector, kinds, desired, meta["uid"]), None
+    except KubeError as exc:
+        if exc.temporary:
+            raise
+        return None, Cond("Ready", False, "ApplyFailed", f"the API server refused a child object: {exc.message}")
 
 
 async def publish(api: KubeApi, raw: dict[str, Any], new_fields: dict[str, Any]) -> bool:
@@ -56,9 +73,6 @@ NOT_ACCEPTED = Cond("Ready", False, "NotAccepted", "The spec is not accepted; se
 
 async def publish_invalid_spec(api: KubeApi, raw: dict[str, Any], exc: ValidationError) -> CheckResult:
     """A stored object our models reject (for example written under an older schema): report, never crash."""
-    generation = int(raw["metadata"].get("generation", 0))
     problem = Problem("InvalidSpec", "; ".join(format_errors(exc)))
-    existing = (raw.get("status") or {}).get("conditions") or []
-    conditions = conditions_for(existing, acceptance([problem]), NOT_ACCEPTED, generation)
-    await publish(api, raw, {"observedGeneration": generation, "conditions": conditions})
+    await publish(api, raw, status_fields(raw, acceptance([problem]), NOT_ACCEPTED))
     return CheckResult(problems=[problem])

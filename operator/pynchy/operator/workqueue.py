@@ -18,6 +18,12 @@ log = get_logger(__name__)
 Reconcile = Callable[[Any], Awaitable[float | None]]
 
 
+def retry_delay(failures: int, base: float, cap: float, jitter: float = 0.0) -> float:
+    """Exponential backoff after `failures` consecutive failures (1, 2, ...), capped, with up to 20 %
+    jitter (`jitter` in [0, 1)) so many keys failing together do not retry in lockstep."""
+    return min(cap, base * 2 ** (failures - 1)) * (1 + jitter / 5)
+
+
 class WorkQueue:
     def __init__(self, reconcile: Reconcile, workers: int = 8, *, base_delay: float = 0.5, max_delay: float = 300.0):
         self._reconcile = reconcile
@@ -55,6 +61,11 @@ class WorkQueue:
         self._timers.pop(key, None)
         self.add(key)
 
+    def scheduled_in(self, key: Hashable) -> float | None:
+        """Seconds until a delayed add of `key` fires, or None when none is pending."""
+        timer = self._timers.get(key)
+        return None if timer is None else timer.when() - asyncio.get_running_loop().time()
+
     def forget(self, key: Hashable) -> None:
         self._failures.pop(key, None)
         timer = self._timers.pop(key, None)
@@ -88,7 +99,7 @@ class WorkQueue:
                 # and never crash the operator.
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
-                delay = min(self._max, self._base * 2 ** (failures - 1)) * (1 + random.random() / 5)
+                delay = retry_delay(failures, self._base, self._max, random.random())
                 log.warning(
                     "reconcile failed; retrying",
                     key=str(key),

@@ -157,6 +157,12 @@ def cron_latest(expr: str, zone: tzinfo, now: datetime) -> datetime | None:
     return candidate
 
 
+def _require_aware(**values: datetime | None) -> None:
+    for name, value in values.items():
+        if value is not None:
+            require_aware(name, value)
+
+
 def _interval_anchor(last_scheduled: datetime | None, created_at: datetime) -> datetime:
     return (last_scheduled if last_scheduled is not None else created_at).astimezone(UTC)
 
@@ -197,10 +203,7 @@ def next_fire_time(
     ``last_scheduled`` is the latest due time already handled (fired, skipped or missed).
     None also when a cron expression never fires again. Raises ValueError for an invalid schedule.
     """
-    require_aware("after", after)
-    require_aware("created_at", created_at)
-    if last_scheduled is not None:
-        require_aware("last_scheduled", last_scheduled)
+    _require_aware(after=after, created_at=created_at, last_scheduled=last_scheduled)
     cron, interval, once = _parts(schedule)
     if once is not None:
         if last_scheduled is not None and last_scheduled >= once:
@@ -234,10 +237,7 @@ def most_recent_due(
     Only the most recent due time is returned (CronJob v2: at most one catch-up after downtime);
     ``count`` says how many unhandled due times there were. Raises ValueError for an invalid schedule.
     """
-    require_aware("now", now)
-    require_aware("created_at", created_at)
-    if last_scheduled is not None:
-        require_aware("last_scheduled", last_scheduled)
+    _require_aware(now=now, created_at=created_at, last_scheduled=last_scheduled)
     now_utc = now.astimezone(UTC)
     cron, interval, once = _parts(schedule)
     if once is not None:
