@@ -1,0 +1,1 @@
+"""Pure functions: a custom resource (plus resolved inputs and settings) in, child manifests out."""

@@ -1,0 +1,177 @@
+"""Group → ServiceAccount, agent-home PVC, config ConfigMap, NetworkPolicy."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynchy.api.resources import Group
+from pynchy.operator.build.common import (
+    ANNOTATION_CONFIG_HASH,
+    ANNOTATION_DELETION_POLICY,
+    LABEL_COMPONENT,
+    LABEL_GROUP,
+    base_labels,
+    content_hash,
+    group_config_map_name,
+    group_network_policy_name,
+    group_sa_name,
+    group_state_claim_name,
+    metadata,
+)
+from pynchy.operator.settings import OperatorSettings
+
+DIRECTIVE_SEPARATOR = "\n\n---\n\n"
+
+
+@dataclass(frozen=True)
+class GroupInputs:
+    """Text the operator resolved from referenced ConfigMaps (or inline), in spec order."""
+
+    memory: str | None = None
+    directives: tuple[str, ...] = field(default=())
+
+
+def agent_pod_selector(group: str) -> dict[str, str]:
+    """Labels every agent pod of the Group carries (the AgentRun controller sets them)."""
+    return {LABEL_GROUP: group, LABEL_COMPONENT: "agent"}
+
+
+def _labels(group: str, component: str) -> dict[str, str]:
+    return base_labels(component, **{LABEL_GROUP: group})
+
+
+def service_account(g: Group, raw: dict[str, Any]) -> dict[str, Any]:
+    name = g.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata(group_sa_name(name), str(g.metadata.namespace), _labels(name, "agent-identity"), raw),
+        # Agents never talk to the Kubernetes API: no token, and no RBAC bound to this account.
+        "automountServiceAccountToken": False,
+    }
+
+
+def state_claim(g: Group, raw: dict[str, Any]) -> dict[str, Any]:
+    state = g.spec.state
+    name = g.metadata.name
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": state.size}},
+        "volumeMode": "Filesystem",
+    }
+    if state.storage_class_name:
+        spec["storageClassName"] = state.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(
+            group_state_claim_name(name),
+            str(g.metadata.namespace),
+            _labels(name, "agent-state"),
+            raw if state.deletion_policy == "Delete" else None,
+            {ANNOTATION_DELETION_POLICY: state.deletion_policy},
+        ),
+        "spec": spec,
+    }
+
+
+def agent_config(g: Group, inputs: GroupInputs, settings: OperatorSettings) -> dict[str, Any]:
+    """What the agent runner reads from /etc/pynchy/group/agent.json (no secrets)."""
+    agent = g.spec.agent
+    return {
+        "group": g.metadata.name,
+        "admin": g.spec.admin,
+        "model": agent.model,
+        "allowedTools": list(agent.allowed_tools),
+        "mcpServers": [
+            {"name": m.name, "transport": m.transport, "url": m.url, "headersSecret": bool(m.headers_secret_ref)}
+            for m in agent.mcp_servers
+        ],
+        "maxTurns": agent.max_turns,
+        "timeoutSeconds": agent.timeout_seconds,
+        "idleTimeoutSeconds": agent.idle_timeout_seconds,
+        "hasMemorySeed": inputs.memory is not None,
+        "directiveCount": len(inputs.directives),
+    }
+
+
+def config_map(g: Group, raw: dict[str, Any], inputs: GroupInputs, settings: OperatorSettings) -> dict[str, Any]:
+    name = g.metadata.name
+    data = {"agent.json": json.dumps(agent_config(g, inputs, settings), indent=2, sort_keys=True) + "\n"}
+    if inputs.memory is not None:
+        data["CLAUDE.md"] = inputs.memory
+    if inputs.directives:
+        data["directives.md"] = DIRECTIVE_SEPARATOR.join(inputs.directives)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(
+            group_config_map_name(name),
+            str(g.metadata.namespace),
+            _labels(name, "agent-config"),
+            raw,
+            {ANNOTATION_CONFIG_HASH: content_hash(data)},
+        ),
+        "data": data,
+    }
+
+
+def network_policy(g: Group, raw: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """No ingress; egress to cluster DNS, the Pynchy gateway, and the CIDRs the Group allows."""
+    name = g.metadata.name
+    dns_ports = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    egress: list[dict[str, Any]] = [
+        {
+            "to": [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.dns_namespace}},
+                    "podSelector": {"matchLabels": dict(settings.dns_pod_labels)},
+                }
+            ],
+            "ports": dns_ports,
+        },
+        {
+            "to": [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.gateway_namespace}},
+                    "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)},
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": settings.gateway_port}],
+        },
+    ]
+    for rule in g.spec.network.egress:
+        block: dict[str, Any] = {"cidr": rule.cidr}
+        if rule.except_cidrs:
+            block["except"] = list(rule.except_cidrs)
+        entry: dict[str, Any] = {"to": [{"ipBlock": block}]}
+        if rule.ports:
+            entry["ports"] = [{"protocol": p.protocol, "port": p.port} for p in rule.ports]
+        egress.append(entry)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(
+            group_network_policy_name(name), str(g.metadata.namespace), _labels(name, "agent-network"), raw
+        ),
+        "spec": {
+            "podSelector": {"matchLabels": agent_pod_selector(name)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": egress,
+        },
+    }
+
+
+def group_children(
+    g: Group, raw: dict[str, Any], inputs: GroupInputs, settings: OperatorSettings
+) -> list[dict[str, Any]]:
+    """Every object a Group needs before an agent pod can run, in apply order."""
+    return [
+        service_account(g, raw),
+        state_claim(g, raw),
+        config_map(g, raw, inputs, settings),
+        network_policy(g, raw, settings),
+    ]
