@@ -86,3 +86,15 @@ def operator(operator_env: None) -> Iterator[object]:
         yield op
     finally:
         op.stop()
+
+
+# Shared by the operator (which signs run tokens) and the gateway (which verifies them).
+RUN_TOKEN_KEY = "pynchy-test-run-token-key-0123456789abcdef0123456"
+
+
+@pytest.fixture(scope="session")
+def gateway_kubeconfig(control_plane: ControlPlane) -> Path:
+    """Credentials of the gateway's ServiceAccount, bound to exactly manifests/base/gateway/rbac.yaml."""
+    control_plane.kubectl("create", "namespace", "pynchy-system", check=False)
+    control_plane.kubectl("apply", "-f", str(REPO / "manifests/base/gateway/rbac.yaml"))
+    return control_plane.service_account_kubeconfig("pynchy-system", "pynchy-gateway")

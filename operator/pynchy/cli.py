@@ -88,6 +88,14 @@ def operator_cmd() -> None:
     run_forever()
 
 
+@main.command("gateway")
+def gateway_cmd() -> None:
+    """Run the gateway: run API and model proxy for agent pods (settings from PYNCHY_* variables)."""
+    from pynchy.gateway.run import run_forever
+
+    run_forever()
+
+
 @main.command("controlplane")
 @click.option(
     "--data-dir",

@@ -1,0 +1,1 @@
+"""The gateway: channels, the conversation store, the run API agent pods call, and the model proxy."""

@@ -1,0 +1,87 @@
+"""The model proxy: agent pods call it as their Anthropic API; it swaps their run token for the
+real credential, streams the upstream response back unchanged, and meters usage per Group."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from pynchy.gateway.usage import ModelUsage, SseUsage, usage_from_json
+from pynchy.logs import get_logger
+
+log = get_logger(__name__)
+
+# Never forwarded: hop-by-hop headers, and every credential the caller sent.
+DROP_REQUEST = {
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "x-api-key",
+    "authorization",
+    "cookie",
+    # Ask for identity encoding so usage can be read from the bytes passing through.
+    "accept-encoding",
+}
+DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "set-cookie"}
+Meter = Callable[[ModelUsage], Awaitable[None]]
+
+
+class ModelProxy:
+    def __init__(self, upstream: str, api_key: str | None, auth_token: str | None) -> None:
+        self.upstream = upstream.rstrip("/")
+        self._credential = {"x-api-key": api_key} if api_key else {"authorization": f"Bearer {auth_token}"}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        # No total timeout: long generations stream for minutes; connect and read gaps are bounded.
+        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=600)
+        self._session = aiohttp.ClientSession(timeout=timeout)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def forward(self, request: web.Request, tail: str, meter: Meter) -> web.StreamResponse:
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_REQUEST}
+        headers.update(self._credential)
+        url = f"{self.upstream}/{tail}"
+        body = await request.read()
+        try:
+            upstream = await self._session.request(
+                request.method, url, params=request.query, data=body, headers=headers, allow_redirects=False
+            )
+        except aiohttp.ClientError as exc:
+            log.warning("model upstream unreachable", url=url, error=str(exc))
+            return web.json_response(
+                {"type": "error", "error": {"type": "api_error", "message": f"model upstream unreachable: {exc}"}},
+                status=502,
+            )
+        async with upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for key, value in upstream.headers.items():
+                if key.lower() not in DROP_RESPONSE:
+                    response.headers.add(key, value)
+            await response.prepare(request)
+            streaming = upstream.headers.get("content-type", "").startswith("text/event-stream")
+            sse = SseUsage() if streaming else None
+            collected = bytearray()
+            async for chunk in upstream.content.iter_any():
+                if sse is not None:
+                    sse.feed(chunk)
+                elif len(collected) < 4 << 20:
+                    collected += chunk
+                await response.write(chunk)
+            await response.write_eof()
+        usage = sse.usage if sse is not None else usage_from_json(bytes(collected))
+        if upstream.status < 400 and not usage.empty:
+            await meter(usage)
+        return response

@@ -1,0 +1,66 @@
+"""Per-run counters the gateway reports into AgentRun status: turns served, usage, session."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynchy.logs import get_logger
+from pynchy.operator.kubeapi import KubeApi, KubeError
+from pynchy_agent.protocol import UsageReport
+
+log = get_logger(__name__)
+
+
+@dataclass
+class RunStats:
+    turns_served: int = 0
+    usage: dict[str, Any] = field(default_factory=dict)
+    session_id: str | None = None
+
+    @classmethod
+    def from_status(cls, status: dict[str, Any]) -> RunStats:
+        return cls(int(status.get("turnsServed") or 0), dict(status.get("usage") or {}), status.get("sessionId"))
+
+    def add(self, usage: UsageReport) -> None:
+        self.turns_served += 1
+        for key, value in usage.wire().items():
+            if key == "costUSD":
+                self.usage[key] = round(float(self.usage.get(key, 0.0)) + float(value), 6)
+            else:
+                self.usage[key] = int(self.usage.get(key, 0)) + int(value)
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"turnsServed": self.turns_served, "usage": self.usage}
+        if self.session_id is not None:
+            out["sessionId"] = self.session_id
+        return out
+
+
+class StatsReporter:
+    """Keeps counters per run and merge-patches them into the AgentRun's status (fields the
+    operator never writes), one patch at a time per run."""
+
+    def __init__(self, api: KubeApi) -> None:
+        self.api = api
+        self._stats: dict[tuple[str, str], RunStats] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def stats(self, run: dict[str, Any]) -> RunStats:
+        key = (run["metadata"]["namespace"], run["metadata"]["name"])
+        if key not in self._stats:
+            self._stats[key] = RunStats.from_status(run.get("status") or {})
+        return self._stats[key]
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._stats.pop((namespace, name), None)
+        self._locks.pop((namespace, name), None)
+
+    async def push(self, run: dict[str, Any]) -> None:
+        key = (run["metadata"]["namespace"], run["metadata"]["name"])
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            try:
+                await self.api.patch_status("AgentRun", key[0], key[1], self.stats(run).status())
+            except KubeError as exc:
+                log.warning("could not report run usage", run=key[1], namespace=key[0], error=exc.message)

@@ -1,0 +1,196 @@
+"""Pynchy's agent tools, executed in the gateway and authorised here (never in the pod).
+
+A non-admin Group may act only on its own chat and tasks; an admin Group may name another
+Group in the same namespace. Every call is written to the audit table, allowed or not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from pynchy.api.validation import format_errors
+from pynchy.gateway.db import Db
+from pynchy.gateway.runs import API_VERSION, Runs
+from pynchy.operator.kubeapi import KubeApi, KubeError
+from pynchy.store import records
+from pynchy_agent.protocol import (
+    TOOLS,
+    ForgetMemoryArgs,
+    RecallMemoriesArgs,
+    SaveMemoryArgs,
+    ScheduleTaskArgs,
+    SendMessageArgs,
+    TargetArgs,
+    TaskArgs,
+    ToolResult,
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    namespace: str
+    group: str
+    run: str
+    admin: bool
+
+
+class ToolError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def scheduled_task(namespace: str, target: str, args: ScheduleTaskArgs, caller: Caller) -> dict[str, Any]:
+    """The ScheduledTask an agent asked for (the API server validates the schedule)."""
+    schedule = {k: v for k, v in {"cron": args.cron, "interval": args.interval, "once": args.once}.items() if v}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ScheduledTask",
+        "metadata": {
+            "name": args.name,
+            "namespace": namespace,
+            "labels": {"pynchy.dev/group": target, "pynchy.dev/created-by": "agent"},
+            "annotations": {"pynchy.dev/created-by-run": caller.run, "pynchy.dev/created-by-group": caller.group},
+        },
+        "spec": {
+            "groupRef": {"name": target},
+            "prompt": args.prompt,
+            "schedule": schedule,
+            "timeZone": args.time_zone,
+            "contextMode": args.context_mode,
+        },
+    }
+
+
+def _task_summary(task: dict[str, Any]) -> dict[str, Any]:
+    spec, status = task.get("spec") or {}, task.get("status") or {}
+    return {
+        "name": task["metadata"]["name"],
+        "schedule": spec.get("schedule"),
+        "timeZone": spec.get("timeZone"),
+        "suspended": bool(spec.get("suspend")),
+        "nextRun": status.get("nextScheduleTime"),
+        "lastRun": status.get("lastScheduleTime"),
+        "prompt": (spec.get("prompt") or "")[:200],
+    }
+
+
+class Tools:
+    def __init__(self, api: KubeApi, db: Db, runs: Runs, outbound: Any) -> None:
+        self.api = api
+        self.db = db
+        self.runs = runs
+        self.outbound = outbound  # async callable(namespace, group, text) -> None
+
+    async def call(self, caller: Caller, name: str, arguments: dict[str, Any]) -> ToolResult:
+        if name not in TOOLS:
+            raise ToolError(404, f"unknown tool {name!r}; available: {', '.join(TOOLS)}")
+        model = TOOLS[name][0]
+        try:
+            args = model.model_validate(arguments)
+        except ValidationError as exc:
+            raise ToolError(422, f"invalid arguments for {name}: " + "; ".join(format_errors(exc))) from None
+        target = getattr(args, "group", None) or caller.group
+        allowed = target == caller.group or caller.admin
+        detail = "" if allowed else f"group {caller.group} is not an admin group and may act only on itself"
+        await self.db.call(
+            records.audit,
+            namespace=caller.namespace,
+            group=caller.group,
+            run=caller.run,
+            action=name,
+            allowed=allowed,
+            target_group=target,
+            detail=detail or str(args.wire())[:1000],
+        )
+        if not allowed:
+            raise ToolError(403, f"refused: {detail}; leave 'group' empty to act on this group")
+        if target != caller.group and self.runs.group(caller.namespace, target) is None:
+            raise ToolError(404, f"Group {target!r} does not exist in namespace {caller.namespace}")
+        return await getattr(self, f"_{name}")(caller, target, args)
+
+    # -- chat --------------------------------------------------------------------------
+
+    async def _send_message(self, caller: Caller, target: str, args: SendMessageArgs) -> ToolResult:
+        await self.outbound(caller.namespace, target, args.text)
+        return ToolResult(text=f"Message sent to {target}.")
+
+    async def _reset_context(self, caller: Caller, target: str, args: Any) -> ToolResult:
+        def mark(session: Any) -> None:
+            row = records.group_session(session, caller.namespace, target)
+            row.reset_pending = True
+
+        await self.db.call(mark)
+        return ToolResult(text="The conversation will start fresh with the next message; memories are kept.")
+
+    # -- tasks -------------------------------------------------------------------------
+
+    async def _schedule_task(self, caller: Caller, target: str, args: ScheduleTaskArgs) -> ToolResult:
+        if sum(1 for v in (args.cron, args.interval, args.once) if v) != 1:
+            raise ToolError(422, "set exactly one of cron, interval or once")
+        try:
+            await self.api.create(scheduled_task(caller.namespace, target, args, caller))
+        except KubeError as exc:
+            if exc.status == 409:
+                raise ToolError(409, f"a task named {args.name!r} already exists; pick another name") from None
+            if exc.status in (400, 422):
+                raise ToolError(422, f"the task was refused: {exc.message}") from None
+            raise
+        return ToolResult(text=f"Scheduled task {args.name} created for {target}.", data={"name": args.name})
+
+    async def _tasks(self, namespace: str, target: str) -> list[dict[str, Any]]:
+        items = await self.api.list("ScheduledTask", namespace)
+        return [t for t in items if (t.get("spec") or {}).get("groupRef", {}).get("name") == target]
+
+    async def _own_task(self, caller: Caller, target: str, name: str) -> dict[str, Any]:
+        task = await self.api.get("ScheduledTask", caller.namespace, name)
+        if task is None or (task.get("spec") or {}).get("groupRef", {}).get("name") != target:
+            raise ToolError(404, f"no task named {name!r} for group {target}; list_tasks shows them")
+        return task
+
+    async def _list_tasks(self, caller: Caller, target: str, args: TargetArgs) -> ToolResult:
+        tasks = [_task_summary(t) for t in await self._tasks(caller.namespace, target)]
+        lines = [f"- {t['name']}: {t['schedule']} next={t['nextRun']} suspended={t['suspended']}" for t in tasks]
+        return ToolResult(text="\n".join(lines) or f"{target} has no scheduled tasks.", data=tasks)
+
+    async def _set_suspend(self, caller: Caller, target: str, name: str, suspend: bool) -> None:
+        task = await self._own_task(caller, target, name)
+        await self.api.request(
+            "PATCH",
+            self.api.path("ScheduledTask", caller.namespace, name),
+            body={"metadata": {"resourceVersion": task["metadata"]["resourceVersion"]}, "spec": {"suspend": suspend}},
+            content_type="application/merge-patch+json",
+        )
+
+    async def _pause_task(self, caller: Caller, target: str, args: TaskArgs) -> ToolResult:
+        await self._set_suspend(caller, target, args.name, True)
+        return ToolResult(text=f"Task {args.name} paused.")
+
+    async def _resume_task(self, caller: Caller, target: str, args: TaskArgs) -> ToolResult:
+        await self._set_suspend(caller, target, args.name, False)
+        return ToolResult(text=f"Task {args.name} resumed.")
+
+    async def _cancel_task(self, caller: Caller, target: str, args: TaskArgs) -> ToolResult:
+        task = await self._own_task(caller, target, args.name)
+        await self.api.delete("ScheduledTask", caller.namespace, args.name, uid=task["metadata"]["uid"])
+        return ToolResult(text=f"Task {args.name} cancelled.")
+
+    # -- memory ------------------------------------------------------------------------
+
+    async def _save_memory(self, caller: Caller, target: str, args: SaveMemoryArgs) -> ToolResult:
+        existed = await self.db.call(records.save_memory, caller.namespace, target, args.key, args.content)
+        return ToolResult(text=f"{'Updated' if existed else 'Saved'} memory {args.key!r}.")
+
+    async def _recall_memories(self, caller: Caller, target: str, args: RecallMemoriesArgs) -> ToolResult:
+        rows = await self.db.call(records.recall_memories, caller.namespace, target, args.query)
+        data = [{"key": r.key, "content": r.content} for r in rows]
+        text = "\n".join(f"- {r.key}: {r.content}" for r in rows) or "No memories found."
+        return ToolResult(text=text, data=data)
+
+    async def _forget_memory(self, caller: Caller, target: str, args: ForgetMemoryArgs) -> ToolResult:
+        if not await self.db.call(records.forget_memory, caller.namespace, target, args.key):
+            raise ToolError(404, f"no memory with key {args.key!r}")
+        return ToolResult(text=f"Forgot {args.key!r}.")

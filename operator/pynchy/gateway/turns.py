@@ -1,0 +1,82 @@
+"""The turn hub: queue turns durably, hand them to runs by long-poll, fan their events out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynchy.gateway.db import Db
+from pynchy.store import turns as turn_store
+from pynchy.store.models import TurnRow
+from pynchy_agent.protocol import Event, Turn, TurnFailed, TurnResult
+
+GroupKey = tuple[str, str]
+
+
+@dataclass
+class TurnWatch:
+    """Live view of one turn: its events as they stream, and its end."""
+
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    done: asyncio.Future[TurnResult | TurnFailed] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class TurnHub:
+    def __init__(self, db: Db) -> None:
+        self.db = db
+        self._wakeups: dict[GroupKey, asyncio.Event] = defaultdict(asyncio.Event)
+        self._watches: dict[str, list[TurnWatch]] = defaultdict(list)
+
+    async def enqueue(self, namespace: str, group: str, prompt: str, **kwargs: Any) -> TurnRow:
+        row = await self.db.call(turn_store.enqueue, namespace, group, prompt, **kwargs)
+        self.wake(namespace, group)
+        return row
+
+    def wake(self, namespace: str, group: str) -> None:
+        self._wakeups[(namespace, group)].set()
+
+    async def next_turn(
+        self, namespace: str, group: str, run: str, *, bound_only: bool, wait: float, reset: bool = False
+    ) -> Turn | None:
+        """Claim the next turn for `run`, waiting up to `wait` seconds for one to be queued."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        key = (namespace, group)
+        while True:
+            wakeup = self._wakeups[key]
+            wakeup.clear()  # cleared before the check, so an enqueue after it is never missed
+            row = await self.db.call(turn_store.claim_next, namespace, group, run, bound_only=bound_only)
+            if row is not None:
+                return Turn(id=row.id, prompt=row.prompt, sender=row.sender, reset_session=reset)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(wakeup.wait(), remaining)
+            except TimeoutError:
+                return None
+
+    def watch(self, turn_id: str) -> TurnWatch:
+        w = TurnWatch()
+        self._watches[turn_id].append(w)
+        return w
+
+    def unwatch(self, turn_id: str, w: TurnWatch) -> None:
+        watches = self._watches.get(turn_id, [])
+        if w in watches:
+            watches.remove(w)
+        if not watches:
+            self._watches.pop(turn_id, None)
+
+    def publish(self, turn_id: str, event: Event) -> None:
+        for w in self._watches.get(turn_id, []):
+            w.events.put_nowait(event)
+            if isinstance(event, TurnResult | TurnFailed) and not w.done.done():
+                w.done.set_result(event)
+
+    def publish_failure(self, turn_id: str, message: str) -> None:
+        self.publish(turn_id, TurnFailed(message=message))

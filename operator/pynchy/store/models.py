@@ -1,0 +1,119 @@
+"""Tables of the conversation store. SQLite by default, PostgreSQL by URL; nothing vendor-specific."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TurnRow(Base):
+    """One message for an agent to answer, from queueing to its reply."""
+
+    __tablename__ = "turns"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(63))
+    group: Mapped[str] = mapped_column(String(63))
+    # Set for turns that belong to one run only (a schedule's or a manual run's prompt).
+    run: Mapped[str | None] = mapped_column(String(253), default=None)
+    prompt: Mapped[str] = mapped_column(Text)
+    sender: Mapped[str | None] = mapped_column(String(255), default=None)
+    source: Mapped[str] = mapped_column(String(255), default="api")
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued | delivered | done | failed
+    reset_session: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_to: Mapped[str | None] = mapped_column(String(253), default=None)
+    reply: Mapped[str | None] = mapped_column(Text, default=None)
+    is_error: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # Monotonic order within the store (created_at can tie).
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_turns_group_state", "namespace", "group", "state", "seq"),)
+
+
+class UsageRow(Base):
+    """Model usage: one row per proxied model call (source 'proxy') or per turn result ('runner')."""
+
+    __tablename__ = "usage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    namespace: Mapped[str] = mapped_column(String(63))
+    group: Mapped[str] = mapped_column(String(63))
+    run: Mapped[str] = mapped_column(String(253))
+    source: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(String(100), default=None)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cache_read_input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cache_creation_input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_usage_group", "namespace", "group", "at"),)
+
+
+class MemoryRow(Base):
+    """A fact an agent saved for its Group."""
+
+    __tablename__ = "memories"
+
+    namespace: Mapped[str] = mapped_column(String(63), primary_key=True)
+    group: Mapped[str] = mapped_column(String(63), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    content: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class GroupSessionRow(Base):
+    """Per-Group conversation state the gateway keeps (the session id itself lives on the Group's volume)."""
+
+    __tablename__ = "group_sessions"
+
+    namespace: Mapped[str] = mapped_column(String(63), primary_key=True)
+    group: Mapped[str] = mapped_column(String(63), primary_key=True)
+    session_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    reset_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class OutboundRow(Base):
+    """A message an agent sent to its channel (send_message or a turn's reply), for delivery."""
+
+    __tablename__ = "outbound"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    namespace: Mapped[str] = mapped_column(String(63))
+    group: Mapped[str] = mapped_column(String(63))
+    turn_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    text: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditRow(Base):
+    """Every agent tool call, allowed or refused."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+    namespace: Mapped[str] = mapped_column(String(63))
+    group: Mapped[str] = mapped_column(String(63))
+    run: Mapped[str] = mapped_column(String(253))
+    action: Mapped[str] = mapped_column(String(64))
+    target_group: Mapped[str | None] = mapped_column(String(63), default=None)
+    allowed: Mapped[bool] = mapped_column(Boolean)
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,109 @@
+"""Usage, memories, audit, outbound messages and per-Group session state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.orm import Session
+
+from pynchy.store.models import AuditRow, GroupSessionRow, MemoryRow, OutboundRow, UsageRow
+
+
+def record_usage(session: Session, row: UsageRow) -> None:
+    session.add(row)
+
+
+def group_usage(session: Session, namespace: str, group: str, source: str = "proxy") -> dict[str, float]:
+    totals = session.execute(
+        select(
+            func.coalesce(func.sum(UsageRow.input_tokens), 0),
+            func.coalesce(func.sum(UsageRow.output_tokens), 0),
+            func.count(),
+        ).where(UsageRow.namespace == namespace, UsageRow.group == group, UsageRow.source == source)
+    ).one()
+    return {"input_tokens": totals[0], "output_tokens": totals[1], "calls": totals[2]}
+
+
+def save_memory(session: Session, namespace: str, group: str, key: str, content: str) -> bool:
+    """Insert or replace; returns True when the key already existed."""
+    row = session.get(MemoryRow, (namespace, group, key))
+    if row is None:
+        session.add(MemoryRow(namespace=namespace, group=group, key=key, content=content))
+        return False
+    row.content = content
+    row.updated_at = datetime.now(UTC)
+    return True
+
+
+def recall_memories(session: Session, namespace: str, group: str, query: str = "", limit: int = 50) -> list[MemoryRow]:
+    stmt = select(MemoryRow).where(MemoryRow.namespace == namespace, MemoryRow.group == group)
+    for word in query.split()[:8]:
+        pattern = f"%{word.lower()}%"
+        stmt = stmt.where(or_(func.lower(MemoryRow.key).like(pattern), func.lower(MemoryRow.content).like(pattern)))
+    return list(session.scalars(stmt.order_by(MemoryRow.updated_at.desc()).limit(limit)))
+
+
+def forget_memory(session: Session, namespace: str, group: str, key: str) -> bool:
+    result = session.execute(
+        delete(MemoryRow).where(MemoryRow.namespace == namespace, MemoryRow.group == group, MemoryRow.key == key)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def audit(
+    session: Session,
+    *,
+    namespace: str,
+    group: str,
+    run: str,
+    action: str,
+    allowed: bool,
+    target_group: str | None = None,
+    detail: str = "",
+) -> None:
+    session.add(
+        AuditRow(
+            namespace=namespace,
+            group=group,
+            run=run,
+            action=action,
+            allowed=allowed,
+            target_group=target_group,
+            detail=detail[:4000],
+            at=datetime.now(UTC),
+        )
+    )
+
+
+def audit_log(session: Session, namespace: str, group: str | None = None) -> list[AuditRow]:
+    stmt = select(AuditRow).where(AuditRow.namespace == namespace)
+    if group is not None:
+        stmt = stmt.where(AuditRow.group == group)
+    return list(session.scalars(stmt.order_by(AuditRow.id)))
+
+
+def add_outbound(session: Session, namespace: str, group: str, text: str, turn_id: str | None = None) -> OutboundRow:
+    row = OutboundRow(namespace=namespace, group=group, text=text, turn_id=turn_id, created_at=datetime.now(UTC))
+    session.add(row)
+    session.flush()
+    return row
+
+
+def outbound(session: Session, namespace: str, group: str) -> list[OutboundRow]:
+    return list(
+        session.scalars(
+            select(OutboundRow)
+            .where(OutboundRow.namespace == namespace, OutboundRow.group == group)
+            .order_by(OutboundRow.id)
+        )
+    )
+
+
+def group_session(session: Session, namespace: str, group: str) -> GroupSessionRow:
+    row = session.get(GroupSessionRow, (namespace, group))
+    if row is None:
+        row = GroupSessionRow(namespace=namespace, group=group)
+        session.add(row)
+        session.flush()
+    return row

@@ -1,0 +1,115 @@
+"""Turn queue operations. Every function takes the caller's Session and leaves committing to it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from pynchy.store.models import TurnRow
+
+QUEUED, DELIVERED, DONE, FAILED = "queued", "delivered", "done", "failed"
+MAX_ATTEMPTS = 3
+
+
+def new_turn_id() -> str:
+    return uuid.uuid4().hex
+
+
+def enqueue(
+    session: Session,
+    namespace: str,
+    group: str,
+    prompt: str,
+    *,
+    turn_id: str | None = None,
+    run: str | None = None,
+    sender: str | None = None,
+    source: str = "api",
+) -> TurnRow:
+    """Queue a turn (idempotent for a given turn_id: the existing row is returned)."""
+    if turn_id is not None:
+        existing = session.get(TurnRow, turn_id)
+        if existing is not None:
+            return existing
+    seq = (session.scalar(select(func.max(TurnRow.seq))) or 0) + 1
+    row = TurnRow(
+        id=turn_id or new_turn_id(),
+        namespace=namespace,
+        group=group,
+        run=run,
+        prompt=prompt,
+        sender=sender,
+        source=source,
+        state=QUEUED,
+        seq=seq,
+        created_at=datetime.now(UTC),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def claim_next(session: Session, namespace: str, group: str, run: str, *, bound_only: bool) -> TurnRow | None:
+    """Hand the oldest queued turn to `run`: its own bound turns first, then (unless bound_only) the
+    Group's unbound ones. The conditional UPDATE makes a claim exclusive even across processes."""
+    where = [TurnRow.namespace == namespace, TurnRow.group == group, TurnRow.state == QUEUED]
+    scope = TurnRow.run == run if bound_only else or_(TurnRow.run == run, TurnRow.run.is_(None))
+    candidates = session.scalars(select(TurnRow).where(*where, scope).order_by(TurnRow.seq).limit(5)).all()
+    for row in candidates:
+        claimed = session.execute(
+            update(TurnRow)
+            .where(TurnRow.id == row.id, TurnRow.state == QUEUED)
+            .values(state=DELIVERED, delivered_to=run, delivered_at=datetime.now(UTC), attempts=TurnRow.attempts + 1)
+        )
+        if claimed.rowcount == 1:  # type: ignore[attr-defined]
+            session.refresh(row)
+            return row
+    return None
+
+
+def finish(session: Session, turn_id: str, run: str, reply: str, is_error: bool) -> TurnRow | None:
+    """Record the result of a turn delivered to `run`; None if it is not that run's turn."""
+    row = session.get(TurnRow, turn_id)
+    if row is None or row.delivered_to != run or row.state not in (DELIVERED, QUEUED):
+        return None
+    row.state = FAILED if is_error else DONE
+    row.reply = reply
+    row.is_error = is_error
+    row.finished_at = datetime.now(UTC)
+    return row
+
+
+def requeue_unfinished(session: Session, namespace: str, run: str) -> list[TurnRow]:
+    """A run ended: its delivered but unanswered turns go back to the queue (or fail after
+    MAX_ATTEMPTS), so no message is lost when a pod dies mid-turn."""
+    rows = session.scalars(
+        select(TurnRow).where(TurnRow.namespace == namespace, TurnRow.delivered_to == run, TurnRow.state == DELIVERED)
+    ).all()
+    for row in rows:
+        if row.attempts >= MAX_ATTEMPTS or row.run is not None:
+            row.state = FAILED
+            row.is_error = True
+            row.reply = f"the agent stopped before answering (attempt {row.attempts})"
+            row.finished_at = datetime.now(UTC)
+        else:
+            row.state = QUEUED
+            row.delivered_to = None
+    return list(rows)
+
+
+def has_queued(session: Session, namespace: str, group: str) -> bool:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(TurnRow)
+            .where(TurnRow.namespace == namespace, TurnRow.group == group, TurnRow.state == QUEUED)
+        )
+        or 0
+    ) > 0
+
+
+def get(session: Session, turn_id: str) -> TurnRow | None:
+    return session.get(TurnRow, turn_id)
