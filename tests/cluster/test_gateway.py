@@ -10,14 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import RUN_TOKEN_KEY
-from pynchy_agent.protocol import TurnResult
 
 from cluster.helpers import get, wait_for
+from conftest import RUN_TOKEN_KEY
 from pynchy.gateway.run import EmbeddedGateway
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.runtoken import RunClaims, issue
 from pynchy.store import records
+from pynchy_agent.protocol import TurnResult
 
 GROUP = """
 apiVersion: pynchy.dev/v1alpha1
