@@ -74,6 +74,7 @@ def operator_env(operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
     monkeypatch.setenv("PYNCHY_HOST_PATH_ALLOWLIST", "/srv/pynchy")
     monkeypatch.setenv("PYNCHY_WORKERS", "4")
+    monkeypatch.setenv("PYNCHY_RUN_TOKEN_KEY", RUN_TOKEN_KEY)
 
 
 @pytest.fixture

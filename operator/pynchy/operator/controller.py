@@ -7,16 +7,18 @@ from collections import defaultdict
 from typing import Any
 
 from pynchy.logs import get_logger
+from pynchy.operator.admission import RunIndex, RunKey
 from pynchy.operator.build.common import LABEL_GROUP, LABEL_MANAGED_BY, LABEL_WORKSPACE, MANAGED_BY
 from pynchy.operator.checks import Ref
 from pynchy.operator.kubeapi import KubeApi, KubeError
+from pynchy.operator.reconcile_agentrun import RunReconciler
 from pynchy.operator.reconcile_group import reconcile_group
 from pynchy.operator.reconcile_workspace import reconcile_workspace
 from pynchy.operator.settings import OperatorSettings
 from pynchy.operator.workqueue import WorkQueue
 
 log = get_logger(__name__)
-Key = tuple[str, str, str]  # (kind, namespace, name) of a Group or Workspace
+Key = tuple[str, str, str]  # (kind, namespace, name) of a Group, Workspace or AgentRun
 
 
 class Controller:
@@ -29,6 +31,9 @@ class Controller:
         self._dependents: dict[Ref, set[Key]] = defaultdict(set)
         self._refs: dict[Key, set[Ref]] = {}
         self._resync: asyncio.Task[None] | None = None
+        # AgentRuns: admission state from the AgentRun and Pod watches; waiting runs are woken by key.
+        self.runs = RunIndex(settings.max_concurrent_runs, settings.run_history_limit, self._wake_run)
+        self._run_reconciler = RunReconciler(api, settings, self.runs)
 
     async def start(self) -> None:
         self.queue.start()
@@ -60,6 +65,33 @@ class Controller:
             self.queue.add(key)
         # Groups that use this Workspace re-check readiness when it changes.
         self._wake_dependents(kind, meta["namespace"], meta["name"])
+        if kind == "Group":
+            # Runs waiting for their Group to become Ready, and running ones whose configuration may have changed.
+            self._wake_group_runs(meta["namespace"], meta["name"])
+
+    def on_run_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        key: Key = ("AgentRun", meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            self.known.discard(key)
+            self.queue.forget(key)
+            self.runs.forget_run((meta["namespace"], meta["name"]))
+        else:
+            self.known.add(key)
+            self.runs.observe_run(body)
+            self.queue.add(key)
+
+    def on_pod_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        run = self.runs.observe_pod(body, deleted=event_type == "DELETED")
+        if run is not None:
+            self._wake_run(run)
+
+    def _wake_run(self, run: RunKey) -> None:
+        self.queue.add(("AgentRun", *run))
+
+    def _wake_group_runs(self, namespace: str, group: str) -> None:
+        for run in self.runs.group_runs(namespace, group):
+            self._wake_run(run)
 
     def on_child_event(self, body: dict[str, Any]) -> None:
         labels = body["metadata"].get("labels") or {}
@@ -68,6 +100,8 @@ class Controller:
         ns = body["metadata"]["namespace"]
         if LABEL_GROUP in labels:
             self.queue.add(("Group", ns, labels[LABEL_GROUP]))
+            # A changed ConfigMap changes what a new agent pod would run (ConfigCurrent).
+            self._wake_group_runs(ns, labels[LABEL_GROUP])
         if LABEL_WORKSPACE in labels:
             self.queue.add(("Workspace", ns, labels[LABEL_WORKSPACE]))
 
@@ -78,6 +112,8 @@ class Controller:
     def _wake_dependents(self, kind: str, namespace: str, name: str) -> None:
         for key in self._dependents.get((kind, namespace, name), ()):
             self.queue.add(key)
+            if key[0] == "Group":
+                self._wake_group_runs(key[1], key[2])
 
     def _set_refs(self, key: Key, refs: set[Ref]) -> None:
         for ref in self._refs.pop(key, set()) - refs:
@@ -98,6 +134,8 @@ class Controller:
             self._set_refs(key, set())
             return None
         try:
+            if kind == "AgentRun":
+                return await self._run_reconciler.reconcile(raw)
             if kind == "Group":
                 checks = await reconcile_group(self.api, raw, self.settings)
             else:

@@ -5,6 +5,9 @@ Handlers are level-triggered (`on.event`): kopf stores no per-object progress, a
 finalizers (children are garbage-collected through owner references) and writes nothing
 to our objects except what the reconcilers decide, so an idle operator or a restart
 makes no write request.
+
+Every handler is `async`: kopf runs plain functions in a thread pool, and the work queue and the
+AgentRun admission index belong to the event loop.
 """
 
 from __future__ import annotations
@@ -65,43 +68,54 @@ def queue_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
 
 
 @kopf.on.event(GROUP, VERSION, "groups")
-def group_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def group_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_owner_event("Group", event.get("type"), dict(body))
 
 
 @kopf.on.event(GROUP, VERSION, "workspaces")
-def workspace_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def workspace_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_owner_event("Workspace", event.get("type"), dict(body))
 
 
+@kopf.on.event(GROUP, VERSION, "agentruns")
+async def agentrun_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.on_run_event(event.get("type"), dict(body))
+
+
 _MANAGED = {"app.kubernetes.io/managed-by": "pynchy-operator"}
+_AGENT_PODS = {**_MANAGED, "app.kubernetes.io/component": "agent"}
+
+
+@kopf.on.event("v1", "pods", labels=_AGENT_PODS)
+async def pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.on_pod_event(event.get("type"), dict(body))
 
 
 @kopf.on.event("v1", "serviceaccounts", labels=_MANAGED)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=_MANAGED)
-def child_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def child_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_child_event(dict(body))
 
 
 @kopf.on.event("v1", "configmaps")
-def config_map_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def config_map_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_child_event(dict(body))
     memo.controller.on_referenced_event("ConfigMap", dict(body))
 
 
 @kopf.on.event("v1", "persistentvolumeclaims")
-def claim_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def claim_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_child_event(dict(body))
     memo.controller.on_referenced_event("PersistentVolumeClaim", dict(body))
 
 
 @kopf.on.event("v1", "secrets")
-def secret_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def secret_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_referenced_event("Secret", dict(body))
 
 
 @kopf.on.event("node.k8s.io", "v1", "runtimeclasses")
-def runtime_class_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def runtime_class_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_referenced_event("RuntimeClass", dict(body))
 
 

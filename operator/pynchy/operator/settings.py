@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pynchy.api.base import QUANTITY
@@ -57,6 +57,20 @@ class OperatorSettings(BaseSettings):
     default_cpu_limit: str = Field(default="2", pattern=QUANTITY, description="Default agent CPU limit.")
     default_memory_limit: str = Field(default="2Gi", pattern=QUANTITY, description="Default agent memory limit.")
     max_concurrent_runs: int = Field(default=4, ge=1, le=1000, description="Agent runs active at once, cluster-wide.")
+    run_token_key: SecretStr = Field(
+        description="Key (at least 32 characters) that signs each run's token. Required. Keep it in a Secret "
+        "shared with the gateway, which verifies the tokens with the same key.",
+    )
+    run_ttl_seconds: int = Field(
+        default=3600,
+        ge=0,
+        le=2592000,
+        description="Delete a finished AgentRun (and its pod) this long after it finished, unless the run sets "
+        "spec.ttlSecondsAfterFinished.",
+    )
+    run_history_limit: int = Field(
+        default=20, ge=0, le=1000, description="Finished AgentRuns kept per Group; older ones are deleted first."
+    )
     workers: int = Field(default=8, ge=1, le=64, description="Reconcile workers.")
     resync_seconds: int = Field(
         default=600, ge=0, description="Re-check every object this often (0: only on changes); a no-op writes nothing."
@@ -75,6 +89,13 @@ class OperatorSettings(BaseSettings):
             if not prefix.startswith("/") or ".." in prefix:
                 raise ValueError(f"{prefix!r} must be an absolute path without '..'")
         return [p.rstrip("/") or "/" for p in value]
+
+    @field_validator("run_token_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters; generate one with `openssl rand -hex 32`")
+        return value
 
     def host_path_allowed(self, path: str) -> bool:
         if ".." in path.split("/"):

@@ -9,11 +9,13 @@ from typing import Any
 MANAGED_BY = "pynchy-operator"
 LABEL_GROUP = "pynchy.dev/group"
 LABEL_WORKSPACE = "pynchy.dev/workspace"
+LABEL_RUN = "pynchy.dev/run"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 ANNOTATION_DELETION_POLICY = "pynchy.dev/deletion-policy"
 ANNOTATION_CONFIG_HASH = "pynchy.dev/config-hash"
+ANNOTATION_TOKEN_ISSUED_AT = "pynchy.dev/token-issued-at"
 
 
 def group_sa_name(group: str) -> str:
@@ -34,6 +36,15 @@ def group_network_policy_name(group: str) -> str:
 
 def workspace_claim_name(workspace: str) -> str:
     return f"pynchy-ws-{workspace}"
+
+
+def run_pod_name(run: str) -> str:
+    """One pod per AgentRun, named like it: a second pod for the same run cannot exist."""
+    return run
+
+
+def run_token_secret_name(run: str) -> str:
+    return f"{run}-token"
 
 
 def base_labels(component: str, **extra: str) -> dict[str, str]:
