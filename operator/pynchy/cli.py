@@ -133,5 +133,41 @@ def controlplane_cmd(data_dir: Path, install_crds: bool, port: int) -> None:
         stop.wait()
 
 
+@main.command("devnode")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for volumes, pod roots and container logs.",
+)
+@click.option("--name", default="pynchy-dev", show_default=True, help="Name of the Node to register.")
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Kubeconfig of the cluster (default: the first file in $KUBECONFIG, else ~/.kube/config).",
+)
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Only schedule and run pods of this namespace (repeatable; default: all namespaces).",
+)
+def devnode_cmd(data_dir: Path, name: str, kubeconfig: Path | None, namespaces: tuple[str, ...]) -> None:
+    """Act as scheduler and kubelet for one Node, running its pods as local processes (see docs/devnode.md)."""
+    import os
+
+    from pynchy.devnode import DevNode, DevNodeError
+
+    if kubeconfig is None:
+        candidates = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+        kubeconfig = Path(candidates[0]) if candidates else Path.home() / ".kube" / "config"
+    node = DevNode(kubeconfig, data_dir, name=name, namespaces=list(namespaces) or None)
+    try:
+        node.run_until_signalled()
+    except DevNodeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 if __name__ == "__main__":
     main()
