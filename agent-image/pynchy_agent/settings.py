@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AnyHttpUrl, Field, SecretStr
+from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,8 +16,60 @@ class RunnerSettings(BaseSettings):
     run_api_url: AnyHttpUrl = Field(description="Base URL of the gateway's run API.")
     run_token: SecretStr = Field(min_length=16, description="Per-run token; authorises this run only.")
     run_name: str = Field(min_length=1, max_length=253, description="Name of the AgentRun.")
+    namespace: str | None = Field(default=None, max_length=63, description="Namespace of the AgentRun (for logs).")
     group: str = Field(min_length=1, max_length=63, description="Name of the Group.")
     workspace: Path = Field(default=Path("/workspace"), description="Working directory of the agent.")
     home: Path = Field(default=Path("/home/agent"), description="Agent home on the Group's state volume.")
     config_dir: Path = Field(default=Path("/etc/pynchy/group"), description="The Group's ConfigMap files.")
     idle_timeout_seconds: int = Field(default=600, ge=1, description="Exit after this long without a turn.")
+    mcp_secrets_dir: Path = Field(
+        default=Path("/etc/pynchy/mcp"), description="<dir>/<server>/<header>: header values of MCP servers."
+    )
+    termination_log: Path = Field(
+        default=Path("/dev/termination-log"), description="Where a fatal error is written for Kubernetes."
+    )
+    log_level: str = Field(default="INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR)$")
+
+    # The model proxy: the Claude CLI reads these two itself; checked here so a pod without them fails fast.
+    anthropic_base_url: AnyHttpUrl = Field(
+        validation_alias=AliasChoices("ANTHROPIC_BASE_URL"), description="The gateway's model proxy (<gateway>/model)."
+    )
+    anthropic_api_key: SecretStr = Field(
+        min_length=1, validation_alias=AliasChoices("ANTHROPIC_API_KEY"), description="The run token, as API key."
+    )
+
+    # A Workspace with git.
+    git_url: str | None = Field(default=None, max_length=2048, description="Repository cloned into an empty workspace.")
+    git_branch: str = Field(default="main", min_length=1, max_length=255, description="Branch to check out.")
+    git_worktree_per_group: bool = Field(
+        default=False, description="Work in the Group's own worktree and branch (pynchy/<group>) of the clone."
+    )
+    git_username: str | None = Field(default=None, description="https user name (with git_password).")
+    git_password: SecretStr | None = Field(default=None, description="https password or token.")
+    git_ssh_key_file: Path = Field(
+        default=Path("/etc/pynchy/git/ssh-privatekey"), description="ssh private key, used when the file exists."
+    )
+
+    @property
+    def state_dir(self) -> Path:
+        """Pynchy's own files on the state volume (the session file)."""
+        return self.home / ".pynchy"
+
+
+class SettingsError(Exception):
+    """Invalid or missing settings: one message naming every bad variable."""
+
+
+def load_settings() -> RunnerSettings:
+    try:
+        return RunnerSettings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            info = RunnerSettings.model_fields.get(field)
+            alias = info.validation_alias if info else None
+            name = alias.choices[0] if isinstance(alias, AliasChoices) else f"PYNCHY_{field.upper()}"
+            message = "is not set" if err["type"] == "missing" else err["msg"]
+            problems.append(f"{name} {message}")
+        raise SettingsError("invalid agent pod settings: " + "; ".join(problems)) from None
