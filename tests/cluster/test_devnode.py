@@ -124,7 +124,8 @@ def pid_of(pod: dict[str, Any]) -> int:
 
 def log_of(node: DevNode, pod: dict[str, Any], container: str = "main") -> str:
     meta = pod["metadata"]
-    return (node.data_dir / "pods" / meta["namespace"] / f"{meta['name']}-{meta['uid']}" / f"{container}.log").read_text()
+    pod_dir = node.data_dir / "pods" / meta["namespace"] / f"{meta['name']}-{meta['uid']}"
+    return (pod_dir / f"{container}.log").read_text()
 
 
 # -- the Node ------------------------------------------------------------------------------------
@@ -182,7 +183,9 @@ print("read", pathlib.Path(os.environ["DATA"], "out.txt").read_text())
 """
 
 
-def test_pod_runs_with_secret_configmap_and_claim(control_plane: ControlPlane, devnode: DevNode, namespace: str) -> None:
+def test_pod_runs_with_secret_configmap_and_claim(
+    control_plane: ControlPlane, devnode: DevNode, namespace: str
+) -> None:
     control_plane.kubectl("create", "secret", "generic", "creds", "--from-literal=token=s3cret", "-n", namespace)
     control_plane.kubectl(
         "create", "configmap", "settings", "--from-literal=mode=dev", "--from-literal=greeting=hello", "-n", namespace
@@ -259,7 +262,10 @@ def test_recreated_claim_starts_empty(control_plane: ControlPlane, devnode: DevN
     f.write_text("x")
     """
     spec = {
-        "container": {"env": [{"name": "DATA", "value": "/data"}], "volumeMounts": [{"name": "d", "mountPath": "/data"}]},
+        "container": {
+            "env": [{"name": "DATA", "value": "/data"}],
+            "volumeMounts": [{"name": "d", "mountPath": "/data"}],
+        },
         "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "scratch"}}],
     }
     create(control_plane, namespace, claim("scratch"))
@@ -398,9 +404,7 @@ def test_missing_executable_is_a_start_error(control_plane: ControlPlane, devnod
     assert "executable file not found" in state["message"]
 
 
-def test_node_selector_mismatch_is_unschedulable(
-    control_plane: ControlPlane, devnode: DevNode, namespace: str
-) -> None:
+def test_node_selector_mismatch_is_unschedulable(control_plane: ControlPlane, devnode: DevNode, namespace: str) -> None:
     create(control_plane, namespace, python_pod("picky", "pass", nodeSelector={"disktype": "ssd"}))
     wait_for(
         lambda: (c := condition(pod_obj(control_plane, "picky", namespace), "PodScheduled")) and c["status"] == "False",
@@ -415,9 +419,7 @@ def test_node_selector_mismatch_is_unschedulable(
 # -- stopping and restarting the dev node --------------------------------------------------------
 
 
-def test_stop_kills_pods_and_marks_them_failed(
-    control_plane: ControlPlane, devnode: DevNode, namespace: str
-) -> None:
+def test_stop_kills_pods_and_marks_them_failed(control_plane: ControlPlane, devnode: DevNode, namespace: str) -> None:
     create(control_plane, namespace, python_pod("victim", "import time; time.sleep(600)"))
     pid = pid_of(wait_phase(control_plane, "victim", namespace, "Running"))
     devnode.stop()

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -641,4 +642,9 @@ def remove_pod_files(data_dir: Path, namespace: str, name: str, uid: str) -> Non
 
 
 def host_environment() -> tuple[str, str | None]:
-    return os.environ.get("PATH", os.defpath), os.environ.get("LANG")
+    """The dev node's PATH (plus its interpreter's bin folder, where the venv's scripts are) and LANG."""
+    path = os.environ.get("PATH", os.defpath)
+    scripts = os.path.dirname(sys.executable)
+    if scripts and scripts not in path.split(os.pathsep):
+        path = f"{path}{os.pathsep}{scripts}" if path else scripts
+    return path, os.environ.get("LANG")
