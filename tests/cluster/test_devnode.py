@@ -170,7 +170,7 @@ namespace = pathlib.Path(sys.argv[2]).read_text()
 data = pathlib.Path(os.environ["DATA"])
 data.joinpath("out.txt").write_text("|".join([os.environ["SECRET_VALUE"], os.environ["CM_VALUE"], config]))
 print("pod", os.environ["POD_NAME"], "node", os.environ["NODE"], "ns", namespace)
-print("greeting", os.environ["GREETING_PATH"], "cwd", os.getcwd())
+print("greeting", os.environ["GREETING_PATH"], "cwd", os.getcwd(), "ip", os.environ["POD_IP"])
 print("env", sorted(os.environ))
 assert "OPTIONAL_VALUE" not in os.environ
 assert "PYTEST_CURRENT_TEST" not in os.environ, "the pod inherited the dev node's environment"
@@ -204,6 +204,7 @@ def test_pod_runs_with_secret_configmap_and_claim(
         {"name": "GREETING_PATH", "value": "$(DATA)/greeting"},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
     writer = python_pod(
         "writer",
@@ -240,7 +241,7 @@ def test_pod_runs_with_secret_configmap_and_claim(
     assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
     assert (claim_dir / "out.txt").read_text() == "s3cret|dev|hello"
     # $(DATA) expanded, then mapped to the pod root; workingDir mapped (getcwd shows the symlink's target).
-    assert f"greeting {root}/data/greeting cwd {claim_dir}" in output
+    assert f"greeting {root}/data/greeting cwd {claim_dir} ip 127.0.0.1" in output
 
     reader = python_pod(
         "reader",

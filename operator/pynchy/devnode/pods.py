@@ -284,7 +284,7 @@ class PodWorker:
 
     async def _prepare_volumes(self) -> None:
         preparer = VolumePreparer(
-            self.ctx.kube, self.ctx.name, self.ctx.data_dir, self.pod, self.dir, self.ctx.allocatable
+            self.ctx.kube, self.ctx.name, self.ctx.data_dir, self.pod_view(), self.dir, self.ctx.allocatable
         )
         delay = self.ctx.retry_delay
         last = ""
@@ -382,7 +382,7 @@ class PodWorker:
             plural = "secrets" if kind == "Secret" else "configmaps"
             obj = await self.ctx.kube.get(f"/api/v1/namespaces/{q(self.ns)}/{plural}/{q(name)}")
             objects[(kind, name)] = None if obj is None else object_data(obj)
-        pod_env = container_env(self.pod, c, objects, self.ctx.service_env, self.ctx.allocatable)
+        pod_env = container_env(self.pod_view(), c, objects, self.ctx.service_env, self.ctx.allocatable)
 
         mounts = c.get("volumeMounts") or []
         tpath = c.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
@@ -563,6 +563,17 @@ class PodWorker:
         await self._write_status()
 
     # -- API writes ------------------------------------------------------------------------
+
+    def pod_view(self) -> dict[str, Any]:
+        """The pod with the addresses this node assigns, whether or not the watch has shown our write yet."""
+        status = {
+            **(self.pod.get("status") or {}),
+            "hostIP": LOOPBACK,
+            "hostIPs": [{"ip": LOOPBACK}],
+            "podIP": LOOPBACK,
+            "podIPs": [{"ip": LOOPBACK}],
+        }
+        return {**self.pod, "status": status}
 
     def compose(self) -> dict[str, Any]:
         set_pod_conditions(

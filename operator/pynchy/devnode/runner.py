@@ -99,6 +99,7 @@ class DevNode:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop every pod (marked Failed, reason Terminated), mark the Node NotReady, end the thread."""
+        atexit.unregister(self.stop)
         loop, stop_event, thread = self._loop, self._stop, self._thread
         if thread is None or not thread.is_alive():
             return

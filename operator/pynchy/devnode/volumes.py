@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pynchy.devnode.client import ApiError, Kube, q
-from pynchy.devnode.envvars import EnvError, field_value, format_map, resource_value
+from pynchy.devnode.envvars import EnvError, field_value, resource_value
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
@@ -239,12 +239,7 @@ class VolumePreparer:
         try:
             for item in items or []:
                 if item.get("fieldRef"):
-                    path = item["fieldRef"].get("fieldPath", "")
-                    meta = self.pod.get("metadata") or {}
-                    if path in ("metadata.labels", "metadata.annotations"):
-                        value = format_map(meta.get(path.split(".")[1]) or {})
-                    else:
-                        value = field_value(self.pod, path)
+                    value = field_value(self.pod, item["fieldRef"].get("fieldPath", ""))
                 elif item.get("resourceFieldRef"):
                     ref = item["resourceFieldRef"]
                     container = containers.get(ref.get("containerName") or "") or next(iter(containers.values()), {})
