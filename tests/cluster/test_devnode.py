@@ -255,6 +255,78 @@ def test_pod_runs_with_secret_configmap_and_claim(
     assert "read s3cret|dev|hello" in log_of(devnode, pod)
 
 
+AGENT_SHAPED = """
+import os, pathlib, stat, tempfile
+home, workspace = pathlib.Path(os.environ["HOME"]), pathlib.Path(os.environ["PYNCHY_WORKSPACE"])
+assert pathlib.Path.cwd() == workspace.resolve(), (os.getcwd(), workspace)
+home.joinpath("memory.md").write_text("remember")
+workspace.joinpath("notes.txt").write_text("work")
+with tempfile.NamedTemporaryFile(dir=None) as f:
+    assert f.name.startswith(os.environ["TMPDIR"]), f.name
+key = pathlib.Path(os.environ["PYNCHY_GIT_SSH_KEY_FILE"])
+assert key.read_text() == "ssh-key", key
+assert stat.S_IMODE(key.stat().st_mode) == 0o400
+pathlib.Path(os.environ["PYNCHY_TERMINATION_LOG"]).write_text("agent done")
+"""
+
+
+def test_agent_shaped_pod(control_plane: ControlPlane, devnode: DevNode, namespace: str) -> None:
+    """The shape of the operator's agent pods: one claim for home and (subPath) workspace, /tmp, secrets."""
+    control_plane.kubectl(
+        "create", "secret", "generic", "git", "--from-literal=ssh-privatekey=ssh-key", "-n", namespace
+    )
+    create(control_plane, namespace, claim("state"))
+    env = {
+        "HOME": "/home/agent",
+        "PYNCHY_WORKSPACE": "/workspace",
+        "TMPDIR": "/tmp",
+        "PYNCHY_TERMINATION_LOG": "/dev/termination-log",
+        "PYNCHY_GIT_SSH_KEY_FILE": "/etc/pynchy/git/ssh-privatekey",
+    }
+    pod = python_pod(
+        "agent",
+        AGENT_SHAPED,
+        container={
+            "workingDir": "/workspace",
+            "env": [{"name": k, "value": v} for k, v in env.items()],
+            "volumeMounts": [
+                {"name": "home", "mountPath": "/home/agent"},
+                {"name": "home", "mountPath": "/workspace", "subPath": "workspace"},
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "git-ssh", "mountPath": "/etc/pynchy/git", "readOnly": True},
+            ],
+            "terminationMessagePath": "/dev/termination-log",
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True},
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}},
+        },
+        volumes=[
+            {"name": "home", "persistentVolumeClaim": {"claimName": "state"}},
+            {"name": "tmp", "emptyDir": {}},
+            {
+                "name": "git-ssh",
+                "secret": {
+                    "secretName": "git",
+                    "items": [{"key": "ssh-privatekey", "path": "ssh-privatekey", "mode": 0o400}],
+                    "optional": True,
+                },
+            },
+        ],
+        automountServiceAccountToken=False,
+        enableServiceLinks=False,
+        securityContext={"runAsUser": 1000, "fsGroup": 1000},
+    )
+    create(control_plane, namespace, pod)
+    got = wait_phase(control_plane, "agent", namespace, "Succeeded", "Failed")
+    assert got["status"]["phase"] == "Succeeded", main_status(got)
+    assert main_status(got)["state"]["terminated"]["message"] == "agent done"
+    pvc = get(control_plane, "pvc", "state", namespace)
+    assert pvc is not None
+    claim_dir = devnode.data_dir / "volumes" / namespace / "state" / pvc["metadata"]["uid"]
+    assert (claim_dir / "memory.md").read_text() == "remember"
+    assert (claim_dir / "workspace" / "notes.txt").read_text() == "work"
+
+
 def test_recreated_claim_starts_empty(control_plane: ControlPlane, devnode: DevNode, namespace: str) -> None:
     script = """
     import os, pathlib, sys
@@ -439,32 +511,33 @@ def test_restart_after_kill_marks_lost_pods_failed(
 ) -> None:
     namespace = ready_namespace
     data_dir = tmp_path / "devnode"
-    cli = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "pynchy",
-            "devnode",
-            "--data-dir",
-            str(data_dir),
-            "--name",
-            node_name(namespace),
-            "--kubeconfig",
-            str(control_plane.kubeconfig),
-            "--namespace",
-            namespace,
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "cli.log").open("wb"),
-    )
-    try:
-        create(control_plane, namespace, python_pod("orphan", "import time; time.sleep(600)"))
-        pid = pid_of(wait_phase(control_plane, "orphan", namespace, "Running"))
-        assert alive(pid)
-    finally:
-        cli.send_signal(signal.SIGKILL)
-        cli.wait(10)
+    with (tmp_path / "cli.log").open("wb") as cli_log:
+        cli = subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "pynchy",
+                "devnode",
+                "--data-dir",
+                str(data_dir),
+                "--name",
+                node_name(namespace),
+                "--kubeconfig",
+                str(control_plane.kubeconfig),
+                "--namespace",
+                namespace,
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=cli_log,
+        )
+        try:
+            create(control_plane, namespace, python_pod("orphan", "import time; time.sleep(600)"))
+            pid = pid_of(wait_phase(control_plane, "orphan", namespace, "Running"))
+            assert alive(pid)
+        finally:
+            cli.send_signal(signal.SIGKILL)
+            cli.wait(10)
     wait_for(lambda: not alive(pid), timeout=10, what="the container to die with its dev node (PDEATHSIG)")
 
     with make_devnode(control_plane, namespace, data_dir):

@@ -341,12 +341,17 @@ class PodWorker:
         try:
             self._links = make_links(launch.links)
         except (VolumeError, OSError) as exc:
-            rec.terminated(128, started_at=None, finished_at=now(), reason="StartError", message=str(exc))
-            return 128
+            return self._start_error(rec, str(exc))
         # On cancellation (deletion, deadline, shutdown) the links stay until _kill has stopped the process.
         code = await self._execute(c, rec, launch, init=init)
         self._unlink()
         return code
+
+    def _start_error(self, rec: ContainerRecord, message: str) -> int:
+        """The container could not start: terminated with the runtime's StartError, exit code 128."""
+        self.log.warning("container failed to start", container=rec.name, message=message)
+        rec.terminated(128, started_at=None, finished_at=now(), reason="StartError", message=message)
+        return 128
 
     def _unlink(self) -> None:
         links, self._links = self._links, []
@@ -361,11 +366,9 @@ class PodWorker:
             except (EnvError, VolumeError, ApiError) as exc:
                 message = exc.message if isinstance(exc, ApiError) else str(exc)
                 if isinstance(exc, VolumeError) and exc.permanent:
-                    rec.terminated(128, started_at=None, finished_at=now(), reason="StartError", message=message)
-                    return 128
+                    return self._start_error(rec, message)
             except (process.StartError, MountPathError) as exc:
-                rec.terminated(128, started_at=None, finished_at=now(), reason="StartError", message=str(exc))
-                return 128
+                return self._start_error(rec, str(exc))
             if message != last:
                 self.log.info("container config error", container=c["name"], message=message)
                 rec.waiting(EnvError.reason, message)
@@ -452,8 +455,7 @@ class PodWorker:
         try:
             proc = await process.spawn(launch.argv, launch.env, launch.cwd, log_path)
         except process.StartError as exc:
-            rec.terminated(128, started_at=None, finished_at=now(), reason="StartError", message=str(exc))
-            return 128
+            return self._start_error(rec, str(exc))
         started_at = now()
         running = _Running(proc, rec, started_at, c, launch, log_path, offset, before)
         self._running = running
