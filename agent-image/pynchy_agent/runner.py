@@ -152,7 +152,8 @@ class Runner:
         errors = 0
         while True:
             if self.busy:
-                wait, retry = MAX_POLL_WAIT, BUSY_RETRY_SECONDS
+                # No longer than the idle timeout: a poll still waiting when the turn ends delays the exit.
+                wait, retry = min(MAX_POLL_WAIT, self.idle_seconds), BUSY_RETRY_SECONDS
             else:
                 remaining = self.idle_seconds - (time.monotonic() - self.conversation.last_active)
                 if remaining <= 0:
@@ -249,7 +250,6 @@ def write_termination_log(path: Path, message: str) -> None:
 
 
 def fail(message: str, code: int, termination_log: Path) -> int:
-    log.error(message)
     print(f"pynchy-agent: {message}", file=sys.stderr, flush=True)
     write_termination_log(termination_log, message)
     return code

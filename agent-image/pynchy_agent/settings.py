@@ -67,9 +67,6 @@ def load_settings() -> RunnerSettings:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"
-            info = RunnerSettings.model_fields.get(field)
-            alias = info.validation_alias if info else None
-            name = alias.choices[0] if isinstance(alias, AliasChoices) else f"PYNCHY_{field.upper()}"
-            message = "is not set" if err["type"] == "missing" else err["msg"]
-            problems.append(f"{name} {message}")
+            name = field if field.isupper() else f"PYNCHY_{field.upper()}"  # an alias is the variable itself
+            problems.append(f"{name} is not set" if err["type"] == "missing" else f"{name}: {err['msg']}")
         raise SettingsError("invalid agent pod settings: " + "; ".join(problems)) from None

@@ -39,7 +39,7 @@ from .server import ThreadedServer
 log = logging.getLogger(__name__)
 
 Block = dict[str, Any]
-ENVIRONMENT_BLOCK = "# Environment"
+MID_TURN_MARKER = "The user sent a new message"  # how Claude Code slips a prompt into a running turn
 
 
 @dataclass(frozen=True)
@@ -156,9 +156,9 @@ def last_user_message(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def new_input_text(body: dict[str, Any]) -> str:
-    """Text the model is given since its last answer: the user's prompt, or the messages Claude Code
-    slips in mid-turn as system messages ("The user sent a new message while you were working: ...").
-    The environment block Claude Code appends as a system message is left out."""
+    """Text the model is given since its last answer: the user's prompt, or a message Claude Code slips
+    into a running turn as a system message ("The user sent a new message while you were working:
+    ..."). Other system messages (the environment block, ...) are left out."""
     messages = body.get("messages") or []
     last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
     parts = []
@@ -167,7 +167,7 @@ def new_input_text(body: dict[str, Any]) -> str:
             parts.append(user_text(message))
         elif message.get("role") == "system":
             body_text = user_text(message)
-            if not body_text.startswith(ENVIRONMENT_BLOCK):
+            if MID_TURN_MARKER in body_text:
                 parts.append(body_text)
     return "\n".join(parts)
 
