@@ -157,14 +157,16 @@ def last_user_message(body: dict[str, Any]) -> dict[str, Any] | None:
 
 def new_input_text(body: dict[str, Any]) -> str:
     """Text the model is given since its last answer: the user's prompt, or a message Claude Code slips
-    into a running turn as a system message ("The user sent a new message while you were working:
-    ..."). Other system messages (the environment block, ...) are left out."""
+    into a running turn ("The user sent a new message while you were working: ...") as a system
+    message or a reminder in a tool result. Other system messages (the environment, ...) are left out."""
     messages = body.get("messages") or []
     last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
     parts = []
     for message in messages[last_assistant + 1 :]:
         if message.get("role") == "user":
             parts.append(user_text(message))
+            # ... or inside a tool result, as a system reminder (MCP tools).
+            parts += [t for b in tool_results_in(message) if MID_TURN_MARKER in (t := _result_text(b))]
         elif message.get("role") == "system":
             body_text = user_text(message)
             if MID_TURN_MARKER in body_text:
