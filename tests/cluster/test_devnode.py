@@ -16,7 +16,7 @@ import pytest
 
 from cluster.helpers import condition, get, wait_for
 from conftest import LOCAL_PATH_CLASS
-from pynchy.devnode import DevNode
+from pynchy.devnode import DevNode, DevNodeError
 from pynchy.kube.controlplane import ControlPlane
 
 PY = sys.executable
@@ -546,3 +546,11 @@ def test_restart_after_kill_marks_lost_pods_failed(
     assert "restarted" in pod["status"]["message"]
     state = main_status(pod)["state"]["terminated"]
     assert (state["exitCode"], state["reason"]) == (137, "ContainerStatusUnknown")
+
+
+def test_start_fails_clearly_without_permissions(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    kubeconfig = control_plane.write_kubeconfig(tmp_path / "nobody.kubeconfig", "nobody")
+    node = DevNode(kubeconfig, tmp_path / "devnode", name=node_name(namespace), namespaces=[namespace])
+    with pytest.raises(DevNodeError, match="forbidden"):
+        node.start()
+    assert not node.alive

@@ -80,6 +80,7 @@ class NodeContext:
     shutdown_grace: float = 10.0
     retry_delay: float = 1.0
     labels: dict[str, str] = field(default_factory=dict)
+    stopping: bool = False  # set when the dev node stops: API calls are tried once or twice, not for long
 
 
 @dataclass
@@ -602,7 +603,8 @@ class PodWorker:
             raise PodGoneError
         body = {"metadata": {"uid": self.uid}, "status": self.compose()}
         delay = 0.2
-        for attempt in range(10):
+        attempts = 2 if self.ctx.stopping else 10
+        for attempt in range(attempts):
             try:
                 await self.ctx.kube.merge_patch(pod_path(self.ns, self.name, "status"), body)
                 return
@@ -610,7 +612,7 @@ class PodWorker:
                 if exc.not_found or exc.conflict:
                     self.gone = True
                     raise PodGoneError from None
-                if not exc.temporary or attempt == 9:
+                if not exc.temporary or attempt == attempts - 1:
                     self.log.error("pod status update refused", error=str(exc))
                     return
             await asyncio.sleep(delay)

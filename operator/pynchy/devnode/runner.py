@@ -157,6 +157,8 @@ class DevNode:
                 labels=nodeapi.labels(self.name),
             )
             scopes: list[str | None] = list(self.namespaces) if self.namespaces is not None else [None]
+            for ns in scopes:  # fail start() now, with the server's message, if pods cannot be listed
+                await kube.request("GET", pods_path(ns), query={"limit": "1"})
             synced: list[asyncio.Event] = []
             for ns in scopes:
                 own = asyncio.Event()
@@ -197,6 +199,8 @@ class DevNode:
             raise
         finally:
             self._stopping = True
+            if self._ctx is not None:
+                self._ctx.stopping = True
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
