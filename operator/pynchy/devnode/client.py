@@ -90,9 +90,7 @@ class Kube:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        if self._cfg.refresh_api_key_hook is not None:
-            self._cfg.refresh_api_key_hook(self._cfg)
-        token = self._cfg.get_api_key_with_prefix("authorization")
+        token = self._cfg.get_api_key_with_prefix("authorization")  # refreshes exec-plugin tokens
         if token:
             headers["Authorization"] = token
         return headers
