@@ -419,3 +419,14 @@ def test_tool_results_carry_the_gateway_text(pod: Pod) -> None:
     assert pod.wait() == 0, pod.logs()
     (seen,) = pod.model.main_requests[-1].tool_results()
     assert seen.text.startswith("daily-digest: every day at 09:00")
+
+
+def test_sigterm_during_start_up_exits_0_at_once(pod: Pod) -> None:
+    pod.start(PYNCHY_RUN_API_URL="http://127.0.0.1:9")  # nothing listens: GET /v1/run keeps retrying
+    deadline = time.monotonic() + 20
+    while "run API call failed, retrying" not in pod.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pod.proc is not None
+    pod.proc.send_signal(signal.SIGTERM)
+    assert pod.wait(10) == 0, pod.logs()
+    assert "pynchy-agent: stopped during start-up" in pod.logs()

@@ -255,7 +255,15 @@ def fail(message: str, code: int, termination_log: Path) -> int:
     return code
 
 
+def _stop_during_start_up(signum: int, frame: object) -> None:
+    """SIGTERM before the first poll: no turn is ours yet, so leave at once (a clone in progress is
+    abandoned; its staging folder is removed by the next pod)."""
+    print("pynchy-agent: stopped during start-up", file=sys.stderr, flush=True)
+    os._exit(EXIT_OK)
+
+
 def run() -> int:
+    signal.signal(signal.SIGTERM, _stop_during_start_up)  # serve() hands SIGTERM to the runner later
     termination_log = Path(os.environ.get("PYNCHY_TERMINATION_LOG") or "/dev/termination-log")
     try:
         settings = load_settings()
