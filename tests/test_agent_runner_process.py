@@ -349,12 +349,19 @@ def test_sigterm_fails_the_running_turn_and_exits_0(pod: Pod) -> None:
     deadline = time.monotonic() + 30
     while not pod.model.main_requests and time.monotonic() < deadline:
         time.sleep(0.02)
+    # t2 must wait for a new session (t1 still runs), t3 waits behind it in the queue.
+    pod.api.push(Turn(id="t2", prompt="start over", reset_session=True))
+    pod.api.push(Turn(id="t3", prompt="and then this"))
+    pod.api.wait_delivered("t3")
+    time.sleep(0.3)
     assert pod.proc is not None
     pod.proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
     assert pod.wait(30) == 0, pod.logs()
     assert time.monotonic() - started < 10
-    assert pod.api.finals("t1") == [TurnFailed(message="agent pod is stopping")]
+    for turn in ("t1", "t2", "t3"):
+        assert pod.api.finals(turn) == [TurnFailed(message="agent pod is stopping")], turn
+    assert len(pod.model.main_requests) == 1
 
 
 def test_a_bound_run_answers_its_prompt_then_exits_on_410(pod: Pod) -> None:

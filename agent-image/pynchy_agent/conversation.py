@@ -167,7 +167,11 @@ class Conversation:
             resume = None
         client = ClaudeSDKClient(self._make_options(resume))
         started = time.monotonic()
-        await client.connect()
+        try:
+            await client.connect()
+        except BaseException:
+            await _quietly(client.disconnect())
+            raise
         self._client = client
         self._reader = asyncio.get_running_loop().create_task(self._read(client), name="claude-reader")
         log.info(

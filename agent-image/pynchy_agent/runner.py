@@ -67,7 +67,7 @@ class Runner:
         self.conversation = conversation
         self.idle_seconds = idle_seconds
         self.turns: asyncio.Queue[Turn] = asyncio.Queue()
-        self._working = False
+        self._working: Turn | None = None  # the turn the worker is handing to the conversation
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -77,7 +77,7 @@ class Runner:
 
     @property
     def busy(self) -> bool:
-        return self._working or self.conversation.busy or not self.turns.empty()
+        return self._working is not None or self.conversation.busy or not self.turns.empty()
 
     async def run(self) -> int:
         worker = asyncio.create_task(self._work(), name="worker")
@@ -88,9 +88,13 @@ class Runner:
             if not self._stop.is_set():
                 try:
                     reason = poller.result()
-                except UnauthorizedError as exc:
-                    await self._abort(worker, f"the gateway refused the run token: {exc.message}")
-                    raise FatalError(f"the gateway refused the run token: {exc.message}") from None
+                except Exception as exc:
+                    if isinstance(exc, UnauthorizedError):
+                        message = f"the gateway refused the run token: {exc.message}"
+                    else:  # for example a turn this runner cannot read
+                        message = f"polling for turns failed: {type(exc).__name__}: {exc}"
+                    await self._abort(worker, message)
+                    raise FatalError(message) from None
                 log.info("taking no more turns", extra={"reason": reason})
                 drain = asyncio.create_task(self._drain())
                 await asyncio.wait({drain, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -110,10 +114,12 @@ class Runner:
 
     async def _abort(self, worker: asyncio.Task[None], message: str) -> None:
         """Fail every running and queued turn with `message`, within the stop grace period."""
+        handing = self._working
         worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await worker
-        queued: list[Turn] = []
+        running = {entry.turn.id for entry in self.conversation.in_flight}
+        queued: list[Turn] = [handing] if handing is not None and handing.id not in running else []
         while not self.turns.empty():
             queued.append(self.turns.get_nowait())
 
@@ -140,11 +146,11 @@ class Runner:
     async def _work(self) -> None:
         while True:
             turn = await self.turns.get()
-            self._working = True
+            self._working = turn
             try:
                 await self.conversation.start(turn)
             finally:
-                self._working = False
+                self._working = None
                 self.turns.task_done()
 
     async def _poll(self) -> str:
