@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from claude_agent_sdk import ClaudeAgentOptions
+
 from pynchy_agent.client import (
     GatewayUnavailableError,
     RunApiClient,
@@ -217,12 +219,10 @@ async def serve(settings: RunnerSettings, config: GroupConfig) -> int:
         group_mode = info.context_mode == "group"
         sessions = SessionStore(settings.state_dir, persist=group_mode)
         initial = sessions.load() if group_mode else None
-        log.info(
-            "run started",
-            extra={"context_mode": info.context_mode, "admin": info.admin, "cwd": str(cwd), "resume": initial},
-        )
+        resume = initial.session_id if initial else None
+        log.info("run started", extra={"context_mode": info.context_mode, "cwd": str(cwd), "resume": resume})
 
-        def make_options(resume: str | None):
+        def make_options(resume: str | None) -> ClaudeAgentOptions:
             return build_options(
                 settings,
                 config,
@@ -283,6 +283,10 @@ def run() -> int:
     try:
         config = load_config(settings.config_dir)
         mcp_servers(config.agent, settings.mcp_secrets_dir)  # the header Secrets must be there
+        if config.agent.has_memory_seed and config.memory_seed is None:
+            log.warning("agent.json promises a memory seed but CLAUDE.md is missing from the ConfigMap")
+        if config.agent.directive_count and config.directives is None:
+            log.warning("agent.json promises directives but directives.md is missing from the ConfigMap")
         if seed_memory(config.memory_seed, settings.home):
             log.info("memory seeded", extra={"path": str(settings.home / ".claude" / "CLAUDE.md")})
     except ConfigError as exc:
