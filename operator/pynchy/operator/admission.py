@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pynchy.operator.build.common import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
-from pynchy.operator.kubeapi import KubeApi
+
+if TYPE_CHECKING:
+    from pynchy.operator.kubeapi import KubeApi
 
 RunKey = tuple[str, str]  # (namespace, AgentRun name)
 FINISHED_PHASES = frozenset({"Succeeded", "Failed", "TimedOut"})

@@ -187,16 +187,35 @@ class Resolved:
     problem: str = ""
 
 
+def group_not_ready(raw: dict[str, Any]) -> str:
+    """Why the Group cannot run an agent now, from its status ("" when it is Ready at its latest spec)."""
+    name = raw["metadata"]["name"]
+    status = raw.get("status") or {}
+    ready = condition(status.get("conditions"), "Ready")
+    accepted = condition(status.get("conditions"), "Accepted")
+    if not ready or ready.get("status") != "True":
+        # Not accepted: the Accepted message says what to fix (Ready only points to it).
+        why = accepted if accepted and accepted.get("status") == "False" else ready
+        detail = why.get("message") if why else "it has not been reconciled yet"
+        return f"Group {name} is not ready: {detail}"
+    if status.get("observedGeneration") != raw["metadata"].get("generation"):
+        return f"Group {name} is not ready: its latest change is not reconciled yet"
+    return ""
+
+
 async def resolve(api: KubeApi, namespace: str, name: str) -> Resolved:
+    """Read the Group, its Workspace and its ConfigMap's hash. Inputs are resolved even for a Group
+    that is not Ready (a running pod is compared with them); `problem` then says why no run may start."""
     raw = await api.get("Group", namespace, name)
     if raw is None:
         return Resolved(
             problem=f"Group {name!r} does not exist in namespace {namespace!r}; create it or fix spec.groupRef"
         )
+    not_ready = group_not_ready(raw)
     try:
         g = Group.from_k8s(raw)
     except ValidationError:
-        return Resolved(raw, problem=f"Group {name} has a spec the operator rejects; see its Accepted condition")
+        return Resolved(raw, problem=not_ready or f"Group {name} has a spec the operator rejects")
     ws: Workspace | None = None
     if g.spec.workspace_ref:
         ws_raw = await api.get("Workspace", namespace, g.spec.workspace_ref.name)
@@ -205,22 +224,13 @@ async def resolve(api: KubeApi, namespace: str, name: str) -> Resolved:
         except ValidationError:
             ws = None
         if ws is None:
-            return Resolved(
-                raw, g, problem=f"Group {name} is not ready: Workspace {g.spec.workspace_ref.name} is unusable"
-            )
+            problem = f"Group {name} is not ready: Workspace {g.spec.workspace_ref.name} is unusable"
+            return Resolved(raw, g, problem=not_ready or problem)
     cm = await api.get("ConfigMap", namespace, group_config_map_name(name))
     config_hash = ((cm or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_CONFIG_HASH)
     if not config_hash:
-        return Resolved(raw, g, problem=f"Group {name} is not ready: its ConfigMap does not exist yet")
-    resolved = Resolved(raw, g, RunInputs(config_hash=config_hash, workspace=ws))
-    status = raw.get("status") or {}
-    ready = condition(status.get("conditions"), "Ready")
-    if not ready or ready.get("status") != "True":
-        detail = ready.get("message") if ready else "it has not been reconciled yet"
-        resolved.problem = f"Group {name} is not ready: {detail}"
-    elif status.get("observedGeneration") != raw["metadata"].get("generation"):
-        resolved.problem = f"Group {name} is not ready: its latest change is not reconciled yet"
-    return resolved
+        return Resolved(raw, g, problem=not_ready or f"Group {name} is not ready: its ConfigMap does not exist yet")
+    return Resolved(raw, g, RunInputs(config_hash=config_hash, workspace=ws), not_ready)
 
 
 # -- the reconcile -----------------------------------------------------------------------------
