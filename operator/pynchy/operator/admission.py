@@ -138,6 +138,7 @@ class RunIndex:
         self.lock = asyncio.Lock()
         self.runs: dict[RunKey, RunView] = {}
         self.pods: dict[RunKey, str] = {}
+        self.created: set[RunKey] = set()  # runs whose pod this process created
         self._seeded = False
 
     # -- watch events ----------------------------------------------------------------------
@@ -153,6 +154,8 @@ class RunIndex:
         return key
 
     def forget_run(self, key: RunKey) -> None:
+        self.created.discard(key)
+        self.pods.pop(key, None)
         if self.runs.pop(key, None) is not None:
             self.wake_admissible()
 
@@ -232,6 +235,7 @@ class RunIndex:
             self.pods[key] = phase
 
     def finish(self, key: RunKey, completed: str) -> None:
+        self.created.discard(key)
         run = self.runs.get(key)
         if run is not None and not run.finished:
             self.runs[key] = replace(run, finished=True, completed=completed)

@@ -273,9 +273,9 @@ class RunReconciler:
             self.index.set_pod(key, (pod.get("status") or {}).get("phase") or "Pending")
             return await self._follow(raw, pod, group)
         self.index.set_pod(key, None)
-        if status.get("podName"):
+        if status.get("podName") or key in self.index.created:
             message = (
-                f"agent pod {status['podName']} disappeared before the run finished; runs are never started "
+                f"agent pod {name} disappeared before the run finished; runs are never started "
                 "twice, so create a new AgentRun to run again"
             )
             return await self._finish(raw, Outcome("Failed", "PodLost", message, None, now_rfc3339()))
@@ -306,13 +306,17 @@ class RunReconciler:
         except KubeError as exc:
             if exc.status == 409:
                 return 0.0  # the pod exists after all (a lagging read): adopt it on the next pass
-            async with self.index.lock:
-                self.index.unadmit(key)
+            self.index.unadmit(key)
             if exc.temporary or exc.gone:
                 raise
             message = f"the API server refused the agent pod: {exc.message}"
             await self._publish(raw, Outcome("Pending", "PodRejected", message[:MAX_MESSAGE]))
             return RETRY_REJECTED_SECONDS
+        except BaseException:
+            self.index.unadmit(key)  # not known to exist: the next pass looks before creating again
+            raise
+        # Known to exist now: should it vanish before status.podName is written, the run is lost, not redone.
+        self.index.created.add(key)
         log.info("agent pod created", namespace=ns, run=name, group=group)
         self.index.set_pod(key, (pod.get("status") or {}).get("phase") or "Pending")
         await self._publish(raw, pod_outcome(pod, now_rfc3339()), pod_name=name)
