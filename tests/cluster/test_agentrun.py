@@ -98,6 +98,10 @@ def pod_of(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any] | N
 
 @pytest.mark.usefixtures("operator")
 def test_run_gets_its_pod_and_token_then_follows_the_pod(control_plane: ControlPlane, namespace: str) -> None:
+    # The API server itself checks the pod against the "restricted" Pod Security Standard.
+    control_plane.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    plain = control_plane.kubectl("run", "plain", "--image=busybox", "-n", namespace, "--dry-run=server", check=False)
+    assert "violates PodSecurity" in plain.stderr  # enforced: a plain pod is refused
     control_plane.kubectl("create", "secret", "generic", "gh", "-n", namespace, "--from-literal=token=x")
     ready_group(
         control_plane,
