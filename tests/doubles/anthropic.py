@@ -28,7 +28,7 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,7 +335,9 @@ class ScriptedModel(ThreadedServer):
         if step is not None and step.error is not None:
             return _error(*step.error)
         if step is not None:
-            blocks, usage = [dict(b) for b in step.blocks], step.usage
+            # A callable block is rendered from the request (e.g. a path under the agent's cwd).
+            blocks = [dict(b(body)) if callable(b) else dict(b) for b in step.blocks]
+            usage = step.usage
         else:
             blocks, usage = [self._default_block(body)], self.default_usage
         has_tool = any(b["type"] == "tool_use" for b in blocks)
@@ -364,6 +366,31 @@ class ScriptedModel(ThreadedServer):
         if fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
             return text(json.dumps(value_for_schema(fmt["schema"])))
         return text(self.default_text)
+
+
+def working_directory(body: dict[str, Any]) -> str | None:
+    """The cwd Claude Code states in its environment section ("Primary working directory: /x"), which
+    recent CLIs send as a system-role message and older ones inside the system prompt."""
+    texts: list[str] = []
+    for part in [body.get("system"), *[m.get("content") for m in body.get("messages") or []]]:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, list):
+            texts.extend(b.get("text", "") for b in part if isinstance(b, dict))
+    match = re.search(r"Primary working directory:\s*(\S+)", "\n".join(texts))
+    return match.group(1) if match else None
+
+
+def write_in_cwd(relative: str, content: str) -> Callable[[dict[str, Any]], Block]:
+    """A Write tool_use for `relative` under the agent's working directory, resolved per request."""
+
+    def render(body: dict[str, Any]) -> Block:
+        cwd = working_directory(body)
+        if cwd is None:
+            raise ValueError("the request's system prompt names no working directory")
+        return tool_use("Write", file_path=f"{cwd.rstrip('/')}/{relative}", content=content)
+
+    return render
 
 
 def _as_blocks(blocks: tuple[Block | str, ...]) -> list[Block]:

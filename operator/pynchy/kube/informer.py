@@ -43,6 +43,7 @@ class Informer:
         self._synced = 0
         self._synced_event = asyncio.Event()
         self._watches: list[watch.Watch] = []
+        self.last_error: str | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
         self._loop = asyncio.get_running_loop()
@@ -51,7 +52,13 @@ class Informer:
             t = threading.Thread(target=self._run, args=(ns,), name=f"informer-{self._gvp[2]}", daemon=True)
             t.start()
             self._threads.append(t)
-        await asyncio.wait_for(self._synced_event.wait(), timeout)
+        try:
+            await asyncio.wait_for(self._synced_event.wait(), timeout)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(
+                f"could not list {self._gvp[2]}.{self._gvp[0]} within {timeout:.0f}s: {self.last_error or 'no answer'}"
+            ) from None
 
     def stop(self) -> None:
         self._stop.set()
@@ -70,7 +77,7 @@ class Informer:
         g, v, p = self._gvp
         if ns is None:
             return self._api.list_cluster_custom_object(g, v, p, **kw)
-        return self._api.list_namespaced_custom_object(g, v, p, ns, **kw)
+        return self._api.list_namespaced_custom_object(g, v, ns, p, **kw)
 
     def _deliver(self, kind: str, obj: dict[str, Any]) -> None:
         assert self._loop is not None
@@ -128,10 +135,12 @@ class Informer:
             except ApiException as exc:
                 if exc.status == 410:  # resourceVersion too old: re-list
                     continue
+                self.last_error = f"{exc.status} {exc.reason}"
                 log.warning("watch failed; retrying", plural=self._gvp[2], status=exc.status, retry_in=backoff)
             except Exception as exc:
                 if self._stop.is_set():
                     return
+                self.last_error = str(exc)
                 log.warning("watch failed; retrying", plural=self._gvp[2], error=str(exc), retry_in=backoff)
             time.sleep(backoff)
             backoff = min(backoff * 2, 30)
@@ -140,4 +149,4 @@ class Informer:
         g, v, p = self._gvp
         if ns is None:
             return lambda **kw: self._api.list_cluster_custom_object(g, v, p, **kw)
-        return lambda **kw: self._api.list_namespaced_custom_object(g, v, p, ns, **kw)
+        return lambda **kw: self._api.list_namespaced_custom_object(g, v, ns, p, **kw)

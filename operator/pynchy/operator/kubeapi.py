@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -86,7 +87,8 @@ def load_client() -> ApiClient:
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        # The client reads $KUBECONFIG once at import; read it now so a later setting counts.
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
     return ApiClient()
 
 

@@ -1,0 +1,79 @@
+"""The whole path, for real: API server + operator + gateway + dev node + the Claude Code CLI,
+with only the Anthropic API replaced by the scripted model."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import RUN_TOKEN_KEY
+from doubles.anthropic import ScriptedModel
+from pynchy.devnode import DevNode
+from pynchy.gateway.run import EmbeddedGateway
+from pynchy.kube.controlplane import ControlPlane
+from pynchy.operator.run import EmbeddedOperator
+
+MODEL_KEY = "sk-ant-real-key-that-must-never-reach-a-pod"
+
+
+@dataclass
+class Stack:
+    plane: ControlPlane
+    namespace: str
+    model: ScriptedModel
+    gateway: EmbeddedGateway
+    operator: EmbeddedOperator
+    node: DevNode
+    data_dir: Path
+
+    def restart_operator(self) -> None:
+        self.operator.stop()
+        self.operator = EmbeddedOperator().start()
+
+
+@pytest.fixture
+def model() -> Iterator[ScriptedModel]:
+    with ScriptedModel() as m:
+        yield m
+
+
+@pytest.fixture
+def stack(
+    control_plane: ControlPlane,
+    namespace: str,
+    operator_kubeconfig: Path,
+    gateway_kubeconfig: Path,
+    model: ScriptedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Stack]:
+    gateway = EmbeddedGateway(
+        kubeconfig=gateway_kubeconfig,
+        run_token_key=RUN_TOKEN_KEY,
+        database_url=f"sqlite:///{tmp_path}/gateway.db",
+        listen_host="127.0.0.1",
+        listen_port=0,
+        namespaces=[namespace],
+        anthropic_api_key=MODEL_KEY,
+        model_upstream_url=model.base_url,
+    ).start()
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
+    monkeypatch.setenv("PYNCHY_RUN_TOKEN_KEY", RUN_TOKEN_KEY)
+    monkeypatch.setenv("PYNCHY_GATEWAY_URL", gateway.url)
+    monkeypatch.setenv("PYNCHY_NAMESPACES", namespace)
+    monkeypatch.setenv("PYNCHY_WORKERS", "4")
+    operator = EmbeddedOperator().start()
+    node_name = "dev-" + hashlib.sha1(namespace.encode()).hexdigest()[:10]
+    node = DevNode(control_plane.kubeconfig, tmp_path / "node", name=node_name, namespaces=[namespace])
+    node.start()
+    s = Stack(control_plane, namespace, model, gateway, operator, node, tmp_path / "node")
+    try:
+        yield s
+    finally:
+        node.stop()
+        s.operator.stop()
+        gateway.stop()
