@@ -58,7 +58,7 @@ class Gateway:
         await self.run_cache.start()
         app = web.Application(client_max_size=32 << 20)
         RunApi(self).install(app)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.listen_host, self.settings.listen_port)
         await site.start()
@@ -68,6 +68,7 @@ class Gateway:
         log.info("gateway listening", host=self.settings.listen_host, port=self.port)
 
     async def stop(self) -> None:
+        self.hub.close()
         if self._runner is not None:
             await self._runner.cleanup()
         for task in list(self._tasks):

@@ -30,6 +30,13 @@ class TurnHub:
         self.db = db
         self._wakeups: dict[GroupKey, asyncio.Event] = defaultdict(asyncio.Event)
         self._watches: dict[str, list[TurnWatch]] = defaultdict(list)
+        self.closing = False
+
+    def close(self) -> None:
+        """Release every waiting long-poll (they answer 'no turn'), so shutdown does not wait on them."""
+        self.closing = True
+        for event in self._wakeups.values():
+            event.set()
 
     async def enqueue(self, namespace: str, group: str, prompt: str, **kwargs: Any) -> TurnRow:
         row = await self.db.call(turn_store.enqueue, namespace, group, prompt, **kwargs)
@@ -53,7 +60,7 @@ class TurnHub:
             if row is not None:
                 return Turn(id=row.id, prompt=row.prompt, sender=row.sender, reset_session=reset)
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or self.closing:
                 return None
             try:
                 await asyncio.wait_for(wakeup.wait(), remaining)
