@@ -152,23 +152,17 @@ class RunApi:
                 run=ctx.name,
                 source=source,
             )
-        reset = False
-        if not bound_only:
-            reset = await self.gw.db.call(_take_reset, ctx.namespace, ctx.claims.group)
         turn = await self.gw.hub.next_turn(
-            ctx.namespace,
-            ctx.claims.group,
-            ctx.name,
-            bound_only=bound_only,
-            wait=0 if bound_only else wait,
-            reset=reset,
+            ctx.namespace, ctx.claims.group, ctx.name, bound_only=bound_only, wait=0 if bound_only else wait
         )
         if turn is None:
-            if reset:  # not consumed: keep it for the next turn
-                await self.gw.db.call(_put_reset, ctx.namespace, ctx.claims.group)
             if bound_only:
                 return error(410, "the run's own prompt has been answered; nothing more to do")
             return web.Response(status=204)
+        # A pending reset goes with the turn handed over now; read when the poll began, it would miss a
+        # reset_context called while the poll waited (and reset a later turn instead).
+        if not bound_only and await self.gw.db.call(_take_reset, ctx.namespace, ctx.claims.group):
+            turn = turn.model_copy(update={"reset_session": True})
         log.info("turn delivered", namespace=ctx.namespace, run=ctx.name, turn=turn.id)
         return web.json_response(turn.wire())
 
@@ -286,10 +280,6 @@ def _take_reset(session: Any, namespace: str, group: str) -> bool:
     pending = row.reset_pending
     row.reset_pending = False
     return pending
-
-
-def _put_reset(session: Any, namespace: str, group: str) -> None:
-    records.group_session(session, namespace, group).reset_pending = True
 
 
 def _set_session(session: Any, namespace: str, group: str, session_id: str | None) -> None:
