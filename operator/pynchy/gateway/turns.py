@@ -46,9 +46,7 @@ class TurnHub:
     def wake(self, namespace: str, group: str) -> None:
         self._wakeups[(namespace, group)].set()
 
-    async def next_turn(
-        self, namespace: str, group: str, run: str, *, bound_only: bool, wait: float, reset: bool = False
-    ) -> Turn | None:
+    async def next_turn(self, namespace: str, group: str, run: str, *, bound_only: bool, wait: float) -> Turn | None:
         """Claim the next turn for `run`, waiting up to `wait` seconds for one to be queued."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -58,7 +56,7 @@ class TurnHub:
             wakeup.clear()  # cleared before the check, so an enqueue after it is never missed
             row = await self.db.call(turn_store.claim_next, namespace, group, run, bound_only=bound_only)
             if row is not None:
-                return Turn(id=row.id, prompt=row.prompt, sender=row.sender, reset_session=reset)
+                return Turn(id=row.id, prompt=row.prompt, sender=row.sender)
             remaining = deadline - loop.time()
             if remaining <= 0 or self.closing:
                 return None

@@ -30,7 +30,6 @@ class TurnRow(Base):
     sender: Mapped[str | None] = mapped_column(String(255), default=None)
     source: Mapped[str] = mapped_column(String(255), default="api")
     state: Mapped[str] = mapped_column(String(16), default="queued")  # queued | delivered | done | failed
-    reset_session: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     delivered_to: Mapped[str | None] = mapped_column(String(253), default=None)
     reply: Mapped[str | None] = mapped_column(Text, default=None)
