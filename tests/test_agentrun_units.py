@@ -7,6 +7,8 @@ import base64
 import copy
 from typing import Any
 
+import pytest
+
 from pynchy.api.resources import Group
 from pynchy.operator.admission import RunIndex, RunView, history_excess, plan, run_view
 from pynchy.operator.build.agentrun import RunInputs, agent_pod, parse_time, token_secret
@@ -14,6 +16,7 @@ from pynchy.operator.conditions import Cond
 from pynchy.operator.reconcile_agentrun import Outcome, config_condition, pod_outcome, run_status, ttl_remaining
 from pynchy.operator.settings import OperatorSettings
 from pynchy.runtoken import GRACE_SECONDS, verify
+from pynchy.settings import SettingsError, load
 
 KEY = "unit-test-run-token-key-0123456789abcdefghijklmn"
 SETTINGS = OperatorSettings(run_token_key=KEY)
@@ -320,3 +323,18 @@ def test_credentials_cannot_override_what_pynchy_sets() -> None:
     assert len(names) == len(set(names))
     assert "GH_TOKEN" in names
     assert next(e for e in env if e["name"] == "HOME")["value"] == "/home/agent"
+
+
+def test_run_token_key_is_required_and_named_at_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYNCHY_RUN_TOKEN_KEY", raising=False)
+    with pytest.raises(SettingsError) as missing:
+        load(OperatorSettings)
+    assert "PYNCHY_RUN_TOKEN_KEY: Field required" in str(missing.value)
+    monkeypatch.setenv("PYNCHY_RUN_TOKEN_KEY", "too-short")
+    with pytest.raises(SettingsError) as short:
+        load(OperatorSettings)
+    assert "PYNCHY_RUN_TOKEN_KEY" in str(short.value)
+    assert "at least 32 characters" in str(short.value)
+    assert "too-short" not in str(short.value)  # the value itself is never printed
+    monkeypatch.setenv("PYNCHY_RUN_TOKEN_KEY", KEY)
+    assert "unit-test" not in repr(load(OperatorSettings))
