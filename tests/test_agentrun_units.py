@@ -338,3 +338,17 @@ def test_run_token_key_is_required_and_named_at_startup(monkeypatch: pytest.Monk
     assert "too-short" not in str(short.value)  # the value itself is never printed
     monkeypatch.setenv("PYNCHY_RUN_TOKEN_KEY", KEY)
     assert "unit-test" not in repr(load(OperatorSettings))
+
+
+def test_a_reconcile_does_not_wake_the_run_it_works_on() -> None:
+    """Else a run that keeps failing would be retried at once, past the queue's backoff."""
+    woken: list[tuple[str, str]] = []
+    index = RunIndex(limit=1, history_limit=20, wake=woken.append)
+    body = {
+        "metadata": {"namespace": "ns", "name": "r", "uid": "u", "creationTimestamp": NOW},
+        "spec": {"groupRef": {"name": "g"}},
+    }
+    index.observe_run(body, wake=False)
+    assert woken == []
+    index.observe_run(body)  # a watch event does
+    assert woken == [("ns", "r")]

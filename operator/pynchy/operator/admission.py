@@ -143,14 +143,17 @@ class RunIndex:
 
     # -- watch events ----------------------------------------------------------------------
 
-    def observe_run(self, body: dict[str, Any]) -> RunKey | None:
+    def observe_run(self, body: dict[str, Any], *, wake: bool = True) -> RunKey | None:
+        """Record a run. A reconcile passes wake=False: waking the run it is working on would run it
+        again at once, past the work queue's backoff."""
         meta = body.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
         view = run_view(body, self.runs.get(key))  # a run re-created under the same name starts afresh
         if view is None:
             return None
         self.runs[key] = view
-        self.wake_admissible()
+        if wake:
+            self.wake_admissible()
         return key
 
     def forget_run(self, key: RunKey) -> None:

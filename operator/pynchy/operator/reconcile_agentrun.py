@@ -250,7 +250,7 @@ class RunReconciler:
         meta = raw["metadata"]
         ns, name = meta["namespace"], meta["name"]
         key = (ns, name)
-        self.index.observe_run(raw)
+        self.index.observe_run(raw, wake=False)
         status = raw.get("status") or {}
         if status.get("phase") in FINISHED_PHASES:
             return await self._after_finish(raw)
@@ -267,6 +267,7 @@ class RunReconciler:
         ):
             # Someone else's pod (or a deleted run's, still terminating) holds the name.
             message = f"a pod named {name} exists that this AgentRun does not own; it starts when that pod is gone"
+            self.index.set_startable(key, False)
             await self._publish(raw, Outcome("Pending", "PodConflict", message))
             return RETRY_REJECTED_SECONDS
         if pod is not None:
