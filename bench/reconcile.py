@@ -71,6 +71,7 @@ def main() -> None:
             "PYNCHY_LIVENESS_PORT": "0",
             "PYNCHY_LOG_FORMAT": "json",
             "PYNCHY_LOG_LEVEL": "WARNING",
+            "PYNCHY_RUN_TOKEN_KEY": "bench-run-token-key-0123456789abcdef",
         }
         log = open(Path(tmp) / "operator.log", "wb")  # noqa: SIM115
         op = subprocess.Popen([sys.executable, "-m", "pynchy", "operator"], env=env, stdout=log, stderr=log)

@@ -72,10 +72,6 @@ def operator_kubeconfig(control_plane: ControlPlane) -> Path:
 @pytest.fixture
 def operator_env(operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
-    # The client reads KUBECONFIG once, when `kubernetes` is first imported (maybe during collection).
-    from kubernetes.config import kube_config
-
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(operator_kubeconfig))
     monkeypatch.setenv("PYNCHY_HOST_PATH_ALLOWLIST", "/srv/pynchy")
     monkeypatch.setenv("PYNCHY_WORKERS", "4")
     monkeypatch.setenv("PYNCHY_RUN_TOKEN_KEY", RUN_TOKEN_KEY)

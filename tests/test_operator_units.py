@@ -152,6 +152,7 @@ def test_operator_settings_are_validated_with_variable_names(monkeypatch: pytest
 
 def test_host_path_allowlist_matches_whole_path_segments(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYNCHY_HOST_PATH_ALLOWLIST", "/srv/pynchy/, /data")
+    monkeypatch.setenv("PYNCHY_RUN_TOKEN_KEY", "k" * 32)
     s = load(OperatorSettings)
     assert s.host_path_allowed("/srv/pynchy/photos")
     assert s.host_path_allowed("/data")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from cluster.helpers import AuditWindow, condition, describe, get, is_ready, wait_for
-from conftest import OPERATOR_USER
+from conftest import OPERATOR_USER, RUN_TOKEN_KEY
 from pynchy.kube.controlplane import ControlPlane
 
 
@@ -425,7 +425,12 @@ def test_runs_under_plain_kopf_run(control_plane: ControlPlane, namespace: str, 
     import subprocess
     import sys
 
-    env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig), "PYNCHY_LOG_FORMAT": "json"}
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(operator_kubeconfig),
+        "PYNCHY_LOG_FORMAT": "json",
+        "PYNCHY_RUN_TOKEN_KEY": RUN_TOKEN_KEY,
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "kopf", "run", "-m", "pynchy.operator.handlers", "--all-namespaces", "--standalone"],
         env=env,
