@@ -99,3 +99,18 @@ def gateway_kubeconfig(control_plane: ControlPlane) -> Path:
     control_plane.kubectl("create", "namespace", "pynchy-system", check=False)
     control_plane.kubectl("apply", "-f", str(REPO / "manifests/base/gateway/rbac.yaml"))
     return control_plane.service_account_kubeconfig("pynchy-system", "pynchy-gateway")
+
+
+def make_gateway(kubeconfig: Path, data_dir: Path, upstream: str, api_key: str, **overrides: object) -> object:
+    """An (unstarted) in-process gateway on a free loopback port with its own SQLite store."""
+    from pynchy.gateway.run import EmbeddedGateway
+
+    settings: dict[str, object] = {
+        "run_token_key": RUN_TOKEN_KEY,
+        "database_url": f"sqlite:///{data_dir}/gateway.db",
+        "listen_host": "127.0.0.1",
+        "listen_port": 0,
+        "anthropic_api_key": api_key,
+        "model_upstream_url": upstream,
+    }
+    return EmbeddedGateway(kubeconfig=kubeconfig, **(settings | overrides))

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import pytest
 
 from cluster.helpers import get, wait_for
-from conftest import RUN_TOKEN_KEY
+from conftest import RUN_TOKEN_KEY, make_gateway
 from doubles.anthropic import ScriptedModel, Usage, tool_use
 from pynchy.gateway.app import Gateway
 from pynchy.gateway.run import EmbeddedGateway
@@ -299,15 +299,12 @@ class Pod:
 @pytest.fixture
 def cluster(control_plane: ControlPlane, namespace: str, gateway_kubeconfig: Path, tmp_path: Path) -> Iterator[Cluster]:
     model = ScriptedModel().start()
-    embedded = EmbeddedGateway(
-        kubeconfig=gateway_kubeconfig,
-        run_token_key=RUN_TOKEN_KEY,
-        database_url=f"sqlite:///{tmp_path}/gateway.db",
-        listen_host="127.0.0.1",
-        listen_port=0,
+    embedded = make_gateway(
+        gateway_kubeconfig,
+        tmp_path,
+        model.base_url,
+        REAL_KEY,
         namespaces=namespace,
-        anthropic_api_key=REAL_KEY,
-        model_upstream_url=model.base_url,
         long_poll_seconds=30,  # the runner's own bound on its waits is what is tested
     )
     c = Cluster(control_plane, namespace, embedded, model, tmp_path)

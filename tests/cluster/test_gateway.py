@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from cluster.helpers import get, wait_for
-from conftest import RUN_TOKEN_KEY
+from conftest import RUN_TOKEN_KEY, make_gateway
 from pynchy.gateway.run import EmbeddedGateway
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.runtoken import RunClaims, issue
@@ -40,15 +40,8 @@ spec:
 
 @pytest.fixture
 def gateway(gateway_kubeconfig: Path, tmp_path: Path) -> Iterator[EmbeddedGateway]:
-    gw = EmbeddedGateway(
-        kubeconfig=gateway_kubeconfig,
-        run_token_key=RUN_TOKEN_KEY,
-        database_url=f"sqlite:///{tmp_path}/gateway.db",
-        listen_host="127.0.0.1",
-        listen_port=0,
-        anthropic_api_key="sk-real-key-never-in-pods",
-        model_upstream_url="http://127.0.0.1:9",
-        long_poll_seconds=5,
+    gw = make_gateway(
+        gateway_kubeconfig, tmp_path, "http://127.0.0.1:9", "sk-real-key-never-in-pods", long_poll_seconds=5
     ).start()
     try:
         yield gw

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RUN_TOKEN_KEY
+from conftest import RUN_TOKEN_KEY, make_gateway
 from doubles.anthropic import ScriptedModel
 from pynchy.devnode import DevNode
 from pynchy.gateway.run import EmbeddedGateway
@@ -51,16 +51,7 @@ def stack(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Stack]:
-    gateway = EmbeddedGateway(
-        kubeconfig=gateway_kubeconfig,
-        run_token_key=RUN_TOKEN_KEY,
-        database_url=f"sqlite:///{tmp_path}/gateway.db",
-        listen_host="127.0.0.1",
-        listen_port=0,
-        namespaces=[namespace],
-        anthropic_api_key=MODEL_KEY,
-        model_upstream_url=model.base_url,
-    ).start()
+    gateway = make_gateway(gateway_kubeconfig, tmp_path, model.base_url, MODEL_KEY, namespaces=[namespace]).start()
     monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
     monkeypatch.setenv("PYNCHY_RUN_TOKEN_KEY", RUN_TOKEN_KEY)
     monkeypatch.setenv("PYNCHY_GATEWAY_URL", gateway.url)

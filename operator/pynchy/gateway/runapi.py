@@ -28,6 +28,7 @@ from pynchy_agent.protocol import (
     ToolCall,
     TurnFailed,
     TurnResult,
+    UsageReport,
 )
 
 if TYPE_CHECKING:
@@ -191,20 +192,7 @@ class RunApi:
         stats = self.gw.stats.stats(ctx.run)
         if isinstance(event, TurnResult):
             u = event.usage
-            await self.gw.db.call(
-                records.record_usage,
-                UsageRow(
-                    namespace=ctx.namespace,
-                    group=ctx.claims.group,
-                    run=ctx.name,
-                    source="runner",
-                    input_tokens=u.input_tokens,
-                    output_tokens=u.output_tokens,
-                    cache_read_input_tokens=u.cache_read_input_tokens,
-                    cache_creation_input_tokens=u.cache_creation_input_tokens,
-                    cost_usd=u.cost_usd,
-                ),
-            )
+            await self.gw.db.call(records.record_usage, _usage_row(ctx, "runner", u, cost_usd=u.cost_usd))
             stats.add(u)
             if event.session_id:
                 stats.session_id = event.session_id
@@ -257,22 +245,23 @@ class RunApi:
             return web.json_response(body, status=401)
 
         async def meter(usage: ModelUsage) -> None:
-            await self.gw.db.call(
-                records.record_usage,
-                UsageRow(
-                    namespace=ctx.namespace,
-                    group=ctx.claims.group,
-                    run=ctx.name,
-                    source="proxy",
-                    model=usage.model,
-                    input_tokens=usage.input_tokens,
-                    output_tokens=usage.output_tokens,
-                    cache_read_input_tokens=usage.cache_read_input_tokens,
-                    cache_creation_input_tokens=usage.cache_creation_input_tokens,
-                ),
-            )
+            await self.gw.db.call(records.record_usage, _usage_row(ctx, "proxy", usage, model=usage.model))
 
         return await self.gw.proxy.forward(request, request.match_info["tail"], meter)
+
+
+def _usage_row(ctx: RunContext, source: str, usage: ModelUsage | UsageReport, **extra: Any) -> UsageRow:
+    return UsageRow(
+        namespace=ctx.namespace,
+        group=ctx.claims.group,
+        run=ctx.name,
+        source=source,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_input_tokens=usage.cache_read_input_tokens,
+        cache_creation_input_tokens=usage.cache_creation_input_tokens,
+        **extra,
+    )
 
 
 def _take_reset(session: Any, namespace: str, group: str) -> bool:
