@@ -138,6 +138,7 @@ def test_turn_round_trip_reports_usage_and_reply(control_plane: ControlPlane, na
     assert st["usage"]["outputTokens"] == 20
     assert st["usage"]["costUSD"] == pytest.approx(0.01)
     assert st["sessionId"] == "sess-1"
+    assert st["lastReply"] == "hi, owner"
 
     # Events for a turn this run was not given are refused.
     r = client.post("/v1/run/turns/nope/events", json={"events": [{"type": "text_delta", "text": "x"}]})
@@ -330,3 +331,22 @@ async def _done(watch: Any) -> Any:
     import asyncio
 
     return await asyncio.wait_for(watch.done, 10)
+
+
+def test_an_idle_conversation_run_gives_way_to_a_waiting_scheduled_run(
+    control_plane: ControlPlane, namespace: str, gateway
+) -> None:
+    make_group(control_plane, namespace, "zeta")
+    run = make_run(control_plane, namespace, "zeta-chat", "zeta")
+    wait_gateway_sees(gateway, namespace, "run", "zeta-chat")
+    client = agent(gateway, token_for(run, "zeta"))
+    import threading
+
+    got: dict[str, Any] = {}
+    poll = threading.Thread(target=lambda: got.update(r=client.get("/v1/run/turns/next", params={"wait": 30})))
+    poll.start()
+    make_run(control_plane, namespace, "zeta-digest", "zeta", extra="prompt: the daily digest")
+    poll.join(20)
+    assert not poll.is_alive(), "the idle run's long-poll did not end when a scheduled run started waiting"
+    assert got["r"].status_code == 410
+    assert "scheduled run" in got["r"].json()["error"]

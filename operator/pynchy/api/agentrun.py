@@ -98,3 +98,8 @@ class AgentRunStatus(ApiModel):
     turns_served: int = Field(default=0, ge=0, description="Turns the agent answered in this run.")
     session_id: str | None = Field(default=None, description="Claude session id used by this run.", max_length=128)
     usage: Usage | None = Field(default=None, description="Token usage and cost of the run.")
+    last_reply: str | None = Field(
+        default=None,
+        description="The start of the agent's latest reply (reported by the gateway).",
+        max_length=512,
+    )

@@ -114,6 +114,9 @@ class Gateway:
 
     def _run_event(self, kind: str, run: dict[str, Any]) -> None:
         key = (run["metadata"]["namespace"], run["metadata"]["name"])
+        group = (run.get("spec") or {}).get("groupRef", {}).get("name")
+        if kind == "ADDED" and group:
+            self.hub.wake(key[0], group)  # an idle run may have to give way to this one
         if (kind == "DELETED" or run_over(run)) and key not in self._ended:
             self._ended.add(key)
             self.background(self._run_ended(run))

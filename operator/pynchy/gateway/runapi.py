@@ -153,12 +153,24 @@ class RunApi:
                 run=ctx.name,
                 source=source,
             )
+
+        def give_way() -> bool:
+            # An idle conversation run ends early so a scheduled run waiting behind it can start.
+            return self.gw.runs.prompt_run_waiting(ctx.namespace, ctx.claims.group, ctx.name)
+
         turn = await self.gw.hub.next_turn(
-            ctx.namespace, ctx.claims.group, ctx.name, bound_only=bound_only, wait=0 if bound_only else wait
+            ctx.namespace,
+            ctx.claims.group,
+            ctx.name,
+            bound_only=bound_only,
+            wait=0 if bound_only else wait,
+            give_way=None if bound_only else give_way,
         )
         if turn is None:
             if bound_only:
                 return error(410, "the run's own prompt has been answered; nothing more to do")
+            if give_way():
+                return error(410, "a scheduled run of this Group is waiting; this run ends while idle")
             return web.Response(status=204)
         # A pending reset goes with the turn handed over now; read when the poll began, it would miss a
         # reset_context called while the poll waited (and reset a later turn instead).
@@ -193,7 +205,7 @@ class RunApi:
         if isinstance(event, TurnResult):
             u = event.usage
             await self.gw.db.call(records.record_usage, _usage_row(ctx, "runner", u, cost_usd=u.cost_usd))
-            stats.add(u)
+            stats.add(u, text)
             if event.session_id:
                 stats.session_id = event.session_id
         if (ctx.run.get("spec") or {}).get("deliver", True) and text:

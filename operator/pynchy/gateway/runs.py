@@ -97,6 +97,19 @@ class Runs:
                 return created[0]
         return None
 
+    def prompt_run_waiting(self, namespace: str, group: str, besides: str) -> bool:
+        """Is a run with its own prompt (a schedule) waiting for the Group's active run to end?"""
+        for r in self.group_runs(namespace, group):
+            status = r.get("status") or {}
+            if (
+                r["metadata"]["name"] != besides
+                and not run_over(r)
+                and (r.get("spec") or {}).get("prompt")
+                and not status.get("podName")
+            ):
+                return True
+        return False
+
     async def ensure_run(self, namespace: str, group: str) -> str:
         """The run that will answer the Group's queued turns, creating one if none is live."""
         lock = self._locks.setdefault((namespace, group), asyncio.Lock())

@@ -18,13 +18,21 @@ class RunStats:
     turns_served: int = 0
     usage: dict[str, Any] = field(default_factory=dict)
     session_id: str | None = None
+    last_reply: str | None = None
 
     @classmethod
     def from_status(cls, status: dict[str, Any]) -> RunStats:
-        return cls(int(status.get("turnsServed") or 0), dict(status.get("usage") or {}), status.get("sessionId"))
+        return cls(
+            int(status.get("turnsServed") or 0),
+            dict(status.get("usage") or {}),
+            status.get("sessionId"),
+            status.get("lastReply"),
+        )
 
-    def add(self, usage: UsageReport) -> None:
+    def add(self, usage: UsageReport, reply: str) -> None:
         self.turns_served += 1
+        if reply:
+            self.last_reply = reply[:512]
         for key, value in usage.wire().items():
             if key == "costUSD":
                 self.usage[key] = round(float(self.usage.get(key, 0.0)) + float(value), 6)
@@ -35,6 +43,8 @@ class RunStats:
         out: dict[str, Any] = {"turnsServed": self.turns_served, "usage": self.usage}
         if self.session_id is not None:
             out["sessionId"] = self.session_id
+        if self.last_reply is not None:
+            out["lastReply"] = self.last_reply
         return out
 
 

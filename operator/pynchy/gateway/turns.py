@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,8 +47,18 @@ class TurnHub:
     def wake(self, namespace: str, group: str) -> None:
         self._wakeups[(namespace, group)].set()
 
-    async def next_turn(self, namespace: str, group: str, run: str, *, bound_only: bool, wait: float) -> Turn | None:
-        """Claim the next turn for `run`, waiting up to `wait` seconds for one to be queued."""
+    async def next_turn(
+        self,
+        namespace: str,
+        group: str,
+        run: str,
+        *,
+        bound_only: bool,
+        wait: float,
+        give_way: Callable[[], bool] | None = None,
+    ) -> Turn | None:
+        """Claim the next turn for `run`, waiting up to `wait` seconds for one to be queued; stop
+        waiting early when `give_way()` turns true (checked whenever the Group is woken)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         key = (namespace, group)
@@ -58,7 +69,7 @@ class TurnHub:
             if row is not None:
                 return Turn(id=row.id, prompt=row.prompt, sender=row.sender)
             remaining = deadline - loop.time()
-            if remaining <= 0 or self.closing:
+            if remaining <= 0 or self.closing or (give_way is not None and give_way()):
                 return None
             try:
                 await asyncio.wait_for(wakeup.wait(), remaining)
