@@ -19,7 +19,9 @@ from conftest import LOCAL_PATH_CLASS
 from pynchy.devnode import DevNode, DevNodeError
 from pynchy.kube.controlplane import ControlPlane
 
-PY = sys.executable
+# By name, found on the dev node's PATH (it includes this interpreter's folder): an absolute host path
+# such as /tmp/checkout/.venv/bin/python would be rewritten by the path mapping when a pod mounts /tmp.
+PY = Path(sys.executable).name
 REPO = Path(__file__).resolve().parents[2]
 
 
