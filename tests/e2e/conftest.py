@@ -30,10 +30,6 @@ class Stack:
     node: DevNode
     data_dir: Path
 
-    def restart_operator(self) -> None:
-        self.operator.stop()
-        self.operator = EmbeddedOperator().start()
-
 
 @pytest.fixture
 def model() -> Iterator[ScriptedModel]:

@@ -12,6 +12,7 @@ import httpx
 from cluster.helpers import get, is_ready, wait_for
 from doubles.anthropic import Usage, text, tool_use, write_in_cwd
 from e2e.conftest import MODEL_KEY, Stack
+from pynchy.operator.run import EmbeddedOperator
 from pynchy.store import records
 
 WORKSPACE = """
@@ -179,29 +180,43 @@ def test_run_tokens_are_per_run(stack: Stack) -> None:
     assert httpx.get(f"{url}/v1/run", headers={"Authorization": f"Bearer {tampered}"}).status_code == 401
 
 
-def test_operator_restart_mid_run_adopts_the_pod(stack: Stack) -> None:
-    ready_group(stack, "steady")
+def test_killing_the_operator_mid_run_does_not_start_the_run_twice(stack: Stack) -> None:
+    """The operator runs as its own process here, so it can be SIGKILLed in the middle of a turn."""
+    import os
+    import subprocess
+    import sys
     import threading
 
-    gate = threading.Event()
-    stack.model.on_prompt("long job", text("Long job done."), gate=gate)
-    gw = stack.gateway.gateway
-    assert gw is not None
+    ready_group(stack, "steady")
+    stack.operator.stop()
+    env = {**os.environ, "PYNCHY_LIVENESS_PORT": "0", "PYNCHY_LOG_FORMAT": "json"}
+    process = subprocess.Popen([sys.executable, "-m", "pynchy", "operator"], env=env)
+    try:
+        gate = threading.Event()
+        stack.model.on_prompt("long job", text("Long job done."), gate=gate)
+        gw = stack.gateway.gateway
+        assert gw is not None
 
-    async def submit() -> Any:
-        row = await gw.submit(stack.namespace, "steady", "a long job", sender="owner")
-        return gw.watch(row.id)
+        async def submit() -> Any:
+            row = await gw.submit(stack.namespace, "steady", "a long job", sender="owner")
+            return gw.watch(row.id)
 
-    watch = stack.gateway.call(submit())
-    wait_for(lambda: any(r.step and r.step.gate is gate for r in stack.model.main_requests), timeout=60, what="turn")
-    [run] = runs(stack)
-    name = run["metadata"]["name"]
-    pod_uid = get(stack.plane, "pod", name, stack.namespace)["metadata"]["uid"]  # type: ignore[index]
+        watch = stack.gateway.call(submit())
+        wait_for(lambda: any(r.step and r.step.gate is gate for r in stack.model.main_requests), 60, what="turn")
+        [run] = runs(stack)
+        name = run["metadata"]["name"]
+        pod_uid = get(stack.plane, "pod", name, stack.namespace)["metadata"]["uid"]  # type: ignore[index]
+        process.kill()
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
 
-    stack.restart_operator()
+    stack.operator = EmbeddedOperator().start()
     gate.set()
     result = stack.gateway.call(asyncio.wait_for(watch.done, 60), timeout=65)
     assert result.text == "Long job done."
+    wait_for(lambda: run_status(stack, name).get("turnsServed") == 1, what="the run reports its turn")
     pods = json.loads(stack.plane.kubectl("get", "pods", "-n", stack.namespace, "-o", "json").stdout)["items"]
     assert [(p["metadata"]["name"], p["metadata"]["uid"]) for p in pods] == [(name, pod_uid)]
     assert len(runs(stack)) == 1
