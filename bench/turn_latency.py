@@ -28,7 +28,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+import yaml  # noqa: E402
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage, query  # noqa: E402
+from kubernetes.client import CustomObjectsApi  # noqa: E402
+from kubernetes.config import new_client_from_config  # noqa: E402
 
 from conftest import LOCAL_PATH_CLASS, RUN_TOKEN_KEY  # noqa: E402
 from doubles.anthropic import ScriptedModel  # noqa: E402
@@ -186,12 +189,13 @@ def main() -> None:
             warm = [gateway.call(turn("warm"), timeout=130) for _ in range(args.turns)]
 
             cold: list[float] = []
+            admin = CustomObjectsApi(new_client_from_config(str(plane.kubeconfig)))
             for i in range(args.turns):
                 name = f"cold-{i}"
+                body = yaml.safe_load(RUN.format(name=name, prompt=PROMPT))
                 started = time.monotonic()
-                plane.kubectl("apply", "-f", "-", input=RUN.format(name=name, prompt=PROMPT))
-                uid = plane.kubectl("get", "agentrun", name, "-n", NS, "-o", "jsonpath={.metadata.uid}").stdout
-                result = gateway.call(reply(f"run-{uid.strip()}"), timeout=130)
+                created = admin.create_namespaced_custom_object("pynchy.dev", "v1alpha1", NS, "agentruns", body)
+                result = gateway.call(reply(f"run-{created['metadata']['uid']}"), timeout=130)
                 if result.type != "result":
                     raise SystemExit(f"cold turn failed: {result}")
                 cold.append(time.monotonic() - started)
