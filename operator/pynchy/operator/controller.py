@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from pynchy.logs import get_logger
@@ -13,18 +15,23 @@ from pynchy.operator.checks import Ref
 from pynchy.operator.kubeapi import KubeApi, KubeError
 from pynchy.operator.reconcile_agentrun import RunReconciler
 from pynchy.operator.reconcile_group import reconcile_group
+from pynchy.operator.reconcile_scheduledtask import TaskReconciler, utc_now
 from pynchy.operator.reconcile_workspace import reconcile_workspace
 from pynchy.operator.settings import OperatorSettings
 from pynchy.operator.workqueue import WorkQueue
 
 log = get_logger(__name__)
-Key = tuple[str, str, str]  # (kind, namespace, name) of a Group, Workspace or AgentRun
+Key = tuple[str, str, str]  # (kind, namespace, name) of a Group, Workspace, ScheduledTask or AgentRun
 
 
 class Controller:
-    def __init__(self, api: KubeApi, settings: OperatorSettings) -> None:
+    def __init__(
+        self, api: KubeApi, settings: OperatorSettings, clock: Callable[[], dt.datetime] | None = None
+    ) -> None:
         self.api = api
         self.settings = settings
+        # What time it is for schedules (an aware UTC datetime); tests inject a clock they advance.
+        self.clock = clock or utc_now
         self.queue = WorkQueue(self.reconcile, settings.workers)
         self.known: set[Key] = set()
         # Reverse index: which Groups/Workspaces depend on an object they reference.
@@ -34,6 +41,9 @@ class Controller:
         # AgentRuns: admission state from the AgentRun and Pod watches; waiting runs are woken by key.
         self.runs = RunIndex(settings.max_concurrent_runs, settings.run_history_limit, self._wake_run)
         self._run_reconciler = RunReconciler(api, settings, self.runs)
+        # ScheduledTasks: the work queue is their timer; Group existence is known from the Group watch.
+        self._groups: set[tuple[str, str]] = set()
+        self.tasks = TaskReconciler(api, settings, self.clock, lambda ns, name: (ns, name) in self._groups)
 
     async def start(self) -> None:
         self.queue.start()
@@ -48,8 +58,17 @@ class Controller:
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
-            for key in list(self.known):
-                self.queue.add(key)
+            self.resync_now()
+
+    def resync_now(self) -> None:
+        """Re-check every known object now (the periodic resync; tests call it after moving the clock)."""
+        for key in list(self.known):
+            self._enqueue(key)
+
+    def _enqueue(self, key: Key) -> None:
+        if key[0] == "ScheduledTask":
+            self.tasks.invalidate(key)
+        self.queue.add(key)
 
     # -- events -----------------------------------------------------------------------
 
@@ -68,6 +87,26 @@ class Controller:
         if kind == "Group":
             # Runs waiting for their Group to become Ready, and running ones whose configuration may have changed.
             self._wake_group_runs(meta["namespace"], meta["name"])
+            group = (meta["namespace"], meta["name"])
+            if event_type == "DELETED" or group not in self._groups:
+                # Tasks of a Group that appeared or went away: their acceptance changes.
+                if event_type == "DELETED":
+                    self._groups.discard(group)
+                else:
+                    self._groups.add(group)
+                for task in self.tasks.tasks_of_group(*group):
+                    self._enqueue(task)
+
+    def on_task_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        key: Key = ("ScheduledTask", meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            self.known.discard(key)
+            self.queue.forget(key)
+        else:
+            self.known.add(key)
+        if self.tasks.on_task_event(event_type, body):
+            self.queue.add(key)
 
     def on_run_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -80,6 +119,9 @@ class Controller:
             self.known.add(key)
             self.runs.observe_run(body)
             self.queue.add(key)
+        task = self.tasks.on_run_event(event_type, body)
+        if task is not None and task in self.known:
+            self.queue.add(task)
 
     def on_pod_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         run = self.runs.observe_pod(body, deleted=event_type == "DELETED")
@@ -111,7 +153,7 @@ class Controller:
 
     def _wake_dependents(self, kind: str, namespace: str, name: str) -> None:
         for key in self._dependents.get((kind, namespace, name), ()):
-            self.queue.add(key)
+            self._enqueue(key)
             if key[0] == "Group":
                 self._wake_group_runs(key[1], key[2])
 
@@ -129,6 +171,14 @@ class Controller:
 
     async def reconcile(self, key: Key) -> float | None:
         kind, namespace, name = key
+        if kind == "ScheduledTask":
+            try:
+                return await self.tasks.reconcile(key)
+            except KubeError as exc:
+                if exc.gone:
+                    log.debug("object went away during reconcile", key=str(key), error=exc.message)
+                    return None
+                raise
         raw = await self.api.get(kind, namespace, name)
         if raw is None or raw["metadata"].get("deletionTimestamp"):
             self._set_refs(key, set())

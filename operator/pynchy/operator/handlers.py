@@ -54,7 +54,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     configure_kopf(settings)
     op_settings = load(OperatorSettings)
     api = KubeApi(load_client(), threads=op_settings.workers)
-    memo.controller = Controller(api, op_settings)
+    # An embedding (tests) may put a clock in the memo; schedules then run on its time.
+    memo.controller = Controller(api, op_settings, clock=getattr(memo, "clock", None))
     await memo.controller.start()
     log.info("operator started", namespaces=op_settings.namespaces or "all", workers=op_settings.workers)
 
@@ -81,6 +82,11 @@ async def group_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, *
 @kopf.on.event(GROUP, VERSION, "workspaces")
 async def workspace_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_owner_event("Workspace", event.get("type"), dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, "scheduledtasks")
+async def scheduledtask_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.on_task_event(event.get("type"), dict(body))
 
 
 @kopf.on.event(GROUP, VERSION, "agentruns")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -29,10 +31,16 @@ def run_forever() -> None:
 
 
 class EmbeddedOperator:
-    """The operator in a background thread with its own event loop; `memo.controller` is inspectable."""
+    """The operator in a background thread with its own event loop; `memo.controller` is inspectable.
 
-    def __init__(self) -> None:
+    `clock` (a callable returning an aware UTC datetime) replaces real time for schedules.
+    """
+
+    def __init__(self, clock: Callable[[], dt.datetime] | None = None) -> None:
         self.memo = kopf.Memo()
+        if clock is not None:
+            self.memo.clock = clock
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -48,13 +56,23 @@ class EmbeddedOperator:
         return self
 
     def _main(self, settings: OperatorSettings) -> None:
-        try:
-            asyncio.run(
-                kopf.operator(memo=self.memo, stop_flag=self._stop, ready_flag=self._ready, **operator_kwargs(settings))
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            await kopf.operator(
+                memo=self.memo, stop_flag=self._stop, ready_flag=self._ready, **operator_kwargs(settings)
             )
+
+        try:
+            asyncio.run(main())
         except BaseException as exc:
             self.error = exc
             self._ready.set()
+
+    def resync_now(self) -> None:
+        """Re-check every object now (from any thread): after a test moved its clock, for example."""
+        if self._loop is None:
+            raise RuntimeError("the operator is not running")
+        self._loop.call_soon_threadsafe(self.controller.resync_now)
 
     @property
     def controller(self) -> Any:

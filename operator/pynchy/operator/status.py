@@ -49,14 +49,14 @@ async def sync_or_refusal(
         return None, Cond("Ready", False, "ApplyFailed", f"the API server refused a child object: {exc.message}")
 
 
-async def publish(api: KubeApi, raw: dict[str, Any], new_fields: dict[str, Any]) -> bool:
+async def publish(api: KubeApi, raw: dict[str, Any], new_fields: dict[str, Any]) -> dict[str, Any] | None:
     """Merge-patch `new_fields` into status if any differs; post a Warning Event when Accepted turns
-    False (or its reason changes). Returns whether anything was written."""
+    False (or its reason changes). Returns the object as written, or None when nothing was written."""
     old = raw.get("status") or {}
     if all(old.get(k) == v for k, v in new_fields.items()):
-        return False
+        return None
     meta = raw["metadata"]
-    await api.patch_status(raw["kind"], meta["namespace"], meta["name"], new_fields)
+    written = await api.patch_status(raw["kind"], meta["namespace"], meta["name"], new_fields)
     before = condition(old.get("conditions"), "Accepted")
     after = condition(new_fields.get("conditions"), "Accepted")
     if (
@@ -65,7 +65,7 @@ async def publish(api: KubeApi, raw: dict[str, Any], new_fields: dict[str, Any])
         and (before is None or before["status"] != "False" or before["reason"] != after["reason"])
     ):
         await record_event(api, raw, "Warning", after["reason"], after["message"])
-    return True
+    return written or {"metadata": meta}  # the API always answers with the object
 
 
 NOT_ACCEPTED = Cond("Ready", False, "NotAccepted", "The spec is not accepted; see the Accepted condition.")

@@ -1,0 +1,62 @@
+"""ScheduledTask + a due time → the AgentRun for that firing.
+
+Pure. The run's name comes from the task and the due time (``schedule.naming.run_name``), so
+creating it twice is a 409 Conflict: the API server itself makes each firing happen once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pynchy.api.base import GROUP_VERSION
+from pynchy.api.resources import ScheduledTask
+from pynchy.operator.build.common import LABEL_GROUP, LABEL_SCHEDULED_TASK, owner_reference
+from pynchy.schedule import run_name
+
+
+def timestamp(when: dt.datetime) -> str:
+    """RFC 3339 in UTC with a Z, lossless (microseconds kept when there are any)."""
+    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_timestamp(value: str) -> dt.datetime:
+    """An RFC 3339 timestamp (as the API server or ``timestamp`` writes it) as an aware datetime."""
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp {value!r} has no time zone offset")
+    return parsed
+
+
+def scheduled_run(task: ScheduledTask, raw: dict[str, Any], scheduled_time: dt.datetime) -> dict[str, Any]:
+    """The AgentRun for the firing of ``task`` due at ``scheduled_time``.
+
+    ``raw`` is the task as the API server returned it (for its apiVersion, namespace and uid).
+    The run is controlled by the task; the AgentRun controller adds the Group as a second,
+    non-controller owner, so deleting the task leaves started runs to finish and to their TTL.
+    ttlSecondsAfterFinished is left to the operator default.
+    """
+    meta = raw["metadata"]
+    spec = task.spec
+    group = spec.group_ref.name
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": "AgentRun",
+        "metadata": {
+            "name": run_name(meta["name"], scheduled_time),
+            "namespace": meta["namespace"],
+            "labels": {LABEL_GROUP: group, LABEL_SCHEDULED_TASK: meta["name"]},
+            "ownerReferences": [owner_reference(raw)],
+        },
+        "spec": {
+            "groupRef": {"name": group},
+            "trigger": {
+                "kind": "Schedule",
+                "scheduledTaskRef": {"name": meta["name"]},
+                "scheduledTime": timestamp(scheduled_time),
+            },
+            "prompt": spec.prompt,
+            "contextMode": spec.context_mode,
+            "deliver": spec.deliver,
+        },
+    }

@@ -1,0 +1,532 @@
+"""ScheduledTasks against the real API server, with the operator under its production RBAC and a
+test clock: the test moves time and asks the operator to look again (`resync_now`), so no test
+waits for real minutes.
+
+The tasks' Group exists but is not Ready (it names a missing Secret), so their AgentRuns stay
+`Pending/GroupNotReady` and the test ends them by patching their status as the admin.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cluster.helpers import AuditWindow, condition, describe, get, wait_for
+from cluster.test_operator import apply, group, settle
+from conftest import OPERATOR_USER
+from doubles.clock import TestClock
+from pynchy.kube.controlplane import ControlPlane
+from pynchy.operator.build.scheduledtask import parse_timestamp, timestamp
+from pynchy.schedule import run_name
+
+MINUTE = dt.timedelta(minutes=1)
+
+
+@pytest.fixture(autouse=True)
+def only_this_namespace(namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYNCHY_NAMESPACES", namespace)
+
+
+@pytest.fixture
+def clock() -> TestClock:
+    return TestClock()
+
+
+@pytest.fixture
+def op(operator_env: None, clock: TestClock) -> Iterator[Any]:
+    from pynchy.operator.run import EmbeddedOperator
+
+    with EmbeddedOperator(clock=clock) as operator:
+        yield operator
+
+
+def task(name: str, schedule: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "pynchy.dev/v1alpha1",
+        "kind": "ScheduledTask",
+        "metadata": {"name": name},
+        "spec": {"groupRef": {"name": "fam"}, "prompt": f"Run {name}.", "schedule": schedule, **spec},
+    }
+
+
+def unready_group(plane: ControlPlane, namespace: str, name: str = "fam") -> None:
+    """A Group that exists (tasks are accepted) but never becomes Ready: its runs wait, podless."""
+    apply(plane, namespace, group(name, credentials=[{"env": "T", "secretKeyRef": {"name": "absent", "key": "k"}}]))
+
+
+def status_of(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    return (get(plane, "scheduledtask", name, namespace) or {}).get("status") or {}
+
+
+def runs_of(plane: ControlPlane, namespace: str, name: str) -> dict[str, dict[str, Any]]:
+    out = plane.kubectl("get", "agentruns", "-n", namespace, "-l", f"pynchy.dev/scheduled-task={name}", "-o", "json")
+    return {r["metadata"]["name"]: r for r in json.loads(out.stdout)["items"]}
+
+
+def next_due(plane: ControlPlane, namespace: str, name: str, after: dt.datetime | None = None) -> dt.datetime:
+    """Wait until the operator published a nextScheduleTime (later than `after`) and return it."""
+
+    def published() -> dt.datetime | None:
+        s = status_of(plane, namespace, name)
+        t = parse_timestamp(s["nextScheduleTime"]) if s.get("nextScheduleTime") else None
+        return t if t is not None and (after is None or t > after) else None
+
+    return wait_for(published, what=f"{name} nextScheduleTime after {after}")  # type: ignore[no-any-return]
+
+
+def tick(op: Any, clock: TestClock, when: dt.datetime) -> None:
+    clock.set(when)
+    op.resync_now()
+
+
+def wait_run(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    return wait_for(lambda: get(plane, "agentrun", name, namespace), what=f"AgentRun {name}")  # type: ignore[no-any-return]
+
+
+def finish(plane: ControlPlane, namespace: str, run: str, phase: str = "Succeeded", reply: str = "All done.") -> None:
+    """End a waiting run as a finished pod would have (once the AgentRun controller has parked it)."""
+    wait_for(
+        lambda: ((get(plane, "agentrun", run, namespace) or {}).get("status") or {}).get("reason") == "GroupNotReady",
+        what=f"{run} parked",
+    )
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    status: dict[str, Any] = {"phase": phase, "startTime": now, "completionTime": now}
+    if phase == "Succeeded":
+        status |= {"reason": "Succeeded", "message": "The agent exited with code 0.", "lastReply": reply}
+    else:
+        status |= {"reason": "Error", "message": reply}
+    plane.kubectl(
+        "patch", "agentrun", run, "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": status}),
+    )  # fmt: skip
+
+
+def history(plane: ControlPlane, namespace: str, name: str) -> list[tuple[str | None, str]]:
+    return [(r.get("runName"), r["outcome"]) for r in status_of(plane, namespace, name).get("history") or []]
+
+
+def events_of(plane: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
+    out = plane.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+    )
+    return json.loads(out.stdout)["items"]  # type: ignore[no-any-return]
+
+
+def creates(window: AuditWindow, namespace: str) -> list[str]:
+    return [
+        f"{e['objectRef'].get('name', '')} -> {e.get('responseStatus', {}).get('code')}"
+        for e in window.writes(OPERATOR_USER, namespace)
+        if e["verb"] == "create" and e["objectRef"].get("resource") == "agentruns"
+    ]
+
+
+def test_cron_task_fires_exactly_once_per_due_time(
+    control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock
+) -> None:
+    unready_group(control_plane, namespace)
+    apply(control_plane, namespace, task("brief", {"cron": "*/5 * * * *"}))
+    due = next_due(control_plane, namespace, "brief")
+    assert due.minute % 5 == 0
+    assert due.second == 0
+    t = get(control_plane, "scheduledtask", "brief", namespace)
+    assert condition(t, "Accepted")["status"] == "True"
+    assert (condition(t, "Ready")["status"], condition(t, "Ready")["reason"]) == ("True", "Scheduled")
+    assert t["status"]["observedGeneration"] == t["metadata"]["generation"]
+    assert runs_of(control_plane, namespace, "brief") == {}
+
+    window = AuditWindow(control_plane)
+    tick(op, clock, due + dt.timedelta(seconds=3))
+    name = run_name("brief", due)
+    run = wait_run(control_plane, namespace, name)
+    assert run["spec"] == {
+        "groupRef": {"name": "fam"},
+        "trigger": {"kind": "Schedule", "scheduledTaskRef": {"name": "brief"}, "scheduledTime": timestamp(due)},
+        "prompt": "Run brief.",
+        "contextMode": "isolated",
+        "deliver": True,
+    }
+    assert run["metadata"]["labels"] == {"pynchy.dev/group": "fam", "pynchy.dev/scheduled-task": "brief"}
+    owner = run["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "ScheduledTask",
+        "brief",
+        t["metadata"]["uid"],
+        True,
+    )
+    # The AgentRun controller adds the Group as a second, non-controller owner.
+    grp = get(control_plane, "group", "fam", namespace)
+    wait_for(
+        lambda: any(
+            r["uid"] == grp["metadata"]["uid"] and not r.get("controller")
+            for r in get(control_plane, "agentrun", name, namespace)["metadata"]["ownerReferences"]
+        ),
+        what="Group owner",
+    )
+
+    after = next_due(control_plane, namespace, "brief", after=due)
+    assert after == due + 5 * MINUTE
+    s = status_of(control_plane, namespace, "brief")
+    assert s["lastScheduleTime"] == timestamp(due)
+    assert s["active"] == [{"name": name}]
+    assert history(control_plane, namespace, "brief") == [(name, "Active")]
+
+    # Looking again, any number of times, fires nothing more.
+    for _ in range(3):
+        op.resync_now()
+    settle(window, namespace)
+    assert list(runs_of(control_plane, namespace, "brief")) == [name]
+    assert creates(window, namespace) == [f"{name} -> 201"]
+
+    finish(control_plane, namespace, name, reply="Three new pull requests.")
+    wait_for(lambda: history(control_plane, namespace, "brief") == [(name, "Succeeded")], what="Succeeded")
+    s = status_of(control_plane, namespace, "brief")
+    record = s["history"][0]
+    assert record["summary"] == "Three new pull requests."
+    assert record["startTime"]
+    assert record["finishTime"] == s["lastSuccessfulTime"]
+    assert s.get("active") == []
+
+    tick(op, clock, after)
+    second = run_name("brief", after)
+    wait_run(control_plane, namespace, second)
+    wait_for(
+        lambda: history(control_plane, namespace, "brief") == [(second, "Active"), (name, "Succeeded")],
+        what="second run in history",
+    )
+
+
+def test_restart_never_fires_twice_and_catches_up_at_most_once(
+    control_plane: ControlPlane, namespace: str, operator_env: None, clock: TestClock
+) -> None:
+    from pynchy.operator.run import EmbeddedOperator
+
+    unready_group(control_plane, namespace)
+    apply(control_plane, namespace, task("rs", {"cron": "*/5 * * * *"}))
+    with EmbeddedOperator(clock=clock) as op:
+        due = next_due(control_plane, namespace, "rs")
+        tick(op, clock, due + dt.timedelta(seconds=1))
+        first = run_name("rs", due)
+        wait_run(control_plane, namespace, first)
+        wait_for(lambda: status_of(control_plane, namespace, "rs").get("lastScheduleTime"), what="status written")
+
+    # A restart right after the due time, and a second one a little later: nothing fires again.
+    window = AuditWindow(control_plane)
+    for later in (2, 40):
+        clock.set(due + dt.timedelta(seconds=later))
+        with EmbeddedOperator(clock=clock) as op:
+            wait_for(lambda o=op: o.controller.queue.processed >= 3 and o.controller.queue.idle(), what="synced")
+            op.resync_now()
+            settle(window, namespace)
+    assert list(runs_of(control_plane, namespace, "rs")) == [first]
+    assert creates(window, namespace) == []
+
+    # Down across three due times; the latest is within startingDeadlineSeconds: one catch-up run.
+    finish(control_plane, namespace, first)
+    clock.set(due + 16 * MINUTE)
+    with EmbeddedOperator(clock=clock):
+        latest = run_name("rs", due + 15 * MINUTE)
+        wait_run(control_plane, namespace, latest)
+        wait_for(lambda: next_due(control_plane, namespace, "rs") == due + 20 * MINUTE, what="next after catch-up")
+        settle(AuditWindow(control_plane), namespace)
+    assert sorted(runs_of(control_plane, namespace, "rs")) == sorted([first, latest])
+    (event,) = [e for e in events_of(control_plane, namespace, "rs") if e["reason"] == "MissedSchedules"]
+    assert event["type"] == "Warning"
+    assert event["message"].startswith("2 earlier due times passed without a run")
+
+
+def test_two_operators_by_mistake_fire_once(
+    control_plane: ControlPlane, namespace: str, operator_env: None, clock: TestClock
+) -> None:
+    from pynchy.operator.run import EmbeddedOperator
+
+    unready_group(control_plane, namespace)
+    apply(control_plane, namespace, task("dup", {"cron": "*/5 * * * *"}))
+    with EmbeddedOperator(clock=clock) as one, EmbeddedOperator(clock=clock) as two:
+        due = next_due(control_plane, namespace, "dup")
+        window = AuditWindow(control_plane)
+        clock.set(due)
+        one.resync_now()
+        two.resync_now()
+        wait_run(control_plane, namespace, run_name("dup", due))
+        settle(window, namespace)
+    assert list(runs_of(control_plane, namespace, "dup")) == [run_name("dup", due)]
+    made = creates(window, namespace)
+    assert made.count(f"{run_name('dup', due)} -> 201") == 1
+    assert set(made) <= {f"{run_name('dup', due)} -> 201", f"{run_name('dup', due)} -> 409"}
+
+
+def test_a_miss_beyond_the_deadline_is_recorded(
+    control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock
+) -> None:
+    unready_group(control_plane, namespace)
+    apply(control_plane, namespace, task("late", {"cron": "*/5 * * * *"}, startingDeadlineSeconds=60))
+    due = next_due(control_plane, namespace, "late")
+    tick(op, clock, due + 3 * MINUTE)
+    wait_for(lambda: history(control_plane, namespace, "late") == [(None, "Missed")], what="Missed record")
+    s = status_of(control_plane, namespace, "late")
+    assert s["history"][0] == {
+        "scheduledTime": timestamp(due),
+        "outcome": "Missed",
+        "summary": "not started within startingDeadlineSeconds (60s): 180s late",
+    }
+    assert s["nextScheduleTime"] == timestamp(due + 5 * MINUTE)
+    assert "lastScheduleTime" not in s  # nothing ran
+    (event,) = wait_for(
+        lambda: [e for e in events_of(control_plane, namespace, "late") if e["reason"] == "MissedSchedule"],
+        what="MissedSchedule Event",
+    )
+    assert event["type"] == "Warning"
+    assert f"The run due at {timestamp(due)} did not start: it is 180s past its due time" in event["message"]
+    assert runs_of(control_plane, namespace, "late") == {}
+
+
+def test_concurrency_policies(control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock) -> None:
+    unready_group(control_plane, namespace)
+    for policy in ("Forbid", "Replace", "Allow"):
+        apply(control_plane, namespace, task(policy.lower(), {"cron": "*/5 * * * *"}, concurrencyPolicy=policy))
+    due = max(next_due(control_plane, namespace, p) for p in ("forbid", "replace", "allow"))
+    tick(op, clock, due)
+    for p in ("forbid", "replace", "allow"):
+        wait_run(control_plane, namespace, run_name(p, due))
+    later = due + 5 * MINUTE
+    tick(op, clock, later)
+
+    # Forbid: the second due time is skipped while the first run is active.
+    wait_for(
+        lambda: history(control_plane, namespace, "forbid") == [(None, "Skipped"), (run_name("forbid", due), "Active")],
+        what="Skipped",
+    )
+    assert list(runs_of(control_plane, namespace, "forbid")) == [run_name("forbid", due)]
+    skipped = status_of(control_plane, namespace, "forbid")["history"][0]
+    assert skipped["summary"] == f"{run_name('forbid', due)} still active (concurrencyPolicy Forbid)"
+    assert any(e["reason"] == "Skipped" for e in events_of(control_plane, namespace, "forbid"))
+
+    # Replace: the active run is deleted and the new one created.
+    wait_for(lambda: list(runs_of(control_plane, namespace, "replace")) == [run_name("replace", later)], what="repl")
+    wait_for(
+        lambda: (
+            history(control_plane, namespace, "replace")
+            == [(run_name("replace", later), "Active"), (run_name("replace", due), "Failed")]
+        ),
+        what="Replace history",
+    )
+    assert status_of(control_plane, namespace, "replace")["active"] == [{"name": run_name("replace", later)}]
+
+    # Allow: both run.
+    wait_for(
+        lambda: (
+            sorted(runs_of(control_plane, namespace, "allow")) == [run_name("allow", due), run_name("allow", later)]
+        ),
+        what="Allow overlap",
+    )
+    wait_for(
+        lambda: (
+            status_of(control_plane, namespace, "allow").get("active")
+            == [{"name": run_name("allow", due)}, {"name": run_name("allow", later)}]
+        ),
+        what="two active",
+    )
+
+
+def test_suspend_and_edits_take_effect_at_once(
+    control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock
+) -> None:
+    unready_group(control_plane, namespace)
+    apply(control_plane, namespace, task("ed", {"cron": "0 9 * * *"}, timeZone="Europe/Berlin"))
+    first = next_due(control_plane, namespace, "ed")
+    assert first.astimezone(dt.timezone(dt.timedelta(hours=1))).hour == 9  # November: CET
+    control_plane.kubectl(
+        "patch", "scheduledtask", "ed", "-n", namespace, "--type=merge", "-p", '{"spec":{"timeZone":"UTC"}}'
+    )
+    wait_for(lambda: next_due(control_plane, namespace, "ed").hour == 9, what="recomputed for UTC")
+    control_plane.kubectl(
+        "patch", "scheduledtask", "ed", "-n", namespace, "--type=merge",
+        "-p", '{"spec":{"schedule":{"cron":"*/10 * * * *"}}}',
+    )  # fmt: skip
+    wait_for(lambda: next_due(control_plane, namespace, "ed") < first - 8 * 60 * MINUTE, what="recomputed cron")
+    due = next_due(control_plane, namespace, "ed")
+
+    control_plane.kubectl(
+        "patch", "scheduledtask", "ed", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}'
+    )
+    wait_for(
+        lambda: "nextScheduleTime" not in status_of(control_plane, namespace, "ed"), what="no next while suspended"
+    )
+    t = get(control_plane, "scheduledtask", "ed", namespace)
+    assert (condition(t, "Ready")["status"], condition(t, "Ready")["reason"]) == ("True", "Suspended")
+    tick(op, clock, due + dt.timedelta(seconds=5))
+    settle(AuditWindow(control_plane), namespace)
+    assert runs_of(control_plane, namespace, "ed") == {}
+
+    control_plane.kubectl(
+        "patch", "scheduledtask", "ed", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}'
+    )
+    wait_run(control_plane, namespace, run_name("ed", due))  # still within the starting deadline
+    assert next_due(control_plane, namespace, "ed") == due + 10 * MINUTE
+
+
+def test_history_limits_prune_finished_runs(
+    control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock
+) -> None:
+    unready_group(control_plane, namespace)
+    spec = {"successfulRunsHistoryLimit": 1, "failedRunsHistoryLimit": 1}
+    apply(control_plane, namespace, task("lim", {"cron": "*/5 * * * *"}, **spec))
+    due = next_due(control_plane, namespace, "lim")
+    names = []
+    for i, phase in enumerate(("Succeeded", "Succeeded", "Failed", "Failed")):
+        when = due + i * 5 * MINUTE
+        tick(op, clock, when)
+        names.append(run_name("lim", when))
+        wait_run(control_plane, namespace, names[-1])
+        finish(control_plane, namespace, names[-1], phase, reply=f"outcome {i}")
+        wait_for(lambda n=names[-1]: (n, "Active") not in history(control_plane, namespace, "lim"), what="finished")
+    wait_for(lambda: sorted(runs_of(control_plane, namespace, "lim")) == sorted([names[1], names[3]]), what="pruned")
+    wait_for(
+        lambda: (
+            history(control_plane, namespace, "lim")
+            == [(names[3], "Failed"), (names[2], "Failed"), (names[1], "Succeeded"), (names[0], "Succeeded")]
+        ),
+        what="history keeps the pruned runs",
+    )
+    assert status_of(control_plane, namespace, "lim")["history"][1]["summary"] == "Error: outcome 2"
+
+
+def test_group_mode_task_creates_a_group_mode_run(
+    control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock
+) -> None:
+    unready_group(control_plane, namespace)
+    apply(control_plane, namespace, task("conv", {"interval": "30m"}, contextMode="group", deliver=False))
+    due = next_due(control_plane, namespace, "conv")
+    t = get(control_plane, "scheduledtask", "conv", namespace)
+    assert due == parse_timestamp(t["metadata"]["creationTimestamp"]) + 30 * MINUTE
+    tick(op, clock, due)
+    run = wait_run(control_plane, namespace, run_name("conv", due))
+    assert (run["spec"]["contextMode"], run["spec"]["deliver"], run["spec"]["prompt"]) == ("group", False, "Run conv.")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"schedule": {"cron": "0 9 * *"}}, "cron must have exactly five fields"),
+        ({"schedule": {"cron": "@daily"}}, "cron must have exactly five fields"),
+        ({"schedule": {"interval": "0m"}}, "interval must be at least 1m"),
+        ({"schedule": {"interval": "30s"}}, "interval must be at least 1m"),
+        ({"schedule": {"cron": "0 9 * * *", "interval": "1h"}}, "set exactly one of schedule.cron"),
+        ({"schedule": {"once": "tomorrow"}}, "spec.schedule.once"),
+        ({"timeZone": "Europe Berlin"}, "spec.timeZone"),
+    ],
+)
+def test_the_api_server_refuses_what_cel_can_check(
+    control_plane: ControlPlane, namespace: str, spec: dict[str, Any], message: str
+) -> None:
+    body = task("bad", {"cron": "0 9 * * *"}) | {}
+    body["spec"] = {**body["spec"], **spec}
+    proc = control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+def test_what_cel_cannot_check_is_not_accepted(
+    control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock
+) -> None:
+    unready_group(control_plane, namespace)
+    past = timestamp(dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=2))
+    cases = {
+        "past": ({"once": past}, {}, "InvalidSchedule", "was already in the past when the task was created"),
+        "zone": ({"cron": "0 9 * * *"}, {"timeZone": "Mars/Olympus_Mons"}, "InvalidSchedule", "not a known IANA"),
+        "range": ({"cron": "61 * * * *"}, {}, "InvalidSchedule", "is not a valid cron expression"),
+        "feb30": ({"cron": "0 0 30 2 *"}, {}, "InvalidSchedule", "is not a valid cron expression"),
+        "orphan": ({"cron": "0 9 * * *"}, {"groupRef": {"name": "nobody"}}, "GroupNotFound", "create it or fix"),
+    }
+    for name, (schedule, spec, _, _) in cases.items():
+        apply(control_plane, namespace, task(name, schedule, **spec))
+    for name, (_, _, reason, fragment) in cases.items():
+
+        def refused(n: str = name) -> dict[str, Any] | None:
+            c = condition(get(control_plane, "scheduledtask", n, namespace), "Accepted")
+            return c if c and c["status"] == "False" else None
+
+        accepted = wait_for(refused, what=f"{name} Accepted=False")
+        assert accepted["reason"] == reason, accepted
+        assert fragment in accepted["message"], accepted
+        t = get(control_plane, "scheduledtask", name, namespace)
+        assert condition(t, "Stalled")["status"] == "True"
+        assert condition(t, "Ready")["status"] == "False"
+        assert "nextScheduleTime" not in t["status"]
+        wait_for(
+            lambda n=name, r=reason: any(e["reason"] == r for e in events_of(control_plane, namespace, n)),
+            what=f"{name} Event",
+        )
+    tick(op, clock, clock() + dt.timedelta(days=2))
+    settle(AuditWindow(control_plane), namespace)
+    assert not json.loads(control_plane.kubectl("get", "agentruns", "-n", namespace, "-o", "json").stdout)["items"]
+
+    # The missing Group appears: the task is accepted and scheduled.
+    apply(control_plane, namespace, group("nobody"))
+    wait_for(
+        lambda: condition(get(control_plane, "scheduledtask", "orphan", namespace), "Accepted")["status"] == "True",
+        what="accepted once the Group exists",
+    )
+    assert status_of(control_plane, namespace, "orphan")["nextScheduleTime"]
+
+
+def test_no_op_resync_and_restart_write_nothing(
+    control_plane: ControlPlane, namespace: str, operator_env: None, clock: TestClock
+) -> None:
+    from pynchy.operator.run import EmbeddedOperator
+
+    unready_group(control_plane, namespace)
+    with EmbeddedOperator(clock=clock) as op:
+        for name, schedule in (("q1", {"cron": "*/5 * * * *"}), ("q2", {"interval": "1h"})):
+            apply(control_plane, namespace, task(name, schedule))
+        due = next_due(control_plane, namespace, "q1")
+        next_due(control_plane, namespace, "q2")
+        tick(op, clock, due)
+        wait_run(control_plane, namespace, run_name("q1", due))
+        settle(AuditWindow(control_plane), namespace)
+
+        window = AuditWindow(control_plane)
+        for _ in range(3):
+            op.resync_now()
+        clock.set(due + MINUTE)  # time passes, nothing is due
+        op.resync_now()
+        settle(window, namespace, quiet=3)
+    with EmbeddedOperator(clock=clock) as op:
+        wait_for(lambda: op.controller.queue.processed >= 4 and op.controller.queue.idle(), what="synced")
+        op.resync_now()
+        settle(window, namespace, quiet=3)
+    assert window.writes(OPERATOR_USER, namespace) == [], describe(window.writes(OPERATOR_USER, namespace))
+
+
+def test_deleting_a_task_stops_future_runs_and_leaves_its_runs(
+    control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock
+) -> None:
+    unready_group(control_plane, namespace)
+    apply(control_plane, namespace, task("gone", {"cron": "*/5 * * * *"}))
+    due = next_due(control_plane, namespace, "gone")
+    tick(op, clock, due)
+    name = run_name("gone", due)
+    wait_run(control_plane, namespace, name)
+    grp = get(control_plane, "group", "fam", namespace)
+    wait_for(
+        lambda: len(get(control_plane, "agentrun", name, namespace)["metadata"]["ownerReferences"]) == 2,
+        what="Group owner added",
+    )
+    finish(control_plane, namespace, name)
+    control_plane.kubectl("delete", "scheduledtask", "gone", "-n", namespace)
+    # The garbage collector drops the task's reference; the Group still owns the run, so it stays
+    # (until its TTL, which the AgentRun controller applies).
+    wait_for(
+        lambda: (
+            [r["uid"] for r in get(control_plane, "agentrun", name, namespace)["metadata"]["ownerReferences"]]
+            == [grp["metadata"]["uid"]]
+        ),
+        what="only the Group owns the run",
+    )
+    tick(op, clock, due + 5 * MINUTE)
+    settle(AuditWindow(control_plane), namespace)
+    assert list(runs_of(control_plane, namespace, "gone")) == [name]
