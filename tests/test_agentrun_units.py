@@ -352,3 +352,17 @@ def test_a_reconcile_does_not_wake_the_run_it_works_on() -> None:
     assert woken == []
     index.observe_run(body)  # a watch event does
     assert woken == [("ns", "r")]
+
+
+def test_a_new_waiting_run_wakes_no_other_run() -> None:
+    """It only takes room; its own reconcile (from its own event) decides for it."""
+    woken: list[tuple[str, str]] = []
+    index = RunIndex(limit=1, history_limit=20, wake=woken.append)
+    for name in ("r1", "r2"):
+        index.observe_run(
+            {
+                "metadata": {"namespace": "ns", "name": name, "uid": name, "creationTimestamp": NOW},
+                "spec": {"groupRef": {"name": name}},
+            }
+        )
+    assert woken == []

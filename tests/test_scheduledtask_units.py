@@ -291,7 +291,10 @@ class Harness:
         return self.operator
 
     def tick(self, operator: TaskReconciler | None = None) -> float | None:
-        delay = asyncio.run((operator or self.operator).reconcile(self.key))
+        for _ in range(5):  # as the work queue does: 0 means "again, right away"
+            delay = asyncio.run((operator or self.operator).reconcile(self.key))
+            if delay != 0.0:
+                break
         for body in self.api.runs():
             if body["metadata"]["name"] not in self.created_names:
                 self.created.append(body["spec"]["trigger"]["scheduledTime"])
@@ -424,14 +427,16 @@ def test_restart_after_a_due_time_fires_it_once_and_catches_up_at_most_once() ->
 def test_two_operators_at_the_same_due_time_fire_once() -> None:
     h = Harness(utc(2027, 1, 4, 8, 0), {"interval": "5m"})
     other = TaskReconciler(h.api, SETTINGS, h.clock, lambda ns, name: True)  # type: ignore[arg-type]
-    h.tick(other)  # has listed the runs (none yet); it sees no watch events here
+    h.tick()
+    h.tick(other)  # both have listed the runs (none yet); they see no watch events here
     h.clock.set(utc(2027, 1, 4, 8, 5))
 
-    async def both() -> None:  # both read the task before either writes its status
+    async def both() -> None:  # both act on what they knew before the due time
         await asyncio.gather(h.operator.reconcile(h.key), other.reconcile(h.key))
 
     asyncio.run(both())
     h.tick()
+    h.tick(other)
     assert fired(h) == [utc(2027, 1, 4, 8, 5)]
     assert [w for w in h.api.writes if w[:2] == ("create", "AgentRun")] == [
         ("create", "AgentRun", run_name("t", utc(2027, 1, 4, 8, 5)))
@@ -570,3 +575,49 @@ def test_a_refused_run_is_reported_and_retried_until_the_deadline() -> None:
     h.tick()
     assert fired(h) == [utc(2027, 1, 4, 8, 10)]  # within the deadline: it runs after all
     assert condition(h.status()["conditions"], "Ready")["reason"] == "Scheduled"
+
+
+def test_the_due_moment_creates_the_run_without_a_read_then_writes_the_status() -> None:
+    h = Harness(utc(2027, 1, 4, 8, 0), {"cron": "0 9 * * *"})
+    h.clock.set(utc(2027, 1, 4, 8, 59, 30))
+    h.tick()
+    reads: list[tuple[str, ...]] = []
+    original = h.api.get
+
+    async def counting_get(*args: Any) -> Any:
+        reads.append(args)
+        return await original(*args)
+
+    h.api.get = counting_get  # type: ignore[method-assign]
+    writes = len(h.api.writes)
+    h.clock.set(utc(2027, 1, 4, 9, 0, 0, 5000))
+    assert asyncio.run(h.operator.reconcile(h.key)) == 0.0  # again at once: the status is still to write
+    assert (reads, h.api.writes[writes:]) == ([], [("create", "AgentRun", run_name("t", utc(2027, 1, 4, 9)))])
+    asyncio.run(h.operator.reconcile(h.key))
+    assert h.api.writes[writes + 1 :] == [("patch-status", "ScheduledTask", "t")]
+    assert h.status()["lastScheduleTime"] == "2027-01-04T09:00:00Z"
+
+
+def test_an_edit_just_before_the_due_time_counts() -> None:
+    h = Harness(utc(2027, 1, 4, 8, 0), {"cron": "0 9 * * *"})
+    h.clock.set(utc(2027, 1, 4, 8, 59, 59))
+    h.tick()
+    h.edit(prompt="The new prompt.")
+    h.clock.set(utc(2027, 1, 4, 9, 0))
+    h.tick()
+    assert [r["spec"]["prompt"] for r in h.api.runs()] == ["The new prompt."]
+
+
+def test_only_run_changes_that_matter_wake_the_task() -> None:
+    h = Harness(utc(2027, 1, 4, 8, 0), {"interval": "5m"})
+    h.clock.set(utc(2027, 1, 4, 8, 5))
+    h.tick()
+    h.tick()
+    (body,) = h.api.runs()
+    body["metadata"]["ownerReferences"].append({"kind": "Group", "name": "g", "uid": "uid-g"})
+    assert h.operator.on_run_event("MODIFIED", body) is None  # the Group became an owner
+    body["status"] = {"phase": "Pending", "reason": "Queued", "message": "waits"}
+    assert h.operator.on_run_event("MODIFIED", body) is None  # still active, nothing new to report
+    body["status"] = {"phase": "Running", "startTime": "2027-01-04T08:05:02Z"}
+    assert h.operator.on_run_event("MODIFIED", body) == h.key
+    assert h.operator.on_run_event("DELETED", body) == h.key

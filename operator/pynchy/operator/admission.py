@@ -148,11 +148,14 @@ class RunIndex:
         again at once, past the work queue's backoff."""
         meta = body.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
-        view = run_view(body, self.runs.get(key))  # a run re-created under the same name starts afresh
+        previous = self.runs.get(key)
+        view = run_view(body, previous)  # a run re-created under the same name starts afresh
         if view is None:
             return None
         self.runs[key] = view
-        if wake:
+        # A new run only takes room (its own reconcile decides for it): a burst of new runs (a minute
+        # when many ScheduledTasks are due) costs no plan() over every run per new run.
+        if wake and not (previous is None and not view.finished):
             self.wake_admissible()
         return key
 

@@ -173,6 +173,10 @@ def run_record(run: TaskRun, *, gone: bool = False) -> dict[str, Any]:
     return record
 
 
+def _same_for_task(a: TaskRun, b: TaskRun) -> bool:
+    return a.owner_uid == b.owner_uid and run_record(a) == run_record(b)
+
+
 def note_record(outcome: str, scheduled_time: dt.datetime, summary: str) -> dict[str, Any]:
     """A Skipped or Missed entry: a due time that got no run (it exists only in the status)."""
     return {"scheduledTime": timestamp(scheduled_time), "outcome": outcome, "summary": summary[:SUMMARY_LIMIT]}
@@ -324,6 +328,8 @@ class TaskRuns:
         self._seeded = False
 
     def observe(self, body: dict[str, Any], *, deleted: bool = False) -> TaskKey | None:
+        """Record a run; returns its task when that changes anything the task's status or decisions
+        read (not for a metadata patch or a Pending reason that changes, say)."""
         run = task_run(body)
         if run is None:
             return None
@@ -339,8 +345,14 @@ class TaskRuns:
                 self._runs.pop(key, None)
             if key in self._tracked:
                 self._gone.setdefault(key, {}).setdefault(run.name, run)
-        elif run.uid not in self._deleting:
-            self._runs.setdefault(key, {})[run.name] = run
+            return key
+        if run.uid in self._deleting:
+            return None
+        runs = self._runs.setdefault(key, {})
+        before = runs.get(run.name)
+        runs[run.name] = run
+        if before is not None and before.uid == run.uid and _same_for_task(before, run):
+            return None
         return key
 
     def removed(self, run: TaskRun, *, summary: str | None = None, finished_at: str | None = None) -> None:
@@ -399,10 +411,27 @@ class TaskRuns:
 
 @dataclass(frozen=True)
 class Fresh:
-    """After a full reconcile: the task's resourceVersion then, and when it needs the next real look."""
+    """After a full reconcile: the task as it was then (its resourceVersion), when it needs the next
+    real look, and what is planned for that moment if nothing changes until then."""
 
     resource_version: str
     next_check: dt.datetime | None
+    raw: dict[str, Any] | None = None
+    task: ScheduledTask | None = None
+    planned: Fire | None = None
+
+    def fires_now(self, now: dt.datetime) -> Fire | None:
+        """The planned run, if `now` is still its moment: due, before the following due time, within
+        the starting deadline. Then `decide` would say exactly this (nothing changed meanwhile)."""
+        fire, task = self.planned, self.task
+        if fire is None or task is None or task.spec.suspend or now < fire.scheduled_time:
+            return None
+        if fire.next_time is not None and now >= fire.next_time:
+            return None
+        deadline = task.spec.starting_deadline_seconds
+        if deadline is not None and (now - fire.scheduled_time).total_seconds() > deadline:
+            return None
+        return fire
 
 
 class TaskReconciler:
@@ -472,19 +501,39 @@ class TaskReconciler:
     async def reconcile(self, key: Key) -> float | None:
         """Returns seconds until the task needs another look, or None (nothing is coming)."""
         fresh = self._fresh.get(key)
-        if fresh is not None and (fresh.next_check is None or fresh.next_check > self.clock()):
-            return self._delay(fresh.next_check)  # a timer woke us early; nothing changed
+        if fresh is not None:
+            now = self.clock()
+            if fresh.next_check is None or fresh.next_check > now:
+                return self._delay(fresh.next_check)  # a timer woke us early; nothing changed
+            fire = fresh.fires_now(now)
+            if fire is not None and fresh.raw is not None and fresh.task is not None:
+                return await self._fire_planned(key, fresh.raw, fresh.task, fire, now)
         epoch = self._epoch.get(key, 0)
         raw = await self.api.get("ScheduledTask", key[1], key[2])
         if raw is None or raw["metadata"].get("deletionTimestamp"):
             self.forget(key)
             return None
-        next_check, version = await self._reconcile(raw)
+        fresh = await self._reconcile(raw)
         if self._epoch.get(key, 0) == epoch:
-            self._fresh[key] = Fresh(version, next_check)
-        return self._delay(next_check)
+            self._fresh[key] = fresh
+        return self._delay(fresh.next_check)
 
-    async def _reconcile(self, raw: dict[str, Any]) -> tuple[dt.datetime | None, str]:
+    async def _fire_planned(
+        self, key: Key, raw: dict[str, Any], task: ScheduledTask, fire: Fire, now: dt.datetime
+    ) -> float:
+        """The due time came and nothing changed since the last full reconcile: create the run at once,
+        with no read first, and leave the status to a full reconcile queued behind it (so a burst of
+        tasks due together creates all their runs before it writes their statuses)."""
+        self.invalidate(key)
+        events: list[tuple[str, str, str]] = []
+        runs = self.runs.of((key[1], key[2]), raw["metadata"]["uid"])
+        if not await self._fire(raw, task, fire, runs, now, events):
+            event = describe_decision(fire, task, now)
+            for type_, reason, message in [*events, *([event] if event else [])]:
+                await record_event(self.api, raw, type_, reason, message)
+        return 0.0
+
+    async def _reconcile(self, raw: dict[str, Any]) -> Fresh:
         meta = raw["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         key: Key = ("ScheduledTask", ns, name)
@@ -495,7 +544,7 @@ class TaskReconciler:
         except ValidationError as exc:
             accepted = Cond("Accepted", False, "InvalidSpec", "; ".join(format_errors(exc)))
             written = await publish(self.api, raw, status_fields(raw, accepted, NOT_ACCEPTED))
-            return None, (written or raw)["metadata"].get("resourceVersion", "")
+            return Fresh((written or raw)["metadata"].get("resourceVersion", ""), None)
         spec = task.spec
         group = spec.group_ref.name
         self._group_of[key] = (ns, group)
@@ -576,7 +625,22 @@ class TaskReconciler:
         for type_, reason, message in events:
             await record_event(self.api, raw, type_, reason, message)
         self.runs.settle_gone(tkey, [r.name for r in gone])
-        return next_check, (written or raw)["metadata"].get("resourceVersion", "")
+        current = written or raw
+        planned: Fire | None = None
+        if accepted.status and next_time is not None and next_check == next_time:
+            # What the next due time will bring if nothing changes until then (any change to the
+            # task or its runs drops this), so that moment needs no read and no schedule maths.
+            after = TaskState.from_spec(
+                spec,
+                created_at=created_at,
+                last_scheduled=last_handled({**status, **fields}, [*runs, *gone]),
+                active=[r.name for r in runs if not r.finished],
+            )
+            upcoming = decide(next_time, after)
+            if isinstance(upcoming, Fire) and upcoming.scheduled_time == next_time:
+                planned = upcoming
+        version = current["metadata"].get("resourceVersion", "")
+        return Fresh(version, next_check, {**raw, "metadata": current["metadata"]}, task, planned)
 
     async def _fire(
         self,
