@@ -28,8 +28,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from install import install, operator_process_env  # noqa: E402
+
 from cluster.helpers import WRITE_VERBS  # noqa: E402
-from conftest import LOCAL_PATH_CLASS, OPERATOR_USER  # noqa: E402
+from conftest import OPERATOR_USER  # noqa: E402
 from pynchy.kube.binaries import ensure_binaries  # noqa: E402
 from pynchy.kube.controlplane import ControlPlane  # noqa: E402
 from pynchy.operator.kubeapi import KubeApi  # noqa: E402
@@ -116,21 +118,7 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="pynchy-bench-") as tmp,
         ControlPlane(ensure_binaries(), Path(tmp) / "cp") as plane,
     ):
-        plane.apply_crds(REPO / "crds")
-        plane.kubectl("create", "namespace", "pynchy-system")
-        plane.kubectl("apply", "-f", str(REPO / "manifests/base/operator/rbac.yaml"))
-        plane.kubectl("apply", "-f", "-", input=LOCAL_PATH_CLASS)
-        plane.kubectl("create", "namespace", NS)
-        sa_kubeconfig = plane.service_account_kubeconfig("pynchy-system", "pynchy-operator")
-
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(sa_kubeconfig),
-            "PYNCHY_LIVENESS_PORT": "0",
-            "PYNCHY_LOG_FORMAT": "json",
-            "PYNCHY_LOG_LEVEL": "WARNING",
-            "PYNCHY_RUN_TOKEN_KEY": "bench-run-token-key-0123456789abcdef",
-        }
+        env = operator_process_env(install(plane, NS)["operator"])
         log_path = Path(tmp) / "operator.log"
         log = open(log_path, "wb")  # noqa: SIM115
         op = subprocess.Popen([sys.executable, "-m", "pynchy", "operator"], env=env, stdout=log, stderr=log)

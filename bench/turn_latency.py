@@ -30,10 +30,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import yaml  # noqa: E402
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage, query  # noqa: E402
+from install import install  # noqa: E402
 from kubernetes.client import CustomObjectsApi  # noqa: E402
 from kubernetes.config import new_client_from_config  # noqa: E402
 
-from conftest import LOCAL_PATH_CLASS, RUN_TOKEN_KEY  # noqa: E402
+from conftest import RUN_TOKEN_KEY  # noqa: E402
 from doubles.anthropic import ScriptedModel  # noqa: E402
 from pynchy.devnode import DevNode  # noqa: E402
 from pynchy.gateway.run import EmbeddedGateway  # noqa: E402
@@ -139,14 +140,9 @@ def main() -> None:
         ScriptedModel() as model,
     ):
         tmp = Path(tmp_name)
-        plane.apply_crds(REPO / "crds")
-        plane.kubectl("create", "namespace", "pynchy-system")
-        plane.kubectl("create", "namespace", NS)
-        plane.kubectl("apply", "-f", str(REPO / "manifests/base/operator/rbac.yaml"))
-        plane.kubectl("apply", "-f", str(REPO / "manifests/base/gateway/rbac.yaml"))
-        plane.kubectl("apply", "-f", "-", input=LOCAL_PATH_CLASS)
+        kubeconfigs = install(plane, NS, ("operator", "gateway"))
         gateway = EmbeddedGateway(
-            kubeconfig=plane.service_account_kubeconfig("pynchy-system", "pynchy-gateway"),
+            kubeconfig=kubeconfigs["gateway"],
             run_token_key=RUN_TOKEN_KEY,
             database_url=f"sqlite:///{tmp}/gateway.db",
             listen_host="127.0.0.1",
@@ -157,7 +153,7 @@ def main() -> None:
         ).start()
         os.environ.update(
             {
-                "KUBECONFIG": str(plane.service_account_kubeconfig("pynchy-system", "pynchy-operator")),
+                "KUBECONFIG": str(kubeconfigs["operator"]),
                 "PYNCHY_RUN_TOKEN_KEY": RUN_TOKEN_KEY,
                 "PYNCHY_GATEWAY_URL": gateway.url,
                 "PYNCHY_NAMESPACES": NS,

@@ -629,9 +629,8 @@ def test_sigterm_fails_the_running_turn_and_exits_0(pod: Pod) -> None:
     assert (pod.received(t2) or {}).get("reset_session") is True
     assert pod.proc is not None
     pod.proc.send_signal(signal.SIGTERM)
-    started = time.monotonic()
+    # Within Kubernetes' 30 s grace period (a bound, not a speed check; speed belongs in bench/).
     assert pod.wait(30) == 0, pod.logs()
-    assert time.monotonic() - started < 10
     for turn in (t1, t2, t3):
         assert turn.finals() == [TurnFailed(message="agent pod is stopping")], turn.id
         row = turn.row()

@@ -20,20 +20,16 @@ import kubernetes
 from kubernetes.client import Configuration
 
 from pynchy.logs import get_logger
+from pynchy.operator.kubeapi import KubeError
 
 log = get_logger(__name__)
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
-class ApiError(Exception):
-    """A failed API call with the server's status code, reason and message (status 0: no connection)."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
+class ApiError(KubeError):
+    """A failed API call (status 0: no connection). Unlike the operator, the dev node does not retry
+    409s blindly: a conflict on binding or deletion means another actor already did it."""
 
     @property
     def not_found(self) -> bool:

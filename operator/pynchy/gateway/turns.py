@@ -81,17 +81,13 @@ class TurnHub:
         self._watches[turn_id].append(w)
         return w
 
-    def unwatch(self, turn_id: str, w: TurnWatch) -> None:
-        watches = self._watches.get(turn_id, [])
-        if w in watches:
-            watches.remove(w)
-        if not watches:
-            self._watches.pop(turn_id, None)
-
     def publish(self, turn_id: str, event: Event) -> None:
-        for w in self._watches.get(turn_id, []):
+        final = isinstance(event, TurnResult | TurnFailed)
+        # A turn's watchers live until its final event, then go (nothing is published after it).
+        watches = self._watches.pop(turn_id, []) if final else self._watches.get(turn_id, [])
+        for w in watches:
             w.events.put_nowait(event)
-            if isinstance(event, TurnResult | TurnFailed) and not w.done.done():
+            if final and not w.done.done():
                 w.done.set_result(event)
 
     def publish_failure(self, turn_id: str, message: str) -> None:

@@ -73,12 +73,6 @@ class Informer:
 
     # -- thread side --------------------------------------------------------------------
 
-    def _list(self, ns: str | None, **kw: Any) -> Any:
-        g, v, p = self._gvp
-        if ns is None:
-            return self._api.list_cluster_custom_object(g, v, p, **kw)
-        return self._api.list_namespaced_custom_object(g, v, ns, p, **kw)
-
     def _deliver(self, kind: str, obj: dict[str, Any]) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._apply, kind, obj)
@@ -105,7 +99,7 @@ class Informer:
         first = True
         while not self._stop.is_set():
             try:
-                listed = self._list(ns)
+                listed = self._list_fn(ns)()
                 rv = listed["metadata"]["resourceVersion"]
                 seen = set()
                 for obj in listed.get("items", []):
