@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, func
+from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -39,6 +39,13 @@ class TurnRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     # Monotonic order within the store (created_at can tie).
     seq: Mapped[int] = mapped_column(Integer, default=0)
+    # Where the reply goes: a channel kind ('slack' | 'local'), its conversation, and thread.
+    # None for turns nobody waits for in a channel (API callers, undelivered schedules).
+    reply_channel: Mapped[str | None] = mapped_column(String(16), default=None)
+    reply_channel_id: Mapped[str | None] = mapped_column(String(63), default=None)
+    reply_thread: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The inbound message this turn answers (for status reactions on it).
+    message_id: Mapped[int | None] = mapped_column(Integer, default=None)
 
     __table_args__ = (
         Index("ix_turns_group_state", "namespace", "group", "state", "seq"),
@@ -92,18 +99,66 @@ class GroupSessionRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
+class MessageRow(Base):
+    """A message seen in a channel: inbound (people) or outbound (the agent, once delivered)."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    direction: Mapped[str] = mapped_column(String(3))  # in | out
+    channel: Mapped[str] = mapped_column(String(16))  # slack | local
+    channel_id: Mapped[str] = mapped_column(String(63))
+    thread: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The channel's own id of the message (Slack ts); None until known.
+    external_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Inbound: 'slack:<event_id>' or 'local:<client message id>'. Unique, so a replayed event
+    # is recognised by the database itself, even with two gateway processes.
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    namespace: Mapped[str | None] = mapped_column(String(63), default=None)
+    group: Mapped[str | None] = mapped_column(String(63), default=None)
+    sender: Mapped[str | None] = mapped_column(String(255), default=None)
+    text: Mapped[str] = mapped_column(Text)
+    # What became of an inbound message: queued | command | ignored; outbound: sent.
+    outcome: Mapped[str] = mapped_column(String(16), default="")
+    turn_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("dedupe_key", name="uq_messages_dedupe_key"),
+        Index("ix_messages_group", "namespace", "group", "id"),
+    )
+
+
 class OutboundRow(Base):
-    """A message an agent sent to its channel (send_message or a turn's reply), for delivery."""
+    """The outbound ledger: every message to a channel is a row here before it is sent."""
 
     __tablename__ = "outbound"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # Idempotency key: 'turn:<turn id>:<part>', 'send:<uuid>' (send_message), 'cmd:<dedupe key>'.
+    key: Mapped[str] = mapped_column(String(200))
     namespace: Mapped[str] = mapped_column(String(63))
     group: Mapped[str] = mapped_column(String(63))
     turn_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    channel: Mapped[str | None] = mapped_column(String(16), default=None)  # None: no channel to deliver to
+    channel_id: Mapped[str | None] = mapped_column(String(63), default=None)
+    thread: Mapped[str | None] = mapped_column(String(64), default=None)
     text: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed
+    is_error: Mapped[bool] = mapped_column(Boolean, default=False)
+    # pending (to send) | sent | failed (gave up) | stored (no channel: kept for the record)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    # The channel's id of the message once posted (Slack ts); a placeholder's before the final text.
+    external_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    __table_args__ = (
+        UniqueConstraint("key", name="uq_outbound_key"),
+        Index("ix_outbound_state", "state", "id"),
+        Index("ix_outbound_group", "namespace", "group", "id"),
+    )
 
 
 class AuditRow(Base):

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
+from pynchy.store import outbound as outbound_store
 from pynchy.store.models import AuditRow, GroupSessionRow, MemoryRow, OutboundRow, UsageRow
 
 
@@ -83,21 +84,9 @@ def audit_log(session: Session, namespace: str, group: str | None = None) -> lis
     return list(session.scalars(stmt.order_by(AuditRow.id)))
 
 
-def add_outbound(session: Session, namespace: str, group: str, text: str, turn_id: str | None = None) -> OutboundRow:
-    row = OutboundRow(namespace=namespace, group=group, text=text, turn_id=turn_id, created_at=datetime.now(UTC))
-    session.add(row)
-    session.flush()
-    return row
-
-
 def outbound(session: Session, namespace: str, group: str) -> list[OutboundRow]:
-    return list(
-        session.scalars(
-            select(OutboundRow)
-            .where(OutboundRow.namespace == namespace, OutboundRow.group == group)
-            .order_by(OutboundRow.id)
-        )
-    )
+    """Everything the Group's agent sent or replied, in order (the ledger)."""
+    return outbound_store.for_group(session, namespace, group)
 
 
 def group_session(session: Session, namespace: str, group: str) -> GroupSessionRow:

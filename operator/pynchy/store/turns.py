@@ -28,6 +28,10 @@ def enqueue(
     run: str | None = None,
     sender: str | None = None,
     source: str = "api",
+    reply_channel: str | None = None,
+    reply_channel_id: str | None = None,
+    reply_thread: str | None = None,
+    message_id: int | None = None,
 ) -> TurnRow:
     """Queue a turn (idempotent for a given turn_id: the existing row is returned)."""
     if turn_id is not None:
@@ -46,6 +50,10 @@ def enqueue(
         state=QUEUED,
         seq=seq,
         created_at=datetime.now(UTC),
+        reply_channel=reply_channel,
+        reply_channel_id=reply_channel_id,
+        reply_thread=reply_thread,
+        message_id=message_id,
     )
     session.add(row)
     session.flush()

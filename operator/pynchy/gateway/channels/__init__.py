@@ -1,0 +1,1 @@
+"""Channels people talk through (Slack, the local channel) and what they share."""

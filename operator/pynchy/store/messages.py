@@ -1,0 +1,110 @@
+"""Channel messages: inbound with dedupe by key, outbound recorded when delivered."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from pynchy.store.models import MessageRow
+
+IN, OUT = "in", "out"
+
+
+def record_inbound(
+    session: Session,
+    *,
+    dedupe_key: str,
+    channel: str,
+    channel_id: str,
+    text: str,
+    sender: str | None = None,
+    thread: str | None = None,
+    external_id: str | None = None,
+    namespace: str | None = None,
+    group: str | None = None,
+) -> tuple[MessageRow, bool]:
+    """Store an inbound message once per `dedupe_key`. Returns (row, created); created is False
+    for a replay, and the row is the one stored the first time."""
+    existing = session.scalar(select(MessageRow).where(MessageRow.dedupe_key == dedupe_key))
+    if existing is not None:
+        return existing, False
+    row = MessageRow(
+        direction=IN,
+        channel=channel,
+        channel_id=channel_id,
+        thread=thread,
+        external_id=external_id,
+        dedupe_key=dedupe_key,
+        namespace=namespace,
+        group=group,
+        sender=sender,
+        text=text,
+        at=datetime.now(UTC),
+    )
+    # A savepoint: a concurrent insert of the same key (another process) loses here, not the
+    # caller's whole transaction.
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        winner = session.scalar(select(MessageRow).where(MessageRow.dedupe_key == dedupe_key))
+        if winner is None:
+            raise
+        return winner, False
+    return row, True
+
+
+def set_outcome(session: Session, message_id: int, outcome: str, turn_id: str | None = None) -> None:
+    row = session.get(MessageRow, message_id)
+    if row is not None:
+        row.outcome = outcome
+        row.turn_id = turn_id
+
+
+def record_outbound(
+    session: Session,
+    *,
+    channel: str,
+    channel_id: str,
+    text: str,
+    namespace: str,
+    group: str,
+    thread: str | None = None,
+    external_id: str | None = None,
+    turn_id: str | None = None,
+) -> MessageRow:
+    row = MessageRow(
+        direction=OUT,
+        channel=channel,
+        channel_id=channel_id,
+        thread=thread,
+        external_id=external_id,
+        namespace=namespace,
+        group=group,
+        sender="agent",
+        text=text,
+        outcome="sent",
+        turn_id=turn_id,
+        at=datetime.now(UTC),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get(session: Session, message_id: int) -> MessageRow | None:
+    return session.get(MessageRow, message_id)
+
+
+def conversation(session: Session, namespace: str, group: str, limit: int = 100) -> list[MessageRow]:
+    """The Group's latest messages, both directions, oldest first."""
+    rows = session.scalars(
+        select(MessageRow)
+        .where(MessageRow.namespace == namespace, MessageRow.group == group)
+        .order_by(MessageRow.id.desc())
+        .limit(limit)
+    ).all()
+    return list(reversed(rows))
