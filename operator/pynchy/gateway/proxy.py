@@ -33,11 +33,20 @@ DROP_REQUEST = {
 DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "set-cookie"}
 Meter = Callable[[ModelUsage], Awaitable[None]]
 
+NO_CREDENTIAL = (
+    "Pynchy has no model credential: set ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN "
+    "(PYNCHY_ANTHROPIC_API_KEY / PYNCHY_ANTHROPIC_AUTH_TOKEN for the gateway) and restart it."
+)
+
 
 class ModelProxy:
     def __init__(self, upstream: str, api_key: str | None, auth_token: str | None) -> None:
         self.upstream = upstream.rstrip("/")
-        self._credential = {"x-api-key": api_key} if api_key else {"authorization": f"Bearer {auth_token}"}
+        self._credential: dict[str, str] | None = None
+        if api_key:
+            self._credential = {"x-api-key": api_key}
+        elif auth_token:
+            self._credential = {"authorization": f"Bearer {auth_token}"}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -51,6 +60,11 @@ class ModelProxy:
 
     async def forward(self, request: web.Request, tail: str, meter: Meter) -> web.StreamResponse:
         assert self._session is not None
+        if self._credential is None:
+            # Claude Code shows this message to the person, so it says what to do.
+            return web.json_response(
+                {"type": "error", "error": {"type": "authentication_error", "message": NO_CREDENTIAL}}, status=401
+            )
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_REQUEST}
         headers.update(self._credential)
         url = f"{self.upstream}/{tail}"

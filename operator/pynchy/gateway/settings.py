@@ -40,6 +40,30 @@ class GatewaySettings(BaseSettings):
         default=None, description="Real model OAuth/bearer token (sent as Authorization: Bearer)."
     )
     long_poll_seconds: int = Field(default=30, ge=1, le=60, description="Longest wait of a next-turn request.")
+    slack_bot_token: SecretStr | None = Field(
+        default=None, description="Slack bot token (xoxb-…); enables the Slack channel."
+    )
+    slack_app_token: SecretStr | None = Field(
+        default=None, description="Slack app-level token (xapp-…): receive events over Socket Mode."
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        default=None,
+        description="Slack signing secret: receive events over HTTP at /slack/events (when no app token is set).",
+    )
+    slack_api_url: str = Field(
+        default="https://slack.com/api/", pattern=r"^https?://.*/$", description="Slack Web API base URL."
+    )
+    chat_token: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token of the local channel (`pynchy chat`); unset disables the local channel's API.",
+    )
+    owner: str | None = Field(
+        default=None,
+        pattern=r"^[UW][A-Z0-9]{8,20}$",
+        description="Slack user id that 'owner' in a Group's allowedSenders stands for "
+        "(the local channel's user is always the owner).",
+    )
 
     @field_validator("namespaces", mode="before")
     @classmethod
@@ -49,10 +73,27 @@ class GatewaySettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _one_credential(self) -> GatewaySettings:
-        if (self.anthropic_api_key is None) == (self.anthropic_auth_token is None):
+    def _consistent(self) -> GatewaySettings:
+        if self.anthropic_api_key is not None and self.anthropic_auth_token is not None:
             raise ValueError(
-                "set exactly one of PYNCHY_ANTHROPIC_API_KEY or PYNCHY_ANTHROPIC_AUTH_TOKEN "
+                "set only one of PYNCHY_ANTHROPIC_API_KEY or PYNCHY_ANTHROPIC_AUTH_TOKEN "
                 "(the model credential agent pods use through the proxy)"
             )
+        slack_inbound = self.slack_app_token is not None or self.slack_signing_secret is not None
+        if self.slack_bot_token is not None and not slack_inbound:
+            raise ValueError(
+                "PYNCHY_SLACK_BOT_TOKEN is set but Slack events have no way in: set PYNCHY_SLACK_APP_TOKEN "
+                "(Socket Mode) or PYNCHY_SLACK_SIGNING_SECRET (HTTP Events API at /slack/events)"
+            )
+        if slack_inbound and self.slack_bot_token is None:
+            raise ValueError("PYNCHY_SLACK_APP_TOKEN / PYNCHY_SLACK_SIGNING_SECRET need PYNCHY_SLACK_BOT_TOKEN as well")
         return self
+
+    @property
+    def model_credential_missing(self) -> bool:
+        """No model credential: everything runs, and agents say plainly that they cannot think."""
+        return self.anthropic_api_key is None and self.anthropic_auth_token is None
+
+    @property
+    def slack_enabled(self) -> bool:
+        return self.slack_bot_token is not None

@@ -13,6 +13,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from pynchy.gateway.turns import TurnWatch
     from pynchy.store.models import OutboundRow, TurnRow
 
@@ -71,6 +73,11 @@ class Channel(Protocol):
     kind: ChannelKind
     # Longest text of one message; longer replies are split into several ledger rows.
     max_message_chars: int
+
+    def install(self, app: web.Application) -> None:
+        """Add the channel's HTTP routes (Slack's /slack/events, the local /v1/chat API) to the
+        gateway's server, before it starts."""
+        ...
 
     async def start(self) -> None: ...
 
