@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
 from kubernetes.client import ApiClient
 
+from pynchy.gateway.channels.base import Accepted, Channel, Inbound
+from pynchy.gateway.commands import HELP, Command
 from pynchy.gateway.db import Db
+from pynchy.gateway.delivery import Delivery
+from pynchy.gateway.inbox import Inbox
 from pynchy.gateway.proxy import ModelProxy
+from pynchy.gateway.replies import fail_turns, finish_turn
+from pynchy.gateway.routing import Directory, GroupEntry
 from pynchy.gateway.runapi import RunApi
 from pynchy.gateway.runs import Runs, run_over, serves_group_turns
 from pynchy.gateway.settings import GatewaySettings
@@ -20,12 +27,11 @@ from pynchy.gateway.turns import TurnHub, TurnWatch
 from pynchy.kube.informer import Informer
 from pynchy.logs import get_logger
 from pynchy.operator.kubeapi import KubeApi
-from pynchy.store import records
+from pynchy.store import outbound, records
 from pynchy.store import turns as turn_store
 from pynchy.store.models import TurnRow
 
 log = get_logger(__name__)
-OutboundListener = Callable[[str, str, str, str | None], Awaitable[None]]  # (namespace, group, text, turn id)
 
 
 class Gateway:
@@ -36,7 +42,8 @@ class Gateway:
         self.db = Db(settings.database_url)
         self.hub = TurnHub(self.db)
         namespaces = list(settings.namespaces) or None
-        self.groups = Informer(client, "pynchy.dev", "v1alpha1", "groups", namespaces)
+        self.directory = Directory()
+        self.groups = Informer(client, "pynchy.dev", "v1alpha1", "groups", namespaces, on_event=self.directory.on_event)
         self.run_cache = Informer(client, "pynchy.dev", "v1alpha1", "agentruns", namespaces, on_event=self._run_event)
         self.runs = Runs(self.api, self.groups, self.run_cache)
         self.stats = StatsReporter(self.api)
@@ -44,7 +51,9 @@ class Gateway:
         key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
         token = settings.anthropic_auth_token.get_secret_value() if settings.anthropic_auth_token else None
         self.proxy = ModelProxy(settings.model_upstream_url, key, token)
-        self.outbound_listeners: list[OutboundListener] = []
+        self.channels: dict[str, Channel] = {}
+        self.delivery = Delivery(self.db, self.channels)
+        self.inbox = Inbox(self)
         self._runner: web.AppRunner | None = None
         self._ended: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -58,17 +67,28 @@ class Gateway:
         await self.run_cache.start()
         app = web.Application(client_max_size=32 << 20)
         RunApi(self).install(app)
+        for channel in self.channels.values():
+            channel.install(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.listen_host, self.settings.listen_port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        for channel in self.channels.values():
+            await channel.start()
+        self.delivery.start()  # its first pass sends what a previous process left pending
         # Turns left queued by a previous gateway process get a run again.
         await self._restart_pending_groups()
         log.info("gateway listening", host=self.settings.listen_host, port=self.port)
 
     async def stop(self) -> None:
         self.hub.close()
+        await self.delivery.stop()
+        for channel in self.channels.values():
+            try:
+                await channel.stop()
+            except Exception:
+                log.exception("channel did not stop cleanly", channel=channel.kind)
         if self._runner is not None:
             await self._runner.cleanup()
         for task in list(self._tasks):
@@ -85,30 +105,160 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    # -- channels ----------------------------------------------------------------------
+
+    def add_channel(self, channel: Channel) -> None:
+        """Register a channel before start(): its routes, its deliveries, its turn hooks."""
+        if channel.kind in self.channels:
+            raise ValueError(f"a {channel.kind} channel is already registered")
+        self.channels[channel.kind] = channel
+
+    @property
+    def limits(self) -> dict[str, int]:
+        return {kind: ch.max_message_chars for kind, ch in self.channels.items()}
+
+    def _hook(self, kind: str | None, name: str, *args: Any) -> None:
+        channel = self.channels.get(kind or "")
+        if channel is not None:
+            self.background(self._run_hook(channel, name, *args))
+
+    async def _run_hook(self, channel: Channel, name: str, *args: Any) -> None:
+        try:
+            await getattr(channel, name)(*args)
+        except Exception:
+            log.exception("channel hook failed", channel=channel.kind, hook=name)
+
     # -- turns in ----------------------------------------------------------------------
+
+    async def accept(self, inbound: Inbound) -> Accepted:
+        """A channel message: deduped, routed, stored and (if it is one) queued as a turn."""
+        return await self.inbox.accept(inbound)
 
     async def submit(
         self, namespace: str, group: str, prompt: str, *, sender: str | None = None, source: str = "api"
     ) -> TurnRow:
-        """Queue a message for the Group's agent and make sure a run will answer it."""
+        """Queue a prompt for the Group's agent with no channel to answer in (the reply is kept in
+        the ledger as 'stored'), and make sure a run will answer it."""
         if self.runs.group(namespace, group) is None:
             raise LookupError(f"Group {namespace}/{group} does not exist")
         row = await self.hub.enqueue(namespace, group, prompt, sender=sender, source=source)
         await self.runs.ensure_run(namespace, group)
         return row
 
+    def turn_queued(self, turn: TurnRow) -> None:
+        self.hub.wake(turn.namespace, turn.group)
+        self.background(self._ensure_run(turn.namespace, turn.group))
+        self._hook(turn.reply_channel, "turn_queued", turn)
+
+    async def _ensure_run(self, namespace: str, group: str) -> None:
+        try:
+            await self.runs.ensure_run(namespace, group)
+        except Exception as exc:
+            # The turn stays queued; the next message, a run ending, or a restart tries again.
+            log.warning("could not start a run for a queued turn", namespace=namespace, group=group, error=str(exc))
+
+    def turn_started(self, turn: TurnRow) -> None:
+        """A run claimed the turn: the channel shows progress and streams it."""
+        if turn.reply_channel in self.channels:
+            self._hook(turn.reply_channel, "turn_started", turn, self.hub.watch(turn.id))
+
     def watch(self, turn_id: str) -> TurnWatch:
         return self.hub.watch(turn_id)
 
-    # -- replies and messages out ------------------------------------------------------
+    async def finish_turn(
+        self, namespace: str, group: str, turn_id: str, run: str, text: str, is_error: bool, deliver: bool
+    ) -> TurnRow | None:
+        entry = self.directory.get(namespace, group)
+        fallback = entry.default_channel() if entry is not None else None
+        row, rows = await self.db.call(
+            finish_turn, turn_id, run, text, is_error, deliver=deliver, fallback=fallback, limits=self.limits
+        )
+        if row is not None:
+            if rows:
+                self.delivery.kick()
+            self._hook(row.reply_channel, "turn_ended", row, not is_error)
+        return row
+
+    # -- messages out ------------------------------------------------------------------
 
     async def send_outbound(self, namespace: str, group: str, text: str, turn_id: str | None = None) -> None:
-        await self.db.call(records.add_outbound, namespace, group, text, turn_id)
-        for listener in list(self.outbound_listeners):
-            try:
-                await listener(namespace, group, text, turn_id)
-            except Exception:
-                log.exception("outbound listener failed", namespace=namespace, group=group)
+        """A message from the agent (send_message) to the Group's first channel, through the ledger."""
+        entry = self.directory.get(namespace, group)
+        channel, channel_id = entry.default_channel() if entry is not None else (None, None)
+        await self.db.call(
+            outbound.add,
+            key=f"send:{uuid.uuid4().hex}",
+            namespace=namespace,
+            group=group,
+            text=text,
+            channel=channel,
+            channel_id=channel_id,
+            turn_id=turn_id,
+        )
+        self.delivery.kick()
+
+    async def run_command(self, entry: GroupEntry, inbound: Inbound, command: Command) -> str:
+        """Answer a magic command; the answer goes back through the ledger like any reply."""
+        ns, group = entry.namespace, entry.name
+        if command == Command.RESET:
+            await self.db.call(_mark_reset, ns, group)
+            reply = "Done: the next message starts a fresh conversation (saved memories are kept)."
+        elif command == Command.STOP:
+            reply = await self._stop_group(entry, inbound.sender)
+        else:
+            reply = await self._pending_text(ns, group)
+        await self.db.call(
+            outbound.add,
+            key=f"cmd:{inbound.dedupe_key}",
+            namespace=ns,
+            group=group,
+            text=reply,
+            channel=inbound.channel,
+            channel_id=inbound.channel_id,
+            thread=entry.reply_thread(inbound),
+        )
+        self.delivery.kick()
+        log.info("command", namespace=ns, group=group, command=command.value, sender=inbound.sender)
+        await self.db.call(
+            records.audit,
+            namespace=ns,
+            group=group,
+            run="-",
+            action=f"command:{command.value}",
+            allowed=True,
+            detail=f"by {inbound.sender}",
+        )
+        return reply
+
+    async def _stop_group(self, entry: GroupEntry, sender: str) -> str:
+        ns, group = entry.namespace, entry.name
+        cancelled = await self.db.call(turn_store.cancel_open, ns, group, f"stopped by {sender}")
+        for row in cancelled:
+            self.hub.publish_failure(row.id, row.reply or "stopped")
+        stopped = []
+        for run in self.runs.group_runs(ns, group):
+            if not run_over(run):
+                name = run["metadata"]["name"]
+                try:
+                    await self.api.delete("AgentRun", ns, name)
+                    stopped.append(name)
+                except Exception as exc:
+                    log.warning("could not stop run", namespace=ns, run=name, error=str(exc))
+        if not cancelled and not stopped:
+            return "Nothing to stop: no run is active and nothing is queued."
+        return f"Stopped: {len(stopped)} run(s) ended, {len(cancelled)} message(s) dropped."
+
+    async def _pending_text(self, ns: str, group: str) -> str:
+        rows = await self.db.call(turn_store.open_turns, ns, group)
+        if not rows:
+            return "Nothing pending. " + HELP
+        lines = []
+        for row in rows[:20]:
+            state = "running" if row.state == turn_store.DELIVERED else "queued"
+            prompt = row.prompt if len(row.prompt) <= 80 else row.prompt[:77] + "..."
+            lines.append(f"- {state}: {prompt}")
+        more = f"\n…and {len(rows) - 20} more" if len(rows) > 20 else ""
+        return "Pending:\n" + "\n".join(lines) + more
 
     # -- run lifecycle -----------------------------------------------------------------
 
@@ -128,9 +278,12 @@ class Gateway:
         namespace, name = run["metadata"]["namespace"], run["metadata"]["name"]
         group = (run.get("spec") or {}).get("groupRef", {}).get("name")
         requeued = await self.db.call(turn_store.requeue_unfinished, namespace, name)
-        for row in requeued:
-            if row.state == turn_store.FAILED:
-                self.hub.publish_failure(row.id, row.reply or "the agent stopped")
+        failed = [row for row in requeued if row.state == turn_store.FAILED]
+        for row in failed:
+            self.hub.publish_failure(row.id, row.reply or "the agent stopped")
+            self._hook(row.reply_channel, "turn_ended", row, False)
+        if failed and await self.db.call(fail_turns, failed, self.limits):
+            self.delivery.kick()
         if group and any(r.state == turn_store.QUEUED for r in requeued):
             log.info("run ended with unanswered turns; requeued", namespace=namespace, run=name, turns=len(requeued))
         if group and serves_group_turns(run) and await self.db.call(turn_store.has_queued, namespace, group):
@@ -144,3 +297,7 @@ class Gateway:
             ns, name = g["metadata"]["namespace"], g["metadata"]["name"]
             if await self.db.call(turn_store.has_queued, ns, name):
                 self.background(self.runs.ensure_run(ns, name))
+
+
+def _mark_reset(session: Any, namespace: str, group: str) -> None:
+    records.group_session(session, namespace, group).reset_pending = True

@@ -26,6 +26,7 @@ from pynchy_agent.protocol import (
     RunInfo,
     SessionReport,
     ToolCall,
+    Turn,
     TurnFailed,
     TurnResult,
     UsageReport,
@@ -158,7 +159,7 @@ class RunApi:
             # An idle conversation run ends early so a scheduled run waiting behind it can start.
             return self.gw.runs.prompt_run_waiting(ctx.namespace, ctx.claims.group, ctx.name)
 
-        turn = await self.gw.hub.next_turn(
+        row = await self.gw.hub.next_turn(
             ctx.namespace,
             ctx.claims.group,
             ctx.name,
@@ -166,12 +167,14 @@ class RunApi:
             wait=0 if bound_only else wait,
             give_way=None if bound_only else give_way,
         )
-        if turn is None:
+        if row is None:
             if bound_only:
                 return error(410, "the run's own prompt has been answered; nothing more to do")
             if give_way():
                 return error(410, "a scheduled run of this Group is waiting; this run ends while idle")
             return web.Response(status=204)
+        turn = Turn(id=row.id, prompt=row.prompt, sender=row.sender)
+        self.gw.turn_started(row)
         # A pending reset goes with the turn handed over now; read when the poll began, it would miss a
         # reset_context called while the poll waited (and reset a later turn instead).
         if not bound_only and await self.gw.db.call(_take_reset, ctx.namespace, ctx.claims.group):
@@ -198,7 +201,8 @@ class RunApi:
     async def _finish(self, ctx: RunContext, turn_id: str, event: TurnResult | TurnFailed) -> None:
         is_error = isinstance(event, TurnFailed) or event.is_error
         text = event.message if isinstance(event, TurnFailed) else event.text
-        row = await self.gw.db.call(turn_store.finish, turn_id, ctx.name, text, is_error)
+        deliver = bool((ctx.run.get("spec") or {}).get("deliver", True))
+        row = await self.gw.finish_turn(ctx.namespace, ctx.claims.group, turn_id, ctx.name, text, is_error, deliver)
         if row is None:
             return  # already finished (a retried POST): nothing twice
         stats = self.gw.stats.stats(ctx.run)
@@ -208,8 +212,6 @@ class RunApi:
             stats.add(u, text)
             if event.session_id:
                 stats.session_id = event.session_id
-        if (ctx.run.get("spec") or {}).get("deliver", True) and text:
-            await self.gw.send_outbound(ctx.namespace, ctx.claims.group, text, turn_id)
         self.gw.background(self.gw.stats.push(ctx.run))
 
     async def session(self, request: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ from typing import Any
 from pynchy.gateway.db import Db
 from pynchy.store import turns as turn_store
 from pynchy.store.models import TurnRow
-from pynchy_agent.protocol import Event, Turn, TurnFailed, TurnResult
+from pynchy_agent.protocol import Event, TurnFailed, TurnResult
 
 GroupKey = tuple[str, str]
 
@@ -56,7 +56,7 @@ class TurnHub:
         bound_only: bool,
         wait: float,
         give_way: Callable[[], bool] | None = None,
-    ) -> Turn | None:
+    ) -> TurnRow | None:
         """Claim the next turn for `run`, waiting up to `wait` seconds for one to be queued; stop
         waiting early when `give_way()` turns true (checked whenever the Group is woken)."""
         loop = asyncio.get_running_loop()
@@ -67,7 +67,7 @@ class TurnHub:
             wakeup.clear()  # cleared before the check, so an enqueue after it is never missed
             row = await self.db.call(turn_store.claim_next, namespace, group, run, bound_only=bound_only)
             if row is not None:
-                return Turn(id=row.id, prompt=row.prompt, sender=row.sender)
+                return row
             remaining = deadline - loop.time()
             if remaining <= 0 or self.closing or (give_way is not None and give_way()):
                 return None

@@ -121,3 +121,25 @@ def has_queued(session: Session, namespace: str, group: str) -> bool:
 
 def get(session: Session, turn_id: str) -> TurnRow | None:
     return session.get(TurnRow, turn_id)
+
+
+def open_turns(session: Session, namespace: str, group: str) -> list[TurnRow]:
+    """The Group's turns not yet answered (running first, then queued), in order."""
+    rows = session.scalars(
+        select(TurnRow)
+        .where(TurnRow.namespace == namespace, TurnRow.group == group, TurnRow.state.in_((QUEUED, DELIVERED)))
+        .order_by(TurnRow.seq)
+    ).all()
+    return sorted(rows, key=lambda r: (r.state != DELIVERED, r.seq))
+
+
+def cancel_open(session: Session, namespace: str, group: str, reason: str) -> list[TurnRow]:
+    """Fail every unanswered turn of the Group (the 'stop' command), so nothing requeues them."""
+    rows = open_turns(session, namespace, group)
+    now = datetime.now(UTC)
+    for row in rows:
+        row.state = FAILED
+        row.is_error = True
+        row.reply = reason
+        row.finished_at = now
+    return rows

@@ -1,0 +1,117 @@
+"""Messages in: dedupe, route, store and queue in one transaction, then make sure a run answers.
+
+A message's dedupe key is unique in the store, so a replayed Slack event or a retried local POST
+finds the first one and does nothing, even across a gateway restart or a second process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from pynchy.gateway.channels.base import Accepted, Inbound, Outcome
+from pynchy.gateway.routing import Decision, GroupEntry, decide
+from pynchy.logs import get_logger
+from pynchy.store import messages
+from pynchy.store import turns as turn_store
+from pynchy.store.models import MessageRow, TurnRow
+
+if TYPE_CHECKING:
+    from pynchy.gateway.app import Gateway
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Stored:
+    message: MessageRow
+    created: bool
+    turn: TurnRow | None = None
+    follow_up: bool = False
+
+
+def store_inbound(session: Session, inbound: Inbound, entry: GroupEntry | None, decision: Decision | None) -> Stored:
+    """Record the message once; queue its turn when the decision says so. One transaction."""
+    message, created = messages.record_inbound(
+        session,
+        dedupe_key=inbound.dedupe_key,
+        channel=inbound.channel,
+        channel_id=inbound.channel_id,
+        text=inbound.text,
+        sender=inbound.sender,
+        thread=inbound.thread,
+        external_id=inbound.external_id,
+        namespace=entry.namespace if entry else None,
+        group=entry.name if entry else None,
+    )
+    if not created:
+        turn = turn_store.get(session, message.turn_id) if message.turn_id else None
+        return Stored(message, False, turn)
+    if entry is None or decision is None or decision.action == "ignore":
+        message.outcome = Outcome.IGNORED.value
+        return Stored(message, True)
+    if decision.action == "command":
+        message.outcome = Outcome.COMMAND.value
+        return Stored(message, True)
+    running = any(t.state == turn_store.DELIVERED for t in turn_store.open_turns(session, entry.namespace, entry.name))
+    turn = turn_store.enqueue(
+        session,
+        entry.namespace,
+        entry.name,
+        decision.text,
+        sender=inbound.sender,
+        source=inbound.channel,
+        reply_channel=inbound.channel,
+        reply_channel_id=inbound.channel_id,
+        reply_thread=entry.reply_thread(inbound),
+        message_id=message.id,
+    )
+    message.outcome = Outcome.QUEUED.value
+    message.turn_id = turn.id
+    return Stored(message, True, turn, follow_up=running)
+
+
+class Inbox:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self._unknown_logged: set[tuple[str, str]] = set()
+
+    async def accept(self, inbound: Inbound) -> Accepted:
+        entry = self.gw.directory.lookup(inbound.channel, inbound.channel_id)
+        decision = decide(entry, inbound, self.gw.settings.owner) if entry is not None else None
+        stored = await self.gw.db.call(store_inbound, inbound, entry, decision)
+        if not stored.created:
+            log.info("duplicate message ignored", key=inbound.dedupe_key)
+            return Accepted(
+                Outcome.DUPLICATE,
+                stored.message.namespace,
+                stored.message.group,
+                turn_id=stored.message.turn_id,
+                message_id=stored.message.id,
+            )
+        if entry is None:
+            channel = (inbound.channel, inbound.channel_id)
+            if channel not in self._unknown_logged:  # once per channel: a busy channel must not flood the log
+                self._unknown_logged.add(channel)
+                log.info("message from a channel no Group is bound to; ignored", channel=f"{channel[0]}:{channel[1]}")
+            return Accepted(Outcome.IGNORED, message_id=stored.message.id, reason="no Group is bound to this channel")
+        assert decision is not None
+        ns, group = entry.namespace, entry.name
+        if decision.action == "ignore":
+            log.debug("message not for the agent", namespace=ns, group=group, reason=decision.reason)
+            return Accepted(Outcome.IGNORED, ns, group, message_id=stored.message.id, reason=decision.reason)
+        if decision.action == "command":
+            assert decision.command is not None
+            reply = await self.gw.run_command(entry, inbound, decision.command)
+            return Accepted(Outcome.COMMAND, ns, group, message_id=stored.message.id, reply=reply)
+        turn = stored.turn
+        assert turn is not None
+        self.gw.turn_queued(turn)
+        return Accepted(
+            Outcome.FOLLOW_UP if stored.follow_up else Outcome.QUEUED,
+            ns,
+            group,
+            turn_id=turn.id,
+            message_id=stored.message.id,
+        )

@@ -1,0 +1,120 @@
+"""The Slack Web API calls the channel makes, on slack_sdk's AsyncWebClient.
+
+Every reply carries message metadata `{event_type: pynchy_reply, event_payload: {key}}` with its
+ledger key, so after a crash the message can be found again instead of posted twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from pynchy.gateway.slack.errors import error_code
+from pynchy.logs import get_logger
+
+log = get_logger(__name__)
+
+REPLY_EVENT = "pynchy_reply"
+# How far back a crashed send is looked for (a reply left pending is older than its row by seconds).
+FIND_PAGES = 5
+FIND_PAGE_SIZE = 200
+FIND_SLACK_SECONDS = 300.0
+
+
+def retry_handlers() -> list[AsyncRetryHandler]:
+    """Connection errors and 5xx retried once or twice; 429 retried after its Retry-After."""
+    return [
+        AsyncConnectionErrorRetryHandler(max_retry_count=2),
+        AsyncServerErrorRetryHandler(max_retry_count=2),
+        AsyncRateLimitErrorRetryHandler(max_retry_count=2),
+    ]
+
+
+def make_client(token: str, base_url: str, *, rate_limit_retries: bool = True) -> AsyncWebClient:
+    handlers = retry_handlers()
+    if not rate_limit_retries:
+        handlers = [h for h in handlers if not isinstance(h, AsyncRateLimitErrorRetryHandler)]
+    return AsyncWebClient(token=token, base_url=base_url, timeout=30, retry_handlers=handlers)
+
+
+def metadata(key: str) -> dict[str, Any]:
+    return {"event_type": REPLY_EVENT, "event_payload": {"key": key}}
+
+
+def carries_key(message: dict[str, Any], key: str) -> bool:
+    meta = message.get("metadata")
+    if not isinstance(meta, dict) or meta.get("event_type") != REPLY_EVENT:
+        return False
+    payload = meta.get("event_payload")
+    return isinstance(payload, dict) and payload.get("key") == key
+
+
+class SlackApi:
+    def __init__(self, client: AsyncWebClient) -> None:
+        self.client = client
+
+    async def post(self, channel: str, text: str, *, thread: str | None, key: str | None) -> str:
+        kwargs: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False, "unfurl_media": False}
+        if thread:
+            kwargs["thread_ts"] = thread
+        if key:
+            kwargs["metadata"] = metadata(key)
+        response = await self.client.chat_postMessage(**kwargs)
+        return str(response["ts"])
+
+    async def update(self, channel: str, ts: str, text: str, *, key: str | None) -> str:
+        kwargs: dict[str, Any] = {"channel": channel, "ts": ts, "text": text}
+        if key:
+            kwargs["metadata"] = metadata(key)
+        response = await self.client.chat_update(**kwargs)
+        return str(response.get("ts") or ts)
+
+    async def find(self, channel: str, thread: str | None, key: str, since: float | None) -> dict[str, Any] | None:
+        """The message carrying `key` in its metadata: among a thread's replies, or the channel's
+        recent history (from `since`, a Unix time, minus some slack for clock skew)."""
+        cursor: str | None = None
+        for _ in range(FIND_PAGES):
+            kwargs: dict[str, Any] = {
+                "channel": channel,
+                "include_all_metadata": True,
+                "limit": FIND_PAGE_SIZE,
+            }
+            if cursor:
+                kwargs["cursor"] = cursor
+            if thread:
+                response = await self.client.conversations_replies(ts=thread, **kwargs)
+            else:
+                if since is not None:
+                    kwargs["oldest"] = f"{max(since - FIND_SLACK_SECONDS, 0):.6f}"
+                response = await self.client.conversations_history(**kwargs)
+            for message in response.get("messages") or []:
+                if carries_key(message, key):
+                    return dict(message)
+            cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+            if not cursor:
+                return None
+        return None
+
+    async def react(self, channel: str, ts: str, name: str, *, remove: bool = False) -> bool:
+        """Add (or remove) a reaction; failures are logged, never raised: a reaction is decoration."""
+        try:
+            if remove:
+                await self.client.reactions_remove(channel=channel, timestamp=ts, name=name)
+            else:
+                await self.client.reactions_add(channel=channel, timestamp=ts, name=name)
+        except SlackApiError as exc:
+            code = error_code(exc)
+            if code not in ("already_reacted", "no_reaction"):
+                log.warning("slack reaction failed", reaction=name, remove=remove, channel=channel, error=code)
+            return False
+        except Exception as exc:
+            log.warning("slack reaction failed", reaction=name, remove=remove, channel=channel, error=repr(exc))
+            return False
+        return True
