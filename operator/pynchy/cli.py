@@ -10,6 +10,7 @@ import yaml
 
 from pynchy.logs import configure_logging
 from pynchy.paths import CRDS_DIR
+from pynchy.store.migrate import db_cli
 
 
 @click.group()
@@ -168,6 +169,8 @@ def devnode_cmd(data_dir: Path, name: str, kubeconfig: Path | None, namespaces: 
     except DevNodeError as exc:
         raise click.ClickException(str(exc)) from None
 
+
+main.add_command(db_cli)
 
 if __name__ == "__main__":
     main()
