@@ -15,6 +15,7 @@ give it (the turn ended before anyone watched, the gateway restarted, a hook was
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import uuid
 from collections import OrderedDict
@@ -72,7 +73,9 @@ CLIENT_HINT = (
 
 def _fail(status: int, message: str, **headers: str) -> web.HTTPException:
     """An ApiError response to raise from a handler."""
-    return _ERRORS[status](text=ApiError(error=message).model_dump_json(), content_type="application/json", headers=headers)
+    return _ERRORS[status](
+        text=ApiError(error=message).model_dump_json(), content_type="application/json", headers=headers
+    )
 
 
 _ERRORS: dict[int, type[web.HTTPException]] = {
@@ -396,10 +399,8 @@ class LocalChannel:
             remaining = deadline - loop.time()
             if batch.messages or remaining <= 0 or self._closing.is_set():
                 return _json(batch)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(arrival), remaining)
-            except TimeoutError:
-                pass
 
     async def turn_events(self, request: web.Request) -> web.StreamResponse:
         ch = self._channel(request)
