@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import yaml
 
+from pynchy.chat.cli import chat
 from pynchy.logs import configure_logging
 from pynchy.paths import CRDS_DIR
 from pynchy.store.migrate import db_cli
@@ -171,6 +172,8 @@ def devnode_cmd(data_dir: Path, name: str, kubeconfig: Path | None, namespaces: 
 
 
 main.add_command(db_cli)
+
+main.add_command(chat)
 
 if __name__ == "__main__":
     main()
