@@ -9,6 +9,7 @@ import click
 import yaml
 
 from pynchy.chat.cli import chat
+from pynchy.dev.cli import dev
 from pynchy.logs import configure_logging
 from pynchy.paths import CRDS_DIR
 from pynchy.store.migrate import db_cli
@@ -174,6 +175,8 @@ def devnode_cmd(data_dir: Path, name: str, kubeconfig: Path | None, namespaces: 
 main.add_command(db_cli)
 
 main.add_command(chat)
+
+main.add_command(dev)
 
 if __name__ == "__main__":
     main()
