@@ -12,6 +12,8 @@ from pynchy.store.models import TurnRow
 
 QUEUED, DELIVERED, DONE, FAILED = "queued", "delivered", "done", "failed"
 MAX_ATTEMPTS = 3
+# pg_advisory_xact_lock key that serialises enqueues on PostgreSQL (see enqueue).
+SEQ_LOCK_KEY = 0x70796E6368790002
 
 
 def new_turn_id() -> str:
@@ -38,6 +40,10 @@ def enqueue(
         existing = session.get(TurnRow, turn_id)
         if existing is not None:
             return existing
+    if session.get_bind().dialect.name == "postgresql":
+        # Two transactions must not both read the same max(seq); this lock lasts until commit.
+        # (SQLite transactions begin IMMEDIATE, so writers already take turns there.)
+        session.execute(select(func.pg_advisory_xact_lock(SEQ_LOCK_KEY)))
     seq = (session.scalar(select(func.max(TurnRow.seq))) or 0) + 1
     row = TurnRow(
         id=turn_id or new_turn_id(),
@@ -80,7 +86,8 @@ def claim_next(session: Session, namespace: str, group: str, run: str, *, bound_
 
 def finish(session: Session, turn_id: str, run: str, reply: str, is_error: bool) -> TurnRow | None:
     """Record the result of a turn delivered to `run`; None if it is not that run's turn."""
-    row = session.get(TurnRow, turn_id)
+    # FOR UPDATE (PostgreSQL): a concurrent requeue of this turn waits for us, or we for it.
+    row = session.get(TurnRow, turn_id, with_for_update=True, populate_existing=True)
     if row is None or row.delivered_to != run or row.state not in (DELIVERED, QUEUED):
         return None
     row.state = FAILED if is_error else DONE
@@ -94,7 +101,10 @@ def requeue_unfinished(session: Session, namespace: str, run: str) -> list[TurnR
     """A run ended: its delivered but unanswered turns go back to the queue (or fail after
     MAX_ATTEMPTS), so no message is lost when a pod dies mid-turn."""
     rows = session.scalars(
-        select(TurnRow).where(TurnRow.namespace == namespace, TurnRow.delivered_to == run, TurnRow.state == DELIVERED)
+        select(TurnRow)
+        .where(TurnRow.namespace == namespace, TurnRow.delivered_to == run, TurnRow.state == DELIVERED)
+        .with_for_update()  # PostgreSQL: a result being recorded for one of them is not overwritten
+        .execution_options(populate_existing=True)
     ).all()
     for row in rows:
         if row.attempts >= MAX_ATTEMPTS or row.run is not None:
