@@ -65,8 +65,9 @@ def load_file(path: Path) -> ChatFile:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
-        at = f" (line {where.line + 1})" if where is not None else ""
-        raise ConfigError(f"{path} is not valid YAML{at}: expected keys gateway_url, token, namespace") from None
+        problem = getattr(exc, "problem", None)
+        at = f" (line {where.line + 1}{': ' + problem if problem else ''})" if where is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{at}; expected keys gateway_url, token, namespace") from None
     if data is None:
         return ChatFile()
     if not isinstance(data, dict):

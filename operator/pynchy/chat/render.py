@@ -66,6 +66,10 @@ class TurnPrinter:
         self.out.flush()
         self.line_open = not text.endswith("\n")
 
+    def _paragraph(self) -> None:
+        """One blank line before what follows."""
+        self._write("\n\n" if self.line_open else "\n")
+
     def _end_line(self) -> None:
         if self.line_open:
             self._write("\n")
@@ -85,7 +89,7 @@ class TurnPrinter:
                 self.streamed, self.gap = "", False
         elif isinstance(event, TextDelta):
             if self.gap and self.streamed:
-                self._write("\n" if self.streamed.endswith("\n") else "\n\n")
+                self._paragraph()
             self.gap = False
             self._write(event.text)
             self.streamed += event.text
@@ -109,7 +113,8 @@ class TurnPrinter:
             self._write(text)
         elif text.strip() and not shown.endswith(text.strip()):
             # The deltas were the agent's working text; the answer is its last message.
-            self._write(("\n" if self.streamed.endswith("\n") else "\n\n") + text)
+            self._paragraph()
+            self._write(text)
         self._end_line()
         if not shown and not text.strip():
             self.note("(no text in the answer; a message sent while a turn runs is answered in that turn's reply)")

@@ -1,0 +1,409 @@
+"""`pynchy chat` and the local channel's wire models, without a gateway: config resolution, request
+validation, NDJSON parsing, rendering, the display state, and a turn feed's replay."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from pynchy.api.validation import format_errors
+from pynchy.chat.config import ConfigError, resolve
+from pynchy.chat.protocol import (
+    ChatMessage,
+    EventsQuery,
+    MessageBatch,
+    MessagesQuery,
+    Ping,
+    PostMessage,
+    Status,
+    StreamError,
+    StreamHeader,
+    TextDelta,
+    ToolUse,
+    TurnFailed,
+    TurnResult,
+    error_text,
+    is_final,
+    message_kind,
+    parse_event,
+)
+from pynchy.chat.render import Style, TurnPrinter, message_block, tool_summary
+from pynchy.chat.state import MAX_SHOWN, StateFile, state_dir
+from pynchy.gateway.channels.local import TurnFeed, final_event
+from pynchy.gateway.turns import TurnWatch
+from pynchy.store.models import TurnRow
+
+URL = "http://127.0.0.1:8420"
+TOKEN = "chat-token-0123456789abcdef"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+def test_config_from_the_file_with_namespace(tmp_path: Path) -> None:
+    text = f"# written by `pynchy dev`\ngateway_url: {URL}/\ntoken: {TOKEN}\nnamespace: home\n"
+    f = write(tmp_path / "chat.yaml", text)
+    cfg = resolve(environ={}, path=f)
+    assert (cfg.gateway_url, cfg.token, cfg.namespace, cfg.path) == (URL, TOKEN, "home", f)
+
+
+def test_config_file_from_PYNCHY_CONFIG(tmp_path: Path) -> None:
+    f = write(tmp_path / "elsewhere.yaml", f"gateway_url: {URL}\ntoken: {TOKEN}\n")
+    cfg = resolve(environ={"PYNCHY_CONFIG": str(f)})
+    assert cfg.path == f
+    assert cfg.namespace is None
+
+
+def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
+    f = write(tmp_path / "chat.yaml", "gateway_url: http://file:1\ntoken: file-token\n")
+    env = {"PYNCHY_GATEWAY_URL": "http://env:2", "PYNCHY_CHAT_TOKEN": "env-token"}
+    assert resolve(environ=env, path=f).gateway_url == "http://env:2"
+    assert resolve(environ=env, path=f).token == "env-token"
+    cfg = resolve(gateway_url="https://flag:3", token="flag-token", environ=env, path=f)
+    assert (cfg.gateway_url, cfg.token) == ("https://flag:3", "flag-token")
+    # A blank variable is no value: the file's counts.
+    assert resolve(environ={"PYNCHY_CHAT_TOKEN": "  "}, path=f).token == "file-token"
+
+
+def test_missing_file_names_the_file_the_keys_and_the_alternatives(tmp_path: Path) -> None:
+    f = tmp_path / "nope" / "chat.yaml"
+    with pytest.raises(ConfigError) as exc:
+        resolve(environ={}, path=f)
+    msg = str(exc.value)
+    assert str(f) in msg
+    assert "gateway_url" in msg
+    assert "token" in msg
+    assert "does not exist" in msg
+    assert "pynchy dev" in msg
+    assert "--gateway-url/PYNCHY_GATEWAY_URL" in msg
+    assert "--token/PYNCHY_CHAT_TOKEN" in msg
+
+
+def test_only_the_missing_key_is_named(tmp_path: Path) -> None:
+    f = write(tmp_path / "chat.yaml", f"gateway_url: {URL}\n")
+    with pytest.raises(ConfigError) as exc:
+        resolve(environ={}, path=f)
+    msg = str(exc.value)
+    assert "no token" in msg
+    assert "gateway_url" not in msg
+    assert "does not exist" not in msg
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("gateway_url: a: b\n", "not valid YAML (line 1: mapping values are not allowed here)"),
+        ("- a\n- b\n", "must be a mapping"),
+        (f"gateway_url: {URL}\ntoken: 12345\n", "token: input should be a valid string"),
+    ],
+)
+def test_bad_files_say_what_is_wrong(tmp_path: Path, text: str, expected: str) -> None:
+    f = write(tmp_path / "chat.yaml", text)
+    with pytest.raises(ConfigError) as exc:
+        resolve(environ={}, path=f)
+    assert expected in str(exc.value)
+    assert str(f) in str(exc.value)
+
+
+def test_a_bad_url_names_where_it_came_from(tmp_path: Path) -> None:
+    f = write(tmp_path / "chat.yaml", f"gateway_url: localhost:8420\ntoken: {TOKEN}\n")
+    with pytest.raises(ConfigError, match=r"chat.yaml: gateway_url: 'localhost:8420' is not an http"):
+        resolve(environ={}, path=f)
+    with pytest.raises(ConfigError, match=r"^PYNCHY_GATEWAY_URL: 'ftp://x'"):
+        resolve(environ={"PYNCHY_GATEWAY_URL": "ftp://x"}, path=f)
+
+
+def test_unknown_keys_in_the_file_are_ignored(tmp_path: Path) -> None:
+    f = write(tmp_path / "chat.yaml", f"gateway_url: {URL}\ntoken: {TOKEN}\nfuture_key: 1\n")
+    assert resolve(environ={}, path=f).token == TOKEN
+
+
+# -- request and response models ------------------------------------------------------------
+
+
+def errors_of(model: type, data: object) -> list[str]:
+    with pytest.raises(ValidationError) as exc:
+        model.model_validate_json(json.dumps(data))  # type: ignore[attr-defined]
+    return format_errors(exc.value)
+
+
+def test_post_message_wire_shape() -> None:
+    msg = PostMessage(text="hello", client_message_id="6f1c2d")
+    assert msg.wire() == {"text": "hello", "clientMessageId": "6f1c2d"}
+    assert PostMessage.model_validate_json(json.dumps(msg.wire())) == msg
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"text": "hi"}, "clientMessageId: Field required"),
+        ({"clientMessageId": "a1"}, "text: Field required"),
+        ({"text": "   ", "clientMessageId": "a1"}, "text: Value error, text must not be empty"),
+        ({"text": 5, "clientMessageId": "a1"}, "text: Input should be a valid string"),
+        ({"text": "hi", "clientMessageId": 7}, "clientMessageId: Input should be a valid string"),
+        ({"text": "hi", "clientMessageId": "has space"}, "clientMessageId: String should match pattern"),
+        ({"text": "hi", "clientMessageId": "a" * 101}, "clientMessageId: String should match pattern"),
+        ({"text": "hi", "clientMessageId": "a1", "channel": "x"}, "channel: Extra inputs are not permitted"),
+    ],
+)
+def test_post_message_errors_name_the_field(data: dict, expected: str) -> None:
+    assert any(line.startswith(expected) for line in errors_of(PostMessage, data)), errors_of(PostMessage, data)
+
+
+def test_query_models_take_strings_and_check_bounds() -> None:
+    q = MessagesQuery.model_validate({"after": "41", "wait": "2.5"})
+    assert (q.after, q.wait) == (41, 2.5)
+    assert MessagesQuery.model_validate({}).after == 0
+    for bad, field in (({"after": "-1"}, "after"), ({"wait": "61"}, "wait"), ({"wait": "soon"}, "wait")):
+        with pytest.raises(ValidationError) as exc:
+            MessagesQuery.model_validate(bad)
+        assert format_errors(exc.value)[0].startswith(field)
+    with pytest.raises(ValidationError):
+        MessagesQuery.model_validate({"cursor": "1"})
+    e = EventsQuery.model_validate({"stream": "abc", "from": "3"})
+    assert (e.stream, e.from_) == ("abc", 3)
+
+
+def test_responses_ignore_fields_a_newer_gateway_adds() -> None:
+    batch = MessageBatch.model_validate(
+        {"messages": [{"id": 3, "key": "send:x", "kind": "message", "text": "hi", "new": 1}], "cursor": 3, "more": 1}
+    )
+    assert batch.messages[0].text == "hi"
+
+
+def test_message_kinds_from_ledger_keys() -> None:
+    assert message_kind("turn:abc:0") == "reply"
+    assert message_kind("cmd:local:123") == "command"
+    assert message_kind("send:9f") == "message"
+
+
+# -- NDJSON ---------------------------------------------------------------------------------
+
+
+def test_parse_every_event_type() -> None:
+    lines = [
+        StreamHeader(stream="s1", turn="t1", state="queued").line(),
+        Status(attempt=2).line(),
+        Ping().line(),
+        TextDelta(text="hel").model_dump_json(by_alias=True).encode(),
+        ToolUse(name="Write", input={"file_path": "a.md"}).model_dump_json(by_alias=True).encode(),
+        TurnResult(text="hello", session_id="s").model_dump_json(by_alias=True).encode(),
+        TurnFailed(message="the agent stopped").model_dump_json(by_alias=True).encode(),
+    ]
+    events = [parse_event(line) for line in lines]
+    assert [type(e) for e in events] == [StreamHeader, Status, Ping, TextDelta, ToolUse, TurnResult, TurnFailed]
+    assert events[1].attempt == 2
+    assert events[5].session_id == "s"
+    assert [is_final(e) for e in events] == [False] * 5 + [True, True]
+
+
+def test_parse_blank_and_unknown_lines_are_skipped() -> None:
+    assert parse_event("") is None
+    assert parse_event(b"  \n") is None
+    assert parse_event('{"type": "thinking_delta", "text": "hm"}') is None
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("not json", "not JSON"),
+        ("[1, 2]", "needs a string 'type'"),
+        ('{"text": "x"}', "needs a string 'type'"),
+        ('{"type": "text_delta"}', "invalid text_delta event"),
+        ('{"type": "status", "attempt": "first"}', "invalid status event"),
+    ],
+)
+def test_parse_malformed_lines_raise(line: str, expected: str) -> None:
+    with pytest.raises(StreamError, match=expected):
+        parse_event(line)
+
+
+def test_error_text_reads_api_errors() -> None:
+    assert error_text(b'{"error": "wrong token"}', 401) == "wrong token"
+    assert error_text(b"<html>bad gateway</html>", 502) == "<html>bad gateway</html>"
+    assert error_text(b"", 504) == "HTTP 504"
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def render(*events: object) -> tuple[str, str, TurnPrinter]:
+    out, err = io.StringIO(), io.StringIO()
+    printer = TurnPrinter(out, err)
+    for e in events:
+        printer.event(e)
+    return out.getvalue(), err.getvalue(), printer
+
+
+def test_streamed_answer_is_not_printed_twice() -> None:
+    out, err, p = render(TextDelta(text="Hel"), TextDelta(text="lo."), TurnResult(text="Hello."))
+    assert out == "Hello.\n"
+    assert err == ""
+    assert p.ok
+
+
+def test_unstreamed_answer_is_printed_at_the_end() -> None:
+    out, _, p = render(StreamHeader(stream="s", turn="t", state="done"), TurnResult(text="Done."))
+    assert out == "Done.\n"
+    assert p.ok
+
+
+def test_tool_uses_go_to_stderr_and_break_the_text() -> None:
+    out, err, _ = render(
+        TextDelta(text="Let me write it."),
+        ToolUse(name="Write", input={"file_path": "/w/notes.md", "content": "x"}),
+        TextDelta(text="Written."),
+        TurnResult(text="Written."),
+    )
+    assert out == "Let me write it.\n\nWritten.\n"
+    assert err == "⏺ Write(/w/notes.md)\n"
+
+
+def test_final_text_the_deltas_did_not_show_is_added() -> None:
+    out, _, _ = render(TextDelta(text="Working on it"), TurnResult(text="The answer is 4."))
+    assert out == "Working on it\n\nThe answer is 4.\n"
+
+
+def test_failures_go_to_stderr_and_are_not_ok() -> None:
+    out, err, p = render(TextDelta(text="Sta"), TurnFailed(message="the agent stopped before answering"))
+    assert out == "Sta\n"
+    assert err == "error: the agent stopped before answering\n"
+    assert not p.ok
+    _, err, p = render(TurnResult(text="model unauthorised", is_error=True))
+    assert err == "error: model unauthorised\n"
+    assert not p.ok
+
+
+def test_a_restarted_attempt_is_announced() -> None:
+    out, err, _ = render(Status(attempt=1), TextDelta(text="Half"), Status(attempt=2), TextDelta(text="Whole"))
+    assert out == "Half\nWhole"
+    assert "attempt 2" in err
+
+
+def test_an_empty_answer_says_why() -> None:
+    out, err, p = render(TurnResult(text=""))
+    assert out == ""
+    assert "no text in the answer" in err
+    assert p.ok
+
+
+def test_tool_summary_is_short_and_drops_the_mcp_prefix() -> None:
+    assert tool_summary(ToolUse(name="mcp__pynchy__send_message", input={"text": "hi"})) == "send_message(hi)"
+    assert tool_summary(ToolUse(name="Bash", input={"command": "x" * 200}), width=10) == "Bash(xxxxxxxxx…)"
+    assert tool_summary(ToolUse(name="Odd", input={"n": 1})) == 'Odd({"n":1})'
+
+
+def test_message_block_plain_without_a_terminal() -> None:
+    msg = ChatMessage(id=1, key="send:1", kind="message", text="ping\n", is_error=True)
+    header, body = message_block(msg, Style(io.StringIO()))
+    assert header == "[--:--] message"
+    assert body == "error: ping"
+
+
+# -- display state --------------------------------------------------------------------------
+
+
+def test_state_lives_under_xdg_state_home(tmp_path: Path) -> None:
+    assert state_dir({"XDG_STATE_HOME": str(tmp_path)}) == tmp_path / "pynchy" / "chat"
+    assert state_dir({}).parts[-4:] == (".local", "state", "pynchy", "chat")
+
+
+def test_state_cursor_only_moves_forward_and_shown_merges(tmp_path: Path) -> None:
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    a = StateFile(URL, "demo", env)
+    b = StateFile(URL, "demo", env)  # a second process, same gateway and channel
+    assert a.load().cursor is None
+    a.update(cursor=10, add=["turn:t1"])
+    b.update(cursor=7, add=["cmd:local:c1"])
+    state = a.load()
+    assert state.cursor == 10
+    assert state.shown == ["turn:t1", "cmd:local:c1"]
+    assert state.seen("turn:t1:0", "t1")
+    assert state.seen("cmd:local:c1", None)
+    assert not state.seen("turn:t2:0", "t2")
+    a.update(remove=["turn:t1"])
+    assert not a.load().seen("turn:t1:0", "t1")
+    # Per gateway and channel.
+    assert StateFile(URL, "other", env).load().cursor is None
+    assert StateFile("http://elsewhere:1", "demo", env).load().cursor is None
+
+
+def test_state_is_bounded_and_survives_a_corrupt_file(tmp_path: Path) -> None:
+    s = StateFile(URL, "demo", {"XDG_STATE_HOME": str(tmp_path)})
+    s.update(add=[f"turn:{i}" for i in range(MAX_SHOWN + 20)])
+    shown = s.load().shown
+    assert len(shown) == MAX_SHOWN
+    assert shown[-1] == f"turn:{MAX_SHOWN + 19}"
+    s.path.write_text("{not json")
+    assert s.load().cursor is None
+    assert s.update(cursor=3).cursor == 3
+
+
+# -- a turn feed (the gateway side of streaming) --------------------------------------------
+
+
+def turn_row(state: str, reply: str | None = None, is_error: bool = False) -> TurnRow:
+    return TurnRow(id="t1", namespace="ns", group="g", prompt="p", state=state, reply=reply, is_error=is_error)
+
+
+def test_feed_replays_from_any_point_and_ends_at_the_final_event() -> None:
+    async def go() -> tuple[list[object], list[object], str]:
+        feed = TurnFeed("t1")
+        watch = TurnWatch()
+        feed.follow(watch)
+        watch.events.put_nowait(TextDelta(text="a"))
+        watch.events.put_nowait(TextDelta(text="b"))
+        changed = feed.changed()
+        await asyncio.wait_for(changed, 5)
+        while len(feed.events) < 2:
+            await asyncio.wait_for(feed.changed(), 5)
+        late_reader = list(feed.events[1:])
+        watch.events.put_nowait(TurnResult(text="ab"))
+        watch.events.put_nowait(TextDelta(text="after the end"))
+        while not feed.finished:
+            await asyncio.wait_for(feed.changed(), 5)
+        return list(feed.events), late_reader, feed.state
+
+    events, late, state = asyncio.run(go())
+    assert [type(e) for e in events] == [TextDelta, TextDelta, TurnResult]
+    assert late == [TextDelta(text="b")]
+    assert state == "done"
+
+
+def test_feed_finishes_from_the_store_after_what_the_watch_still_holds() -> None:
+    async def go() -> list[object]:
+        feed = TurnFeed("t1")
+        watch = TurnWatch()
+        feed.follow(watch)
+        # Published but not yet consumed when the store's word arrives: order is kept, no duplicate.
+        watch.events.put_nowait(TextDelta(text="x"))
+        watch.events.put_nowait(TurnFailed(message="stopped by owner"))
+        feed.finish_from(turn_row("failed", "stopped by owner", True))
+        feed.finish_from(turn_row("failed", "stopped by owner", True))
+        await asyncio.sleep(0)
+        return list(feed.events)
+
+    assert asyncio.run(go()) == [TextDelta(text="x"), TurnFailed(message="stopped by owner")]
+
+
+def test_feed_synthesises_the_final_event_when_no_one_published_it() -> None:
+    async def go() -> tuple[list[object], str]:
+        feed = TurnFeed("t1")
+        feed.follow(TurnWatch())
+        feed.finish_from(turn_row("delivered"))  # not ended: nothing happens
+        assert not feed.events
+        feed.finish_from(turn_row("done", "the answer"))
+        return list(feed.events), feed.state
+
+    assert asyncio.run(go()) == ([TurnResult(text="the answer")], "done")
+    assert final_event(turn_row("failed", None, True)) == TurnFailed(message="the turn failed")
