@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
 
@@ -63,6 +61,6 @@ def to_delivery_error(exc: BaseException, method: str) -> DeliveryError:
         if code == "ratelimited" or getattr(exc.response, "status_code", None) == 429:
             return DeliveryError(f"{method}: ratelimited", retry_after=retry_after(exc) or DEFAULT_RETRY_AFTER)
         return DeliveryError(f"{method}: {code}", permanent=code in PERMANENT)
-    if isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError | OSError | SlackClientError):
+    if isinstance(exc, aiohttp.ClientError | TimeoutError | OSError | SlackClientError):
         return DeliveryError(f"{method}: {type(exc).__name__}: {exc}")
     return DeliveryError(f"{method}: unexpected {type(exc).__name__}: {exc}")

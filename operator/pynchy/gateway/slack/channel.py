@@ -1,0 +1,147 @@
+"""The Slack channel: events in (Socket Mode or HTTP), replies out through the ledger, progress
+shown while the agent works. See docs/slack.md.
+
+    channel = SlackChannel(settings, gateway)   # settings.slack_enabled must be true
+    gateway.add_channel(channel)                # before gateway.start()
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_sdk.errors import SlackApiError
+
+from pynchy.gateway.channels.base import Accepted, ChannelKind, Inbound
+from pynchy.gateway.settings import GatewaySettings
+from pynchy.gateway.slack.client import SlackApi, make_client
+from pynchy.gateway.slack.errors import error_code
+from pynchy.gateway.slack.events import EVENTS_PATH, EventReceiver
+from pynchy.gateway.slack.inbound import Identity
+from pynchy.gateway.slack.reactions import Reactions
+from pynchy.gateway.slack.replies import Replies
+from pynchy.gateway.slack.stream import UPDATE_INTERVAL, KeyLocks, Streamer
+from pynchy.logs import get_logger
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from pynchy.gateway.db import Db
+    from pynchy.gateway.turns import TurnWatch
+    from pynchy.store.models import OutboundRow, TurnRow
+
+log = get_logger(__name__)
+
+# Slack takes up to 40,000 characters but advises keeping messages under 4,000 (longer ones are
+# hard to read and may be truncated); mrkdwn escaping adds a little, so split below that.
+MAX_MESSAGE_CHARS = 3800
+
+
+class Core(Protocol):
+    """What the channel uses of the gateway."""
+
+    db: Db
+
+    async def accept(self, inbound: Inbound) -> Accepted: ...
+
+
+class SlackChannel:
+    kind: ChannelKind = "slack"
+    max_message_chars = MAX_MESSAGE_CHARS
+
+    def __init__(self, settings: GatewaySettings, gateway: Core, *, update_interval: float = UPDATE_INTERVAL) -> None:
+        if settings.slack_bot_token is None:
+            raise ValueError("the Slack channel needs PYNCHY_SLACK_BOT_TOKEN")
+        self.settings = settings
+        self.gateway = gateway
+        token = settings.slack_bot_token.get_secret_value()
+        self.client = make_client(token, settings.slack_api_url)
+        # Streaming updates skip a beat on 429 instead of sleeping on it while holding the row's lock.
+        self.stream_client = make_client(token, settings.slack_api_url, rate_limit_retries=False)
+        self.api = SlackApi(self.client)
+        self.identity = Identity(None)
+        self.socket_mode = settings.slack_app_token is not None
+        locks = KeyLocks()
+        self.replies = Replies(gateway.db, self.api, locks)
+        self.streamer = Streamer(
+            gateway.db, SlackApi(self.stream_client), locks, self.max_message_chars, interval=update_interval
+        )
+        self.reactions = Reactions(gateway.db, self.api)
+        secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
+        self.events = EventReceiver(
+            self.client,
+            signing_secret=None if self.socket_mode else secret,
+            accept=gateway.accept,
+            identity=lambda: self.identity,
+            reply=self._reply_directly,
+            background=self._background,
+        )
+        self._socket: AsyncSocketModeHandler | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def install(self, app: web.Application) -> None:
+        if not self.socket_mode:
+            app.router.add_post(EVENTS_PATH, self.events.handle_http)
+
+    async def start(self) -> None:
+        try:
+            auth = await self.client.auth_test()
+        except SlackApiError as exc:
+            raise RuntimeError(
+                f"Slack refused the bot token ({error_code(exc)}): check PYNCHY_SLACK_BOT_TOKEN "
+                f"(and PYNCHY_SLACK_API_URL, now {self.settings.slack_api_url})"
+            ) from exc
+        self.identity = Identity(auth.get("user_id"), auth.get("bot_id"))
+        log.info(
+            "slack connected",
+            team=auth.get("team"),
+            bot_user=self.identity.user_id,
+            mode="socket" if self.socket_mode else "http",
+        )
+        if self.socket_mode:
+            assert self.settings.slack_app_token is not None
+            self._socket = AsyncSocketModeHandler(
+                self.events.app, self.settings.slack_app_token.get_secret_value(), web_client=self.client
+            )
+            await self._socket.connect_async()
+
+    async def stop(self) -> None:
+        if self._socket is not None:
+            await self._socket.close_async()
+            self._socket = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _background(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reply_directly(self, channel: str, thread: str, text: str) -> None:
+        """A short notice outside the ledger (no Group is known for it): best effort."""
+        try:
+            await self.api.post(channel, text, thread=thread, key=None)
+        except Exception as exc:
+            log.warning("slack notice not posted", channel=channel, error=repr(exc))
+
+    # -- replies out ---------------------------------------------------------------------
+
+    async def deliver(self, row: OutboundRow, *, maybe_sent: bool) -> str | None:
+        return await self.replies.deliver(row, maybe_sent=maybe_sent)
+
+    # -- turn hooks ----------------------------------------------------------------------
+
+    async def turn_queued(self, turn: TurnRow) -> None:
+        await self.reactions.queued(turn)
+
+    async def turn_started(self, turn: TurnRow, watch: TurnWatch) -> None:
+        self._background(self.reactions.started(turn))  # in order after 'received' (per-turn lock)
+        await self.streamer.run(turn, watch)
+
+    async def turn_ended(self, turn: TurnRow, ok: bool) -> None:
+        await self.reactions.ended(turn, ok)

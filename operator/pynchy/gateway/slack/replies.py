@@ -1,0 +1,100 @@
+"""Delivering a ledger row to Slack, idempotently by its key.
+
+* A row with an external id (a streamed reply's placeholder, or a message posted before) is
+  finished in place with chat.update.
+* A row that may have been sent by a process that then crashed is looked for first, by the key in
+  its message metadata, and adopted (updated if its text differs) instead of posted again.
+* Otherwise chat.postMessage, in the row's thread, with the key in its metadata.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from slack_sdk.errors import SlackApiError
+
+from pynchy.gateway.slack.client import SlackApi
+from pynchy.gateway.slack.errors import error_code, to_delivery_error
+from pynchy.gateway.slack.mrkdwn import to_mrkdwn
+from pynchy.gateway.slack.stream import KeyLocks
+from pynchy.logs import get_logger
+from pynchy.store import outbound
+
+if TYPE_CHECKING:
+    from pynchy.gateway.db import Db
+    from pynchy.store.models import OutboundRow
+
+log = get_logger(__name__)
+
+ERROR_PREFIX = ":warning: *Error:* "
+EMPTY = "_(no text)_"
+# The earlier message is gone or frozen: post the text as a new message instead.
+GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
+
+
+def render(text: str, is_error: bool) -> str:
+    """The Slack text of a reply: mrkdwn, and a short prefix on errors."""
+    body = to_mrkdwn(text) or EMPTY
+    return ERROR_PREFIX + body if is_error else body
+
+
+def _unix(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # SQLite hands back naive datetimes; the store writes UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+class Replies:
+    def __init__(self, db: Db, api: SlackApi, locks: KeyLocks) -> None:
+        self.db = db
+        self.api = api
+        self.locks = locks
+
+    async def deliver(self, row: OutboundRow, *, maybe_sent: bool) -> str | None:
+        async with self.locks(row.key):
+            # Re-read inside the lock: a placeholder may have been posted since the row was read.
+            fresh = await self.db.call(outbound.get, row.id)
+            if fresh is not None:
+                row = fresh
+            if row.state == outbound.SENT:
+                return row.external_id
+            if not row.channel_id:
+                raise to_delivery_error(ValueError("ledger row without a channel id"), "deliver")
+            method = "chat.postMessage"
+            text = render(row.text, row.is_error)
+            try:
+                if row.external_id:
+                    method = "chat.update"
+                    updated = await self._update(row.channel_id, row.external_id, text, row.key)
+                    if updated is not None:
+                        return updated
+                elif maybe_sent:
+                    method = "conversations.replies" if row.thread else "conversations.history"
+                    found = await self.api.find(row.channel_id, row.thread, row.key, _unix(row.created_at))
+                    if found is not None:
+                        log.info("slack reply found from an earlier attempt; adopted", key=row.key)
+                        ts = str(found["ts"])
+                        if found.get("text") == text:
+                            return ts
+                        method = "chat.update"
+                        updated = await self._update(row.channel_id, ts, text, row.key)
+                        if updated is not None:
+                            return updated
+                method = "chat.postMessage"
+                return await self.api.post(row.channel_id, text, thread=row.thread, key=row.key)
+            except Exception as exc:
+                raise to_delivery_error(exc, method) from exc
+
+    async def _update(self, channel: str, ts: str, text: str, key: str) -> str | None:
+        """chat.update; None when the message can no longer be updated (post anew instead)."""
+        try:
+            return await self.api.update(channel, ts, text, key=key)
+        except SlackApiError as exc:
+            code = error_code(exc)
+            if code in GONE:
+                log.info("slack message cannot be updated; posting anew", key=key, error=code)
+                return None
+            raise

@@ -1,0 +1,464 @@
+"""A local Slack: the Web API methods the gateway calls, Socket Mode, and signed Events API requests.
+
+Point slack_sdk at it with `base_url=double.api_url`. It keeps channels' messages (threads,
+metadata, reactions, edits) so tests assert on what people would see, and records every call.
+Answers are shaped like Slack's: HTTP 200 with `ok: false` and an `error` for logical failures,
+HTTP 429 with `Retry-After` when rate limited (`rate_limit(method, times, retry_after)`)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+from aiohttp import WSMsgType, web
+
+from doubles.server import ThreadedServer
+
+BOT_TOKEN = "xoxb-1111-2222-pynchytestbot"
+APP_TOKEN = "xapp-1-A0PYNCHY01-3333-pynchytestapp"
+SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+TEAM_ID = "T0PYNCHY01"
+APP_ID = "A0PYNCHY01"
+BOT_USER = "U0PYNCHYBOT"
+BOT_ID = "B0PYNCHY001"
+OWNER = "U0OWNER0001"
+MAX_TEXT = 40_000
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    status: int = 200
+    error: str | None = None
+
+
+@dataclass
+class _Injected:
+    times: int
+    error: str | None = None  # ok:false with this error
+    retry_after: int | None = None  # HTTP 429 with this Retry-After
+
+
+@dataclass
+class _Socket:
+    ws: web.WebSocketResponse
+    acks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _truthy(value: Any) -> bool:
+    return value in (True, 1, "1", "true", "True")
+
+
+class SlackDouble(ThreadedServer):
+    name = "slack-double"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[Call] = []
+        self.messages: dict[str, list[dict[str, Any]]] = {}
+        self.archived: set[str] = set()
+        self._injected: dict[str, list[_Injected]] = {}
+        self._ts = itertools.count(1)
+        self._ts_base = int(time.time())
+        self._event_ids = itertools.count(1)
+        self._sockets: list[_Socket] = []
+        self.acks: dict[str, dict[str, Any]] = {}
+
+    # -- for tests: set-up and faults --------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/api/"
+
+    def rate_limit(self, method: str, times: int = 1, retry_after: int = 1) -> None:
+        """The next `times` calls of `method` get HTTP 429 with this Retry-After."""
+        with self._lock:
+            self._injected.setdefault(method, []).append(_Injected(times, retry_after=retry_after))
+
+    def fail(self, method: str, error: str, times: int = 1) -> None:
+        """The next `times` calls of `method` get `{"ok": false, "error": error}`."""
+        with self._lock:
+            self._injected.setdefault(method, []).append(_Injected(times, error=error))
+
+    def next_ts(self) -> str:
+        return f"{self._ts_base}.{next(self._ts):06d}"
+
+    def user_message(
+        self, channel: str, text: str, *, user: str = OWNER, thread_ts: str | None = None
+    ) -> dict[str, Any]:
+        """A person writes in a channel (stored, so replies, reactions and history find it)."""
+        msg: dict[str, Any] = {"type": "message", "user": user, "text": text, "ts": self.next_ts(), "team": TEAM_ID}
+        if thread_ts:
+            msg["thread_ts"] = thread_ts
+        with self._lock:
+            self.messages.setdefault(channel, []).append(msg)
+        return dict(msg)
+
+    def event(
+        self,
+        channel: str,
+        message: dict[str, Any],
+        *,
+        kind: str = "message",
+        channel_type: str = "channel",
+        event_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The Events API envelope Slack sends for `message` (as a `message` or `app_mention`)."""
+        event = {k: v for k, v in message.items() if k != "reactions"}
+        event.update(type=kind, channel=channel, event_ts=message["ts"])
+        if kind == "message":
+            event["channel_type"] = channel_type
+        return {
+            "token": "legacy-verification-token",
+            "team_id": TEAM_ID,
+            "api_app_id": APP_ID,
+            "event": event,
+            "type": "event_callback",
+            "event_id": event_id or f"Ev{next(self._event_ids):08d}",
+            "event_time": int(time.time()),
+            "authorizations": [{"enterprise_id": None, "team_id": TEAM_ID, "user_id": BOT_USER, "is_bot": True}],
+            "is_ext_shared_channel": False,
+        }
+
+    # -- for tests: what happened ------------------------------------------------------------
+
+    def calls_to(self, method: str) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if c.method == method]
+
+    def channel_messages(self, channel: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [json.loads(json.dumps(m)) for m in self.messages.get(channel, [])]
+
+    def thread(self, channel: str, ts: str) -> list[dict[str, Any]]:
+        """A thread's replies (not its parent), oldest first."""
+        return [m for m in self.channel_messages(channel) if m.get("thread_ts") == ts and m["ts"] != ts]
+
+    def bot_messages(self, channel: str) -> list[dict[str, Any]]:
+        return [m for m in self.channel_messages(channel) if m.get("bot_id") == BOT_ID]
+
+    def message(self, channel: str, ts: str) -> dict[str, Any] | None:
+        return next((m for m in self.channel_messages(channel) if m["ts"] == ts), None)
+
+    def reactions(self, channel: str, ts: str) -> list[str]:
+        msg = self.message(channel, ts) or {}
+        return [r["name"] for r in msg.get("reactions", [])]
+
+    # -- Socket Mode -------------------------------------------------------------------------
+
+    @property
+    def socket_connected(self) -> bool:
+        with self._lock:
+            return any(not s.ws.closed for s in self._sockets)
+
+    def socket_send(self, body: dict[str, Any], *, retry_attempt: int = 0) -> str:
+        """Send an events_api envelope to the connected app; returns its envelope id."""
+        envelope_id = str(uuid.uuid4())
+        envelope = {
+            "envelope_id": envelope_id,
+            "type": "events_api",
+            "accepts_response_payload": False,
+            "retry_attempt": retry_attempt,
+            "retry_reason": "timeout" if retry_attempt else "",
+            "payload": body,
+        }
+        with self._lock:
+            sockets = [s for s in self._sockets if not s.ws.closed]
+        if not sockets or self._loop is None:
+            raise RuntimeError("no Socket Mode connection")
+        asyncio.run_coroutine_threadsafe(sockets[-1].ws.send_json(envelope), self._loop).result(10)
+        return envelope_id
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        sock = _Socket(ws)
+        with self._lock:
+            self._sockets.append(sock)
+        await ws.send_json(
+            {
+                "type": "hello",
+                "num_connections": 1,
+                "debug_info": {"host": "slack-double", "approximate_connection_time": 3600},
+                "connection_info": {"app_id": APP_ID},
+            }
+        )
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            if "envelope_id" in data:
+                with self._lock:
+                    self.acks[data["envelope_id"]] = data
+        return ws
+
+    # -- the Web API -------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/socket":
+            return await self._socket(request)
+        if not request.path.startswith("/api/"):
+            return web.Response(status=404, text="not a Slack API path")
+        method = request.path[len("/api/") :]
+        params: dict[str, Any] = dict(request.query)
+        raw = await request.read()
+        if raw:
+            if request.content_type == "application/json":
+                params.update(json.loads(raw))
+            else:
+                params.update(dict(parse_qsl(raw.decode(), keep_blank_values=True)))
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or params.get("token", "")
+        call = Call(method, params)
+        with self._lock:
+            self.calls.append(call)
+            injected = self._take_injected(method)
+        if injected is not None and injected.retry_after is not None:
+            call.status, call.error = 429, "ratelimited"
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": str(injected.retry_after)}
+            )
+        if injected is not None:
+            call.error = injected.error
+            return web.json_response({"ok": False, "error": injected.error})
+        expected = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
+        if token != expected:
+            call.error = "invalid_auth" if token else "not_authed"
+            return web.json_response({"ok": False, "error": call.error})
+        handler = getattr(self, "_api_" + method.replace(".", "_"), None)
+        if handler is None:
+            call.error = "unknown_method"
+            return web.json_response({"ok": False, "error": "unknown_method"}, status=404)
+        with self._lock:
+            answer = handler(params)
+        if not answer.get("ok"):
+            call.error = answer.get("error")
+        headers = {"X-OAuth-Scopes": "app_mentions:read,channels:history,chat:write,im:history,reactions:write"}
+        return web.json_response(answer, headers=headers if method == "auth.test" else None)
+
+    def _take_injected(self, method: str) -> _Injected | None:
+        queue = self._injected.get(method) or []
+        if not queue:
+            return None
+        head = queue[0]
+        head.times -= 1
+        if head.times <= 0:
+            queue.pop(0)
+        return head
+
+    # Each _api_* runs under self._lock.
+
+    def _api_auth_test(self, p: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "url": "https://pynchy-test.slack.com/",
+            "team": "Pynchy Test",
+            "user": "pynchy",
+            "team_id": TEAM_ID,
+            "user_id": BOT_USER,
+            "bot_id": BOT_ID,
+            "is_enterprise_install": False,
+        }
+
+    def _api_apps_connections_open(self, p: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket"}
+
+    def _api_users_info(self, p: dict[str, Any]) -> dict[str, Any]:
+        user = str(p.get("user", ""))
+        if not user.startswith(("U", "W")):
+            return {"ok": False, "error": "user_not_found"}
+        name = "owner" if user == OWNER else user.lower()
+        return {
+            "ok": True,
+            "user": {
+                "id": user,
+                "team_id": TEAM_ID,
+                "name": name,
+                "real_name": name.title(),
+                "is_bot": user == BOT_USER,
+                "profile": {"display_name": name, "real_name": name.title()},
+            },
+        }
+
+    def _channel_error(self, channel: Any) -> dict[str, Any] | None:
+        if not isinstance(channel, str) or channel[:1] not in ("C", "G", "D"):
+            return {"ok": False, "error": "channel_not_found"}
+        if channel in self.archived:
+            return {"ok": False, "error": "is_archived"}
+        return None
+
+    def _find(self, channel: str, ts: Any) -> dict[str, Any] | None:
+        return next((m for m in self.messages.get(channel, []) if m["ts"] == ts), None)
+
+    @staticmethod
+    def _metadata(value: Any) -> dict[str, Any] | None:
+        if value is None or value == "":
+            return None
+        return json.loads(value) if isinstance(value, str) else dict(value)
+
+    def _api_chat_postMessage(self, p: dict[str, Any]) -> dict[str, Any]:
+        channel = p.get("channel")
+        if (err := self._channel_error(channel)) is not None:
+            return err
+        text = p.get("text") or ""
+        if not text and not p.get("blocks"):
+            return {"ok": False, "error": "no_text"}
+        if len(text) > MAX_TEXT:
+            return {"ok": False, "error": "msg_too_long"}
+        msg: dict[str, Any] = {
+            "type": "message",
+            "subtype": "bot_message",
+            "user": BOT_USER,
+            "bot_id": BOT_ID,
+            "text": text,
+            "ts": self.next_ts(),
+            "team": TEAM_ID,
+        }
+        thread = p.get("thread_ts")
+        if thread:
+            msg["thread_ts"] = str(thread)
+            parent = self._find(channel, str(thread))
+            if parent is not None:
+                parent["thread_ts"] = parent["ts"]
+                parent["reply_count"] = parent.get("reply_count", 0) + 1
+        if (meta := self._metadata(p.get("metadata"))) is not None:
+            msg["metadata"] = meta
+        self.messages.setdefault(channel, []).append(msg)
+        return {"ok": True, "channel": channel, "ts": msg["ts"], "message": dict(msg)}
+
+    def _api_chat_update(self, p: dict[str, Any]) -> dict[str, Any]:
+        channel = p.get("channel")
+        if (err := self._channel_error(channel)) is not None:
+            return err
+        msg = self._find(channel, p.get("ts"))
+        if msg is None:
+            return {"ok": False, "error": "message_not_found"}
+        if msg.get("bot_id") != BOT_ID:
+            return {"ok": False, "error": "cant_update_message"}
+        text = p.get("text") or ""
+        if len(text) > MAX_TEXT:
+            return {"ok": False, "error": "msg_too_long"}
+        msg.setdefault("edits", []).append(msg["text"])
+        msg["text"] = text
+        if (meta := self._metadata(p.get("metadata"))) is not None:
+            msg["metadata"] = meta
+        return {"ok": True, "channel": channel, "ts": msg["ts"], "text": text, "message": dict(msg)}
+
+    def _api_reactions_add(self, p: dict[str, Any]) -> dict[str, Any]:
+        channel, name = p.get("channel"), p.get("name")
+        if (err := self._channel_error(channel)) is not None:
+            return err
+        msg = self._find(channel, p.get("timestamp"))
+        if msg is None:
+            return {"ok": False, "error": "message_not_found"}
+        reactions = msg.setdefault("reactions", [])
+        if any(r["name"] == name for r in reactions):
+            return {"ok": False, "error": "already_reacted"}
+        reactions.append({"name": name, "users": [BOT_USER], "count": 1})
+        return {"ok": True}
+
+    def _api_reactions_remove(self, p: dict[str, Any]) -> dict[str, Any]:
+        channel, name = p.get("channel"), p.get("name")
+        if (err := self._channel_error(channel)) is not None:
+            return err
+        msg = self._find(channel, p.get("timestamp"))
+        if msg is None:
+            return {"ok": False, "error": "message_not_found"}
+        reactions = msg.get("reactions", [])
+        if not any(r["name"] == name for r in reactions):
+            return {"ok": False, "error": "no_reaction"}
+        msg["reactions"] = [r for r in reactions if r["name"] != name]
+        return {"ok": True}
+
+    def _page(self, p: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
+        limit = int(p.get("limit") or 100)
+        start = int(p.get("cursor") or 0)
+        page = items[start : start + limit]
+        with_meta = _truthy(p.get("include_all_metadata"))
+        shown = [{k: v for k, v in m.items() if k != "edits" and (with_meta or k != "metadata")} for m in page]
+        more = start + limit < len(items)
+        return {
+            "ok": True,
+            "messages": shown,
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
+
+    def _api_conversations_history(self, p: dict[str, Any]) -> dict[str, Any]:
+        channel = p.get("channel")
+        if (err := self._channel_error(channel)) is not None:
+            return err
+        oldest = float(p.get("oldest") or 0)
+        latest = float(p.get("latest") or "inf")
+        top = [
+            m
+            for m in self.messages.get(channel, [])
+            if m.get("thread_ts") in (None, m["ts"]) and oldest <= float(m["ts"]) <= latest
+        ]
+        return self._page(p, sorted(top, key=lambda m: float(m["ts"]), reverse=True))
+
+    def _api_conversations_replies(self, p: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = p.get("channel"), p.get("ts")
+        if (err := self._channel_error(channel)) is not None:
+            return err
+        in_thread = [m for m in self.messages.get(channel, []) if m["ts"] == ts or m.get("thread_ts") == ts]
+        if not in_thread:
+            return {"ok": False, "error": "thread_not_found"}
+        return self._page(p, sorted(in_thread, key=lambda m: float(m["ts"])))
+
+
+# -- the Events API, signed ----------------------------------------------------------------
+
+
+def signature(secret: str, timestamp: str, body: str) -> str:
+    digest = hmac.new(secret.encode(), f"v0:{timestamp}:{body}".encode(), hashlib.sha256).hexdigest()
+    return f"v0={digest}"
+
+
+def signed_headers(body: str, *, secret: str = SIGNING_SECRET, timestamp: int | None = None) -> dict[str, str]:
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    return {
+        "Content-Type": "application/json",
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": signature(secret, ts, body),
+    }
+
+
+def post_event(
+    url: str,
+    body: dict[str, Any] | str,
+    *,
+    secret: str = SIGNING_SECRET,
+    timestamp: int | None = None,
+    retry_num: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """POST a signed Events API request to `url` (the gateway's /slack/events), as Slack does."""
+    raw = body if isinstance(body, str) else json.dumps(body)
+    sent = signed_headers(raw, secret=secret, timestamp=timestamp)
+    if retry_num is not None:
+        sent["X-Slack-Retry-Num"] = str(retry_num)
+        sent["X-Slack-Retry-Reason"] = "http_timeout"
+    sent.update(headers or {})
+    return httpx.post(url, content=raw.encode(), headers=sent, timeout=30)
+
+
+def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll until `predicate()` is truthy; its value. Generous timeouts, no timing assertions."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
