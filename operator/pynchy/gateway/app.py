@@ -235,6 +235,9 @@ class Gateway:
         cancelled = await self.db.call(turn_store.cancel_open, ns, group, f"stopped by {sender}")
         for row in cancelled:
             self.hub.publish_failure(row.id, row.reply or "stopped")
+            self._hook(row.reply_channel, "turn_ended", row, False)
+        if cancelled:  # whoever asked hears that their message was dropped
+            await self.db.call(fail_turns, cancelled, self.limits, None)
         stopped = []
         for run in self.runs.group_runs(ns, group):
             if not run_over(run):
@@ -277,12 +280,19 @@ class Gateway:
     async def _run_ended(self, run: dict[str, Any]) -> None:
         namespace, name = run["metadata"]["namespace"], run["metadata"]["name"]
         group = (run.get("spec") or {}).get("groupRef", {}).get("name")
-        requeued = await self.db.call(turn_store.requeue_unfinished, namespace, name)
+        status = run.get("status") or {}
+        give_up = None
+        if status.get("phase") == "TimedOut":
+            give_up = "the agent ran out of time before answering (the Group's agent.timeoutSeconds)"
+        requeued = await self.db.call(turn_store.requeue_unfinished, namespace, name, give_up=give_up)
         failed = [row for row in requeued if row.state == turn_store.FAILED]
         for row in failed:
             self.hub.publish_failure(row.id, row.reply or "the agent stopped")
             self._hook(row.reply_channel, "turn_ended", row, False)
-        if failed and await self.db.call(fail_turns, failed, self.limits):
+        entry = self.directory.get(namespace, group) if group else None
+        deliver = bool((run.get("spec") or {}).get("deliver", True))
+        fallback = entry.default_channel() if entry is not None and deliver else None
+        if failed and await self.db.call(fail_turns, failed, self.limits, fallback):
             self.delivery.kick()
         if group and any(r.state == turn_store.QUEUED for r in requeued):
             log.info("run ended with unanswered turns; requeued", namespace=namespace, run=name, turns=len(requeued))

@@ -48,10 +48,15 @@ def finish_turn(
     return row, reply_rows(session, row, text, is_error, limits)
 
 
-def fail_turns(session: Session, turns: list[TurnRow], limits: Mapping[str, int]) -> list[OutboundRow]:
-    """Replies for turns that failed without an answer from the agent (the run died or was stopped)."""
+def fail_turns(
+    session: Session, turns: list[TurnRow], limits: Mapping[str, int], fallback: ChannelKey | None
+) -> list[OutboundRow]:
+    """Replies for turns that failed without an answer from the agent (the run died or timed out),
+    so the person who asked always hears that it did not work."""
     rows: list[OutboundRow] = []
     for turn in turns:
         merged = session.merge(turn)
+        if merged.reply_channel is None and merged.run is not None and fallback is not None:
+            merged.reply_channel, merged.reply_channel_id = fallback
         rows += reply_rows(session, merged, merged.reply or "the agent stopped before answering", True, limits)
     return rows

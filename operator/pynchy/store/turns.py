@@ -97,9 +97,10 @@ def finish(session: Session, turn_id: str, run: str, reply: str, is_error: bool)
     return row
 
 
-def requeue_unfinished(session: Session, namespace: str, run: str) -> list[TurnRow]:
+def requeue_unfinished(session: Session, namespace: str, run: str, *, give_up: str | None = None) -> list[TurnRow]:
     """A run ended: its delivered but unanswered turns go back to the queue (or fail after
-    MAX_ATTEMPTS), so no message is lost when a pod dies mid-turn."""
+    MAX_ATTEMPTS), so no message is lost when a pod dies mid-turn. With `give_up` (the run timed
+    out: another attempt would too) they fail at once with that message."""
     rows = session.scalars(
         select(TurnRow)
         .where(TurnRow.namespace == namespace, TurnRow.delivered_to == run, TurnRow.state == DELIVERED)
@@ -107,10 +108,10 @@ def requeue_unfinished(session: Session, namespace: str, run: str) -> list[TurnR
         .execution_options(populate_existing=True)
     ).all()
     for row in rows:
-        if row.attempts >= MAX_ATTEMPTS or row.run is not None:
+        if give_up is not None or row.attempts >= MAX_ATTEMPTS or row.run is not None:
             row.state = FAILED
             row.is_error = True
-            row.reply = f"the agent stopped before answering (attempt {row.attempts})"
+            row.reply = give_up or f"the agent stopped before answering (attempt {row.attempts})"
             row.finished_at = datetime.now(UTC)
         else:
             row.state = QUEUED
