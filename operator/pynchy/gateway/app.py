@@ -54,6 +54,7 @@ class Gateway:
         self.channels: dict[str, Channel] = {}
         self.delivery = Delivery(self.db, self.channels)
         self.inbox = Inbox(self)
+        self._add_configured_channels()
         self._runner: web.AppRunner | None = None
         self._ended: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -106,6 +107,16 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     # -- channels ----------------------------------------------------------------------
+
+    def _add_configured_channels(self) -> None:
+        # Imported here: each channel pulls in its own client libraries.
+        from pynchy.gateway.channels.local import LocalChannel
+
+        self.add_channel(LocalChannel(self))  # without PYNCHY_CHAT_TOKEN its API says it is disabled
+        if self.settings.slack_enabled:
+            from pynchy.gateway.slack.channel import SlackChannel
+
+            self.add_channel(SlackChannel(self.settings, self))
 
     def add_channel(self, channel: Channel) -> None:
         """Register a channel before start(): its routes, its deliveries, its turn hooks."""
