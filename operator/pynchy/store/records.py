@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pynchy.store import outbound as outbound_store
@@ -30,8 +31,16 @@ def save_memory(session: Session, namespace: str, group: str, key: str, content:
     """Insert or replace; returns True when the key already existed."""
     row = session.get(MemoryRow, (namespace, group, key))
     if row is None:
-        session.add(MemoryRow(namespace=namespace, group=group, key=key, content=content))
-        return False
+        try:
+            # A savepoint: the same key saved at the same moment by another transaction (PostgreSQL;
+            # SQLite's writers take turns) loses here and becomes an update, not an error.
+            with session.begin_nested():
+                session.add(MemoryRow(namespace=namespace, group=group, key=key, content=content))
+            return False
+        except IntegrityError:
+            row = session.get(MemoryRow, (namespace, group, key))
+            if row is None:
+                raise
     row.content = content
     row.updated_at = datetime.now(UTC)
     return True
@@ -93,6 +102,11 @@ def group_session(session: Session, namespace: str, group: str) -> GroupSessionR
     row = session.get(GroupSessionRow, (namespace, group))
     if row is None:
         row = GroupSessionRow(namespace=namespace, group=group)
-        session.add(row)
-        session.flush()
+        try:
+            with session.begin_nested():  # see save_memory: created at the same moment elsewhere
+                session.add(row)
+        except IntegrityError:
+            row = session.get(GroupSessionRow, (namespace, group))
+            if row is None:
+                raise
     return row
