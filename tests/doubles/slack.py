@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class Call:
     params: dict[str, Any]
     status: int = 200
     error: str | None = None
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class SlackDouble(ThreadedServer):
         self._ts_base = int(time.time())
         self._event_ids = itertools.count(1)
         self._sockets: list[_Socket] = []
+        self._holds: dict[str, threading.Event] = {}
         self.acks: dict[str, dict[str, Any]] = {}
 
     # -- for tests: set-up and faults --------------------------------------------------------
@@ -89,6 +92,13 @@ class SlackDouble(ThreadedServer):
         """The next `times` calls of `method` get `{"ok": false, "error": error}`."""
         with self._lock:
             self._injected.setdefault(method, []).append(_Injected(times, error=error))
+
+    def hold(self, method: str) -> threading.Event:
+        """Calls of `method` wait (unanswered) until the returned event is set."""
+        release = threading.Event()
+        with self._lock:
+            self._holds[method] = release
+        return release
 
     def next_ts(self) -> str:
         return f"{self._ts_base}.{next(self._ts):06d}"
@@ -221,6 +231,10 @@ class SlackDouble(ThreadedServer):
         call = Call(method, params)
         with self._lock:
             self.calls.append(call)
+            hold = self._holds.get(method)
+        if hold is not None:
+            await self._wait_for(hold)
+        with self._lock:
             injected = self._take_injected(method)
         if injected is not None and injected.retry_after is not None:
             call.status, call.error = 429, "ratelimited"

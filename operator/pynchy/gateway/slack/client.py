@@ -111,8 +111,11 @@ class SlackApi:
                 await self.client.reactions_add(channel=channel, timestamp=ts, name=name)
         except SlackApiError as exc:
             code = error_code(exc)
-            if code not in ("already_reacted", "no_reaction"):
-                log.warning("slack reaction failed", reaction=name, remove=remove, channel=channel, error=code)
+            # Already there (a replayed hook) or already gone: expected, so only at debug level.
+            benign = code in ("already_reacted", "no_reaction")
+            (log.debug if benign else log.warning)(
+                "slack reaction failed", reaction=name, remove=remove, channel=channel, error=code
+            )
             return False
         except Exception as exc:
             log.warning("slack reaction failed", reaction=name, remove=remove, channel=channel, error=repr(exc))
