@@ -353,6 +353,18 @@ def test_late_streaming_update_never_overwrites_the_final_text(harness: Harness,
     assert [m["text"] for m in double.thread(CHANNEL, message["ts"])] == ["final"]
 
 
+def test_placeholder_of_a_turn_without_reply_text_is_removed(harness: Harness, double: SlackDouble) -> None:
+    message, turn = harness.asked()
+    watch = harness.call(_new_watch())
+    streaming = stream_some(harness, turn, watch)
+    wait_until(lambda: double.thread(CHANNEL, message["ts"]), what="placeholder")
+    harness.loop.call_soon_threadsafe(_finish, watch, TurnResult(text=""))
+    streaming.result(30)
+    harness.call(harness.channel.turn_ended(turn, True))  # the gateway wrote no reply rows
+    assert double.thread(CHANNEL, message["ts"]) == []
+    assert len(double.calls_to("chat.delete")) == 1
+
+
 def test_status_reactions(harness: Harness, double: SlackDouble) -> None:
     message, turn = harness.asked()
     channel = harness.channel

@@ -367,6 +367,18 @@ class SlackDouble(ThreadedServer):
             msg["metadata"] = meta
         return {"ok": True, "channel": channel, "ts": msg["ts"], "text": text, "message": dict(msg)}
 
+    def _api_chat_delete(self, p: dict[str, Any]) -> dict[str, Any]:
+        channel = p.get("channel")
+        if (err := self._channel_error(channel)) is not None:
+            return err
+        msg = self._find(channel, p.get("ts"))
+        if msg is None:
+            return {"ok": False, "error": "message_not_found"}
+        if msg.get("bot_id") != BOT_ID:
+            return {"ok": False, "error": "cant_delete_message"}
+        self.messages[channel].remove(msg)
+        return {"ok": True, "channel": channel, "ts": msg["ts"]}
+
     def _api_reactions_add(self, p: dict[str, Any]) -> dict[str, Any]:
         channel, name = p.get("channel"), p.get("name")
         if (err := self._channel_error(channel)) is not None:

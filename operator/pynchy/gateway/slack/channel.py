@@ -145,3 +145,7 @@ class SlackChannel:
 
     async def turn_ended(self, turn: TurnRow, ok: bool) -> None:
         await self.reactions.ended(turn, ok)
+        if ok:
+            # A reply with text is pending by now (written before this hook); without one the
+            # placeholder is removed. (A failed turn always gets a reply that finishes it.)
+            await self.streamer.drop_unanswered(turn)

@@ -76,6 +76,9 @@ class SlackApi:
         response = await self.client.chat_update(**kwargs)
         return str(response.get("ts") or ts)
 
+    async def delete(self, channel: str, ts: str) -> None:
+        await self.client.chat_delete(channel=channel, ts=ts)
+
     async def find(self, channel: str, thread: str | None, key: str, since: float | None) -> dict[str, Any] | None:
         """The message carrying `key` in its metadata: among a thread's replies, or the channel's
         recent history (from `since`, a Unix time, minus some slack for clock skew)."""

@@ -109,6 +109,19 @@ class Streamer:
             return
         await self._follow(key, turn.reply_channel_id, ts, watch)
 
+    async def drop_unanswered(self, turn: TurnRow) -> None:
+        """The turn ended without reply text (the agent said nothing, or only through
+        send_message): its placeholder would say "working…" forever, so it goes."""
+        key = first_part_key(turn.id)
+        async with self.locks(key):
+            row = await self.db.call(outbound.by_key, key)
+            if row is None or row.state != outbound.STREAMING or not row.external_id or not row.channel_id:
+                return
+            try:
+                await self.api.delete(row.channel_id, row.external_id)
+            except Exception as exc:
+                log.info("slack placeholder not deleted", key=key, error=_describe(exc))
+
     async def _placeholder(self, key: str) -> str | None:
         async with self.locks(key):
             row = await self.db.call(outbound.by_key, key)
