@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pynchy.dev import config
-from pynchy.dev.components import Child, LogStream, Spec, process_cmdline, pynchy_argv, stop_children
+from pynchy.dev.components import Child, LogStream, Spec, pynchy_argv, stop_children
 from pynchy.dev.config import DevPaths
 from pynchy.dev.preflight import DevError, PidLock, Port, check_ports, stale_report
 from pynchy.paths import CRDS_DIR
@@ -476,7 +476,7 @@ class Supervisor:
                 {
                     "name": proc.name,
                     "pid": proc.pid,
-                    "cmdline": (proc.pid and process_cmdline(proc.pid)) or " ".join(proc.argv),
+                    "cmdline": " ".join(proc.argv),  # what /proc/<pid>/cmdline shows once it runs
                     "port": port,
                     "log": str(proc.log_path),
                     "restarts": 0,
@@ -487,7 +487,7 @@ class Supervisor:
                 {
                     "name": child.name,
                     "pid": child.pid,
-                    "cmdline": (child.pid and process_cmdline(child.pid)) or child.cmdline,
+                    "cmdline": child.cmdline,
                     "port": child.spec.port,
                     "log": str(child.spec.log),
                     "restarts": child.restarts,
