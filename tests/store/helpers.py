@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, text
@@ -60,3 +61,8 @@ def run_threads(n: int, fn: Callable[[int], T]) -> list[T]:
     if errors:
         raise errors[0]
     return results
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back the UTC wall time without a zone; PostgreSQL an aware datetime in the server's zone."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

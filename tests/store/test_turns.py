@@ -13,14 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pynchy.store import turns
 from pynchy.store.models import TurnRow
-from store.helpers import blocked_or_done, run_threads
+from store.helpers import as_utc, blocked_or_done, run_threads
 
 NS, GROUP = "team", "main"
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite hands back the UTC wall time without a zone; PostgreSQL an aware datetime in the server's zone."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def test_turns_are_claimed_in_order_and_finished(tx: Callable[..., Any]) -> None:
