@@ -53,6 +53,7 @@ class Session:
         self.display = threading.Lock()  # one writer at a time: the answer being streamed, or arrivals
         self.at_prompt = False
         self.prompt = ""
+        self.sent = False  # the last message reached the gateway
 
     def note(self, text: str) -> None:
         self.err.write(self.style.dim(f"({text})") + "\n")
@@ -80,6 +81,7 @@ class Session:
         """Send one message and show what comes of it. True when it was answered without error."""
         client_message_id = uuid.uuid4().hex
         accepted = self.client.send(self.channel, text, client_message_id, deadline)
+        self.sent = True
         return self.show_outcome(accepted, f"cmd:local:{client_message_id}", deadline)
 
     def show_outcome(self, accepted: MessageAccepted, command_key: str, deadline: Deadline) -> bool:
@@ -109,10 +111,13 @@ class Session:
             self.connect(deadline)
             return 0 if self.ask(text, deadline) else 1
         except ChatTimeoutError as exc:
-            self.fail(
-                f"{exc} within {timeout:g}s; the message is with the gateway and its answer will show "
-                f"in `pynchy chat {self.channel}`"
-            )
+            if self.sent:
+                self.fail(
+                    f"no answer within {timeout:g}s; the message is with the gateway and its answer will show "
+                    f"in `pynchy chat {self.channel}`"
+                )
+            else:
+                self.fail(f"{exc} (gave up after {timeout:g}s)")
             return 1
         except ChatError as exc:
             self.fail(str(exc))

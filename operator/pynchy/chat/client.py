@@ -41,7 +41,7 @@ class ChatError(Exception):
 
 
 class ChatTimeoutError(ChatError):
-    pass
+    """The deadline passed: the gateway could not be reached, or the answer did not come."""
 
 
 class Deadline:
@@ -115,7 +115,7 @@ class ChatClient:
         failures = 0
         while True:
             if deadline.passed:
-                raise ChatTimeoutError("no answer in time")
+                raise ChatTimeoutError("no answer")
             params: dict[str, Any] = {"from": read, **({"stream": stream} if stream else {})}
             timeout = httpx.Timeout(30.0, connect=10.0, read=deadline.cap(STREAM_READ_TIMEOUT))
             try:
@@ -139,7 +139,7 @@ class ChatClient:
                             continue
                         if event.type == "ping":
                             if deadline.passed:
-                                raise ChatTimeoutError("no answer in time")
+                                raise ChatTimeoutError("no answer")
                             continue
                         read += 1
                         yield event
@@ -151,7 +151,7 @@ class ChatClient:
                 raise ChatError(f"the gateway sent something unexpected: {exc}") from None
             except httpx.TransportError as exc:
                 if isinstance(exc, httpx.ReadTimeout) and deadline.passed:
-                    raise ChatTimeoutError("no answer in time") from None
+                    raise ChatTimeoutError("no answer") from None
                 problem = _describe(exc)
             failures += 1
             self._pause(failures, problem, deadline)

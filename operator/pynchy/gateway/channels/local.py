@@ -78,11 +78,15 @@ def _fail(status: int, message: str, **headers: str) -> web.HTTPException:
     )
 
 
+class _TooLarge(web.HTTPClientError):
+    status_code = 413  # aiohttp's own HTTPRequestEntityTooLarge writes its own text
+
+
 _ERRORS: dict[int, type[web.HTTPException]] = {
     400: web.HTTPBadRequest,
     401: web.HTTPUnauthorized,
     404: web.HTTPNotFound,
-    413: web.HTTPRequestEntityTooLarge,
+    413: _TooLarge,
     422: web.HTTPUnprocessableEntity,
     503: web.HTTPServiceUnavailable,
 }
@@ -195,6 +199,7 @@ class LocalChannel:
     def install(self, app: web.Application) -> None:
         p = CHAT_PREFIX
         app.router.add_get(p, self.list_channels)
+        app.router.add_get(p + "/", self.list_channels)
         app.router.add_get(p + "/{channel}", self.channel_info)
         app.router.add_post(p + "/{channel}/messages", self.post_message)
         app.router.add_get(p + "/{channel}/messages", self.messages)
