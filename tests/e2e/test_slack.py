@@ -1,0 +1,127 @@
+"""End to end through Slack: a signed mention → an AgentRun → a pod on the dev node running the real
+Claude Code CLI (against the scripted model) → a placeholder streamed in the thread → the final reply."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster.helpers import is_ready, wait_for
+from conftest import RUN_TOKEN_KEY, make_gateway
+from doubles.anthropic import ScriptedModel, Usage, text, write_in_cwd
+from doubles.slack import BOT_TOKEN, BOT_USER, OWNER, SIGNING_SECRET, SlackDouble, post_event
+from e2e.conftest import MODEL_KEY, Stack
+from pynchy.devnode import DevNode
+from pynchy.gateway.slack.stream import PLACEHOLDER
+from pynchy.kube.controlplane import ControlPlane
+from pynchy.operator.run import EmbeddedOperator
+
+CHANNEL = "C0E2ESLACK1"
+GROUP = f"""
+apiVersion: pynchy.dev/v1alpha1
+kind: Group
+metadata: {{name: forecaster}}
+spec:
+  channels: [{{slack: {{channelId: {CHANNEL}}}}}]
+  trigger: {{mode: mention}}
+  allowedSenders: [owner]
+"""
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackDouble]:
+    with SlackDouble() as double:
+        yield double
+
+
+@pytest.fixture
+def slack_stack(
+    control_plane: ControlPlane,
+    namespace: str,
+    operator_kubeconfig: Path,
+    gateway_kubeconfig: Path,
+    model: ScriptedModel,
+    slack: SlackDouble,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Stack]:
+    """e2e.conftest's stack, with the gateway's Slack channel pointed at the double."""
+    gateway = make_gateway(
+        gateway_kubeconfig,
+        tmp_path,
+        model.base_url,
+        MODEL_KEY,
+        namespaces=[namespace],
+        owner=OWNER,
+        slack_bot_token=BOT_TOKEN,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_api_url=slack.api_url,
+    ).start()
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
+    monkeypatch.setenv("PYNCHY_RUN_TOKEN_KEY", RUN_TOKEN_KEY)
+    monkeypatch.setenv("PYNCHY_GATEWAY_URL", gateway.url)
+    monkeypatch.setenv("PYNCHY_NAMESPACES", namespace)
+    monkeypatch.setenv("PYNCHY_WORKERS", "4")
+    operator = EmbeddedOperator().start()
+    node_name = "dev-" + hashlib.sha1(namespace.encode()).hexdigest()[:10]
+    node = DevNode(control_plane.kubeconfig, tmp_path / "node", name=node_name, namespaces=[namespace])
+    node.start()
+    stack = Stack(control_plane, namespace, model, gateway, operator, node, tmp_path / "node")
+    try:
+        yield stack
+    finally:
+        node.stop()
+        operator.stop()
+        gateway.stop()
+
+
+def test_slack_mention_runs_the_agent_and_the_reply_streams_into_the_thread(
+    slack_stack: Stack, slack: SlackDouble
+) -> None:
+    stack = slack_stack
+    stack.plane.kubectl("apply", "-n", stack.namespace, "-f", "-", input=GROUP)
+    wait_for(lambda: is_ready(stack.plane, "group", "forecaster", stack.namespace), timeout=60, what="Group Ready")
+    gw = stack.gateway.gateway
+    assert gw is not None
+    wait_for(lambda: gw.directory.lookup("slack", CHANNEL), what="the gateway routes the channel")
+
+    # The agent says something, uses a tool, and then waits (gated) before its final answer, so the
+    # placeholder is seen showing the text so far.
+    gate = threading.Event()
+    stack.model.after_tool("Write", "Tomorrow will be **sunny**.", usage=Usage(200, 10), gate=gate)
+    stack.model.on_prompt(
+        "forecast",
+        text("Checking the forecast."),
+        write_in_cwd("forecast.txt", "sunny\n"),
+        usage=Usage(100, 20),
+    )
+
+    asked = slack.user_message(CHANNEL, f"<@{BOT_USER}> what is the forecast?")
+    thread = asked["ts"]
+    for kind in ("app_mention", "message"):
+        r = post_event(stack.gateway.url + "/slack/events", slack.event(CHANNEL, asked, kind=kind))
+        assert r.status_code == 200, r.text
+
+    def reply_text() -> str:
+        replies = slack.thread(CHANNEL, thread)
+        return replies[0]["text"] if replies else ""
+
+    wait_for(lambda: slack.reactions(CHANNEL, thread) == ["eyes"], what="'received' reaction")
+    wait_for(lambda: "Checking the forecast." in reply_text(), timeout=240, what="streamed text in the placeholder")
+    assert "hourglass_flowing_sand" in slack.reactions(CHANNEL, thread)
+    placeholder = slack.thread(CHANNEL, thread)[0]
+    assert placeholder["edits"][0] == PLACEHOLDER
+
+    gate.set()
+    wait_for(lambda: reply_text() == "Tomorrow will be *sunny*.", timeout=120, what="the final reply in place")
+    wait_for(lambda: "white_check_mark" in slack.reactions(CHANNEL, thread), what="'done' reaction")
+    replies = slack.thread(CHANNEL, thread)
+    assert len(replies) == 1
+    assert replies[0]["ts"] == placeholder["ts"]  # one message: the placeholder became the answer
+    top_level = [m for m in slack.channel_messages(CHANNEL) if m.get("thread_ts") in (None, m["ts"])]
+    assert [m["ts"] for m in top_level] == [thread]  # nothing posted outside the thread
+    assert len(stack.model.main_requests) >= 2
