@@ -89,7 +89,18 @@ def test_claims_at_once_never_share_a_turn(tx: Callable[..., Any]) -> None:
     assert sorted(claimed) == sorted(queued)  # every turn once, none twice
 
 
-def test_a_claim_waits_for_a_competing_claim(sessions: sessionmaker[Session], engine: Engine, tx) -> None:
+def test_claims_at_once_each_get_a_turn_when_there_are_enough(tx: Callable[..., Any]) -> None:
+    """None only when nothing is queued: a claim never comes back empty because others hold the
+    oldest turns (PostgreSQL skips rows locked by concurrent claims)."""
+    queued = {tx(turns.enqueue, NS, GROUP, f"turn {i}").id for i in range(8)}
+    claimed = run_threads(8, lambda i: tx(turns.claim_next, NS, GROUP, f"run-{i}", bound_only=False))
+    assert None not in claimed
+    assert {row.id for row in claimed} == queued
+
+
+def test_a_claim_beside_an_uncommitted_claim_takes_the_next_turn(
+    sessions: sessionmaker[Session], engine: Engine, tx
+) -> None:
     first = tx(turns.enqueue, NS, GROUP, "one")
     second = tx(turns.enqueue, NS, GROUP, "two")
     got: list[TurnRow | None] = []

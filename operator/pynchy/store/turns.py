@@ -68,10 +68,16 @@ def enqueue(
 
 def claim_next(session: Session, namespace: str, group: str, run: str, *, bound_only: bool) -> TurnRow | None:
     """Hand the oldest queued turn to `run`: its own bound turns first, then (unless bound_only) the
-    Group's unbound ones. The conditional UPDATE makes a claim exclusive even across processes."""
+    Group's unbound ones. The conditional UPDATE makes a claim exclusive even across processes.
+
+    PostgreSQL: FOR UPDATE SKIP LOCKED, one row: claims at the same moment take different turns
+    instead of all reaching for the oldest and coming back empty while turns wait. (SQLite has no
+    row locks; its transactions begin IMMEDIATE, so claims there take turns.)"""
     where = [TurnRow.namespace == namespace, TurnRow.group == group, TurnRow.state == QUEUED]
     scope = TurnRow.run == run if bound_only else or_(TurnRow.run == run, TurnRow.run.is_(None))
-    candidates = session.scalars(select(TurnRow).where(*where, scope).order_by(TurnRow.seq).limit(5)).all()
+    candidates = session.scalars(
+        select(TurnRow).where(*where, scope).order_by(TurnRow.seq).limit(1).with_for_update(skip_locked=True)
+    ).all()
     for row in candidates:
         claimed = session.execute(
             update(TurnRow)
