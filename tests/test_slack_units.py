@@ -15,10 +15,10 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from structlog.testing import capture_logs
 
-from doubles.slack import BOT_ID, BOT_USER, SIGNING_SECRET, SlackDouble, signed_headers
+from doubles.slack import BOT_ID, BOT_TOKEN, BOT_USER, SIGNING_SECRET, SlackDouble, signed_headers
 from pynchy.gateway.channels.base import Accepted, Inbound, Outcome
 from pynchy.gateway.channels.text import split_message
-from pynchy.gateway.slack.client import carries_key, make_client, metadata
+from pynchy.gateway.slack.client import carries_key, metadata
 from pynchy.gateway.slack.errors import to_delivery_error
 from pynchy.gateway.slack.events import EVENTS_PATH, MAX_INBOUND_CHARS, EventReceiver
 from pynchy.gateway.slack.inbound import Identity, Skip, parse, strip_mention, unescape
@@ -273,14 +273,19 @@ class Recorder:
         self.replies.append((channel, thread, text))
 
 
+async def whoami() -> Identity:
+    return ME
+
+
 async def _with_receiver(double: SlackDouble, scenario: Any) -> Any:
     recorder = Recorder()
     tasks: list[asyncio.Future[Any]] = []
     receiver = EventReceiver(
-        make_client("xoxb-1111-2222-pynchytestbot", double.api_url),
+        BOT_TOKEN,
+        double.api_url,
         signing_secret=SIGNING_SECRET,
         accept=recorder.accept,
-        identity=lambda: Identity(None),
+        whoami=whoami,
         reply=recorder.reply,
         background=lambda coro: tasks.append(asyncio.ensure_future(coro)),
     )
@@ -310,7 +315,7 @@ def test_signed_event_is_accepted_and_acked() -> None:
     status, rec = run_receiver(scenario)
     assert status == 200
     assert [i.text for i in rec.accepted] == ["hi"]
-    assert rec.accepted[0].mentioned  # the bot's id came from auth.test via bolt
+    assert rec.accepted[0].mentioned  # the bot's id reached the parser through bolt's authorize
 
 
 def test_url_verification_challenge() -> None:
@@ -423,16 +428,20 @@ def test_retry_headers_are_logged_and_the_retry_still_goes_to_accept() -> None:
     assert (retry["retry"], retry["reason"]) == ("2", "http_timeout")
 
 
-def test_accept_failure_is_not_acked_so_slack_retries() -> None:
-    async def broken(inbound: Inbound) -> Accepted:
-        raise RuntimeError("database is down")
+@pytest.mark.parametrize("broken_part", ["accept", "whoami"])
+def test_failures_before_storing_are_not_acked_so_slack_retries(broken_part: str) -> None:
+    """A store that is down, or Slack's auth.test failing: 500, never a 200 that loses the event."""
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("down")
 
     async def main(double: SlackDouble) -> int:
         receiver = EventReceiver(
-            make_client("xoxb-1111-2222-pynchytestbot", double.api_url),
+            BOT_TOKEN,
+            double.api_url,
             signing_secret=SIGNING_SECRET,
-            accept=broken,
-            identity=lambda: ME,
+            accept=broken if broken_part == "accept" else Recorder().accept,
+            whoami=broken if broken_part == "whoami" else whoami,
             reply=Recorder().reply,
             background=lambda coro: None,
         )

@@ -71,14 +71,16 @@ class SlackChannel:
         self.reactions = Reactions(gateway.db, self.api)
         secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
         self.events = EventReceiver(
-            self.client,
+            token,
+            settings.slack_api_url,
             signing_secret=None if self.socket_mode else secret,
             accept=gateway.accept,
-            identity=lambda: self.identity,
+            whoami=self.whoami,
             reply=self._reply_directly,
             background=self._background,
         )
         self._socket: AsyncSocketModeHandler | None = None
+        self._auth_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -87,21 +89,30 @@ class SlackChannel:
         if not self.socket_mode:
             app.router.add_post(EVENTS_PATH, self.events.handle_http)
 
+    async def whoami(self) -> Identity:
+        """The app's bot user (auth.test, once). Raises RuntimeError when Slack does not say."""
+        if self.identity.user_id is not None:
+            return self.identity
+        async with self._auth_lock:
+            if self.identity.user_id is None:
+                try:
+                    auth = await self.client.auth_test()
+                except SlackApiError as exc:
+                    raise RuntimeError(
+                        f"Slack refused the bot token ({error_code(exc)}): check PYNCHY_SLACK_BOT_TOKEN "
+                        f"(and PYNCHY_SLACK_API_URL, now {self.settings.slack_api_url})"
+                    ) from exc
+                self.identity = Identity(auth.get("user_id"), auth.get("bot_id"))
+                log.info(
+                    "slack connected",
+                    team=auth.get("team"),
+                    bot_user=self.identity.user_id,
+                    mode="socket" if self.socket_mode else "http",
+                )
+        return self.identity
+
     async def start(self) -> None:
-        try:
-            auth = await self.client.auth_test()
-        except SlackApiError as exc:
-            raise RuntimeError(
-                f"Slack refused the bot token ({error_code(exc)}): check PYNCHY_SLACK_BOT_TOKEN "
-                f"(and PYNCHY_SLACK_API_URL, now {self.settings.slack_api_url})"
-            ) from exc
-        self.identity = Identity(auth.get("user_id"), auth.get("bot_id"))
-        log.info(
-            "slack connected",
-            team=auth.get("team"),
-            bot_user=self.identity.user_id,
-            mode="socket" if self.socket_mode else "http",
-        )
+        await self.whoami()  # fails the start with a clear message when the token is wrong
         if self.socket_mode:
             assert self.settings.slack_app_token is not None
             self._socket = AsyncSocketModeHandler(

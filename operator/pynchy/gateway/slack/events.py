@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
@@ -37,7 +38,7 @@ TOO_LONG_REPLY = (
 )
 
 Accept = Callable[[Inbound], Awaitable[Accepted]]
-Identify = Callable[[], Identity]
+WhoAmI = Callable[[], Awaitable[Identity]]  # the app's identity; raises when it cannot be known
 Reply = Callable[[str, str, str], Awaitable[None]]  # (channel, thread ts, text)
 
 
@@ -46,22 +47,30 @@ class EventReceiver:
 
     def __init__(
         self,
-        client: AsyncWebClient,
+        token: str,
+        api_url: str,
         *,
         signing_secret: str | None,
         accept: Accept,
-        identity: Identify,
+        whoami: WhoAmI,
         reply: Reply,
         background: Callable[[Awaitable[Any]], None],
     ) -> None:
+        self._token = token
         self._accept = accept
-        self._identity = identity
+        self._whoami = whoami
         self._reply = reply
         self._background = background
         self._verifier = SignatureVerifier(signing_secret) if signing_secret else None
         self._unhandled_logged: set[str] = set()
         self.app = AsyncApp(
-            client=client,
+            # Bolt's own client is not used for calls (the channel has its own); no token here, the
+            # authorize function below supplies it.
+            client=AsyncWebClient(base_url=api_url),
+            # Who we are comes from the channel's auth.test, cached. Bolt's built-in single-team
+            # authorization would acknowledge an event with 200 when auth.test fails (and so lose
+            # it); raising instead answers 500, and Slack delivers the event again later.
+            authorize=self._authorizer(),
             signing_secret=signing_secret or "",
             # Socket Mode requests are not signed (bolt skips the check for them); HTTP ones must be.
             request_verification_enabled=signing_secret is not None,
@@ -71,6 +80,21 @@ class EventReceiver:
             name="pynchy-slack",
         )
         self.app.event(re.compile(r".*"))(self._on_event)
+
+    def _authorizer(self) -> Callable[..., Awaitable[AuthorizeResult]]:
+        # A plain function: bolt passes arguments by the names it finds (a bound method's `self` confuses it).
+        async def authorize(enterprise_id: str | None, team_id: str | None, user_id: str | None) -> AuthorizeResult:
+            me = await self._whoami()
+            return AuthorizeResult(
+                enterprise_id=enterprise_id,
+                team_id=team_id,
+                user_id=user_id,
+                bot_user_id=me.user_id,
+                bot_id=me.bot_id,
+                bot_token=self._token,
+            )
+
+        return authorize
 
     # -- HTTP (Events API) -----------------------------------------------------------------
 
@@ -122,10 +146,7 @@ class EventReceiver:
                 retry=retry_num,
                 reason=_header(request, "x-slack-retry-reason"),
             )
-        me = self._identity()
-        if context.bot_user_id and not me.user_id:
-            me = Identity(context.bot_user_id, context.bot_id)
-        parsed = parse(body, me)
+        parsed = parse(body, Identity(context.bot_user_id, context.bot_id))
         if isinstance(parsed, Skip):
             self._log_skip(parsed, body)
             return
