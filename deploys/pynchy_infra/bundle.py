@@ -52,8 +52,10 @@ def project_version() -> str:
     return str(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"])
 
 
-def collect(paths: Iterable[str], root: Path = REPO) -> dict[str, bytes]:
-    """Relative path -> content of every regular file under `paths` (files or folders)."""
+def collect(paths: Iterable[str], root: Path | None = None) -> dict[str, bytes]:
+    """Relative path -> content of every regular file under `paths` (files or folders) of `root`
+    (default: this checkout)."""
+    root = root or REPO
     out: dict[str, bytes] = {}
     for rel in paths:
         start = root / rel

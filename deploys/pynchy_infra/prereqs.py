@@ -11,6 +11,7 @@ from io import StringIO
 from deploys.pynchy_infra.defaults import DEFAULTS
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, files, server
@@ -69,6 +70,9 @@ def packages() -> None:
     if not missing:
         host.noop("OS packages are installed")
         return
+    if host.data.get("k3s_airgap"):
+        # No package lists to refresh without a network: bring them from your local mirror first.
+        raise DeployError(f"air-gapped host lacks the packages {', '.join(missing)}; install them first")
     # Refresh the package lists only when something is missing: a second run changes nothing.
     apt.packages(name="Install packages", packages=missing, update=True)
 

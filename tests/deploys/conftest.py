@@ -3,9 +3,37 @@ when run from the root; put the root on sys.path for these tests too."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def repo_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of what the deploys read from the checkout, taken once: other people editing the
+    working tree during the run must not change image tags between a test's first and second run."""
+    from deploys.pynchy_infra import bundle
+
+    snapshot = tmp_path_factory.mktemp("checkout")
+    for rel in sorted({p for paths in bundle.IMAGE_INPUTS.values() for p in paths} | {"manifests"}):
+        src, dest = REPO / rel, snapshot / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dest)
+    return snapshot
+
+
+@pytest.fixture(autouse=True)
+def frozen_checkout(repo_snapshot: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from deploys.pynchy_infra import bundle
+
+    monkeypatch.setattr(bundle, "REPO", repo_snapshot)
+    return repo_snapshot

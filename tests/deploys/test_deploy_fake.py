@@ -258,3 +258,113 @@ def test_postgres_overlay_generates_its_password_on_the_host(tmp_path: Path, sec
     (create,) = run.executed("create secret generic --namespace pynchy-system pynchy-postgres")
     assert "/dev/urandom" in create
     assert "PYNCHY_DATABASE_URL" in create
+
+
+# -- air-gapped ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def airgap_files(tmp_path: Path) -> dict[str, Any]:
+    """Stand-ins for the release files, with their own checksums pinned (the real pins name the
+    real files, which this test does not download)."""
+    folder = tmp_path / "airgap"
+    folder.mkdir()
+    contents = {
+        "k3s": b"k3s binary stand-in",
+        "install.sh": b"#!/bin/sh\n# install script stand-in\n",
+        "k3s-airgap-images-amd64.tar.zst": b"images stand-in",
+        "pynchy.tar": b"pynchy image archive stand-in",
+        "pynchy-agent.tar": b"agent image archive stand-in",
+    }
+    for name, content in contents.items():
+        (folder / name).write_bytes(content)
+    pins = {name: hashlib.sha256(contents[name]).hexdigest() for name in list(contents)[:3]}
+    return {
+        "k3s_sha256": {"amd64": pins},
+        "k3s_airgap": {
+            "binary": str(folder / "k3s"),
+            "install_script": str(folder / "install.sh"),
+            "images": str(folder / "k3s-airgap-images-amd64.tar.zst"),
+        },
+        "pynchy_image_archives": {"pynchy": str(folder / "pynchy.tar"), "agent": str(folder / "pynchy-agent.tar")},
+    }
+
+
+def test_air_gapped_install_downloads_nothing(
+    tmp_path: Path, secrets_env: dict[str, str], airgap_files: dict[str, Any]
+) -> None:
+    packages = {"dpkg -l": [f"ii  {p}  1.0-1  amd64  package {p}" for p in prereqs.PACKAGES]}
+    run = run_deploy(install, host_data(tmp_path, {**FRESH, **packages}, **airgap_files))
+    assert run.failed == []
+    assert not run.executed(r"^(curl|wget|buildah|apt-get)\b|github\.com")
+    assert run.uploads["/usr/local/bin/k3s"] == b"k3s binary stand-in"
+    assert run.uploads["/var/lib/rancher/k3s/agent/images/k3s-airgap-images-amd64.tar.zst"] == b"images stand-in"
+    assert run.executed(r"^k3s ctr --namespace k8s.io images import /var/lib/pynchy-deploy/images/agent.tar$")
+    refs = bundle.image_refs(built=False)
+    with tarfile.open(fileobj=BytesIO(run.uploads["/var/lib/pynchy-deploy/manifests.tar"])) as tar:
+        host = tar.extractfile("host/kustomization.yaml")
+        assert host is not None
+        assert f"PYNCHY_AGENT_IMAGE={refs['agent']}" in host.read().decode()
+
+
+def test_air_gapped_files_that_do_not_match_their_pins_are_refused(
+    tmp_path: Path, secrets_env: dict[str, str], airgap_files: dict[str, Any]
+) -> None:
+    Path(airgap_files["k3s_airgap"]["binary"]).write_bytes(b"tampered")
+    packages = {"dpkg -l": [f"ii  {p}  1.0-1  amd64  package {p}" for p in prereqs.PACKAGES]}
+    with pytest.raises(Exception, match="does not match its pinned sha256"):
+        run_deploy(install, host_data(tmp_path, {**FRESH, **packages}, **airgap_files))
+
+
+def test_an_air_gapped_host_without_its_packages_is_told_which(
+    tmp_path: Path, secrets_env: dict[str, str], airgap_files: dict[str, Any]
+) -> None:
+    with pytest.raises(Exception, match=r"air-gapped host lacks the packages .*ipset"):
+        run_deploy(install, host_data(tmp_path, FRESH, **airgap_files))
+
+
+def test_an_architecture_without_pins_is_refused(tmp_path: Path, secrets_env: dict[str, str]) -> None:
+    with pytest.raises(Exception, match=r"no pinned k3s checksums for arm64"):
+        run_deploy(install, host_data(tmp_path, {**FRESH, "uname -m": "aarch64"}))
+
+
+# -- uninstall ------------------------------------------------------------------------------------------
+
+
+def test_uninstall_removes_pynchy_and_then_has_nothing_left_to_do(tmp_path: Path, secrets_env: dict[str, str]) -> None:
+    from deploys.pynchy_infra.uninstall import uninstall
+
+    first = run_deploy(install, host_data(tmp_path, FRESH))
+    installed = installed_state(first, tmp_path).responses()
+    installed["/var/lib/pynchy-deploy/manifests/host/kustomization.yaml || test -L"] = (
+        "user=root group=root mode=-rw-r--r-- atime=0 mtime=0 ctime=0 size=10 "
+        "'/var/lib/pynchy-deploy/manifests/host/kustomization.yaml'"
+    )
+    installed["grep '^localhost/pynchy'"] = list(bundle.image_refs(built=True).values())
+    removal = run_deploy(uninstall, host_data(tmp_path, installed))
+    assert removal.failed == []
+    assert removal.executed(
+        r"^k3s kubectl delete --ignore-not-found --wait=true -k /var/lib/pynchy-deploy/manifests/host$"
+    )
+    assert removal.executed(r"^k3s ctr --namespace k8s.io images remove localhost/pynchy")
+    assert removal.executed(r"^rm -rf /var/lib/pynchy-deploy$")
+    assert not removal.executed("k3s-uninstall.sh")  # k3s stays unless asked
+
+    # A host without Pynchy (what the removal leaves): nothing to do.
+    again = run_deploy(uninstall, host_data(tmp_path, {**FRESH, "k3s --version": f"k3s version {K3S_VERSION} (x)"}))
+    assert again.failed == []
+    assert again.changed == []
+
+
+def test_uninstall_with_k3s(tmp_path: Path) -> None:
+    from deploys.pynchy_infra.uninstall import uninstall
+
+    kubeconfig = tmp_path / "kube" / "fake-node.yaml"
+    kubeconfig.parent.mkdir()
+    kubeconfig.write_text("kubeconfig")
+    state = FakeHostState(files={"/usr/local/bin/k3s-uninstall.sh": b"#!/bin/sh\n"})
+    responses = {**state.responses(), **FRESH}
+    run = run_deploy(uninstall, host_data(tmp_path, responses, pynchy_uninstall_k3s=True))
+    assert run.failed == []
+    assert run.executed(r"^/usr/local/bin/k3s-uninstall.sh$")
+    assert not kubeconfig.exists()
