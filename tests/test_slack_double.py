@@ -437,3 +437,30 @@ def _finish(watch: TurnWatch, event: Any) -> None:
     watch.events.put_nowait(event)
     if not watch.done.done():
         watch.done.set_result(event)
+
+
+def test_start_with_a_refused_token_fails_clearly(double: SlackDouble, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="PYNCHY_SLACK_BOT_TOKEN"):
+        Harness(double, tmp_path, slack_bot_token="xoxb-not-the-token")
+
+
+def test_start_while_slack_is_unreachable_does_not_fail(tmp_path: Path) -> None:
+    class Nowhere:
+        api_url = "http://127.0.0.1:9/api/"  # nothing listens on the discard port
+
+    with capture_logs() as logs:
+        h = Harness(Nowhere(), tmp_path)  # type: ignore[arg-type]
+    try:
+        assert any(e["event"] == "slack unreachable at start; retrying in the background" for e in logs)
+    finally:
+        h.close()
+
+
+def test_socket_mode_connection_is_retried_until_slack_takes_it(double: SlackDouble, tmp_path: Path) -> None:
+    double.fail("apps.connections.open", "internal_error")
+    h = Harness(double, tmp_path, slack_app_token=APP_TOKEN, slack_signing_secret=None)
+    try:
+        wait_until(lambda: double.socket_connected, what="socket mode connection after a retry")
+        assert [c.error for c in double.calls_to("apps.connections.open")][:2] == ["internal_error", None]
+    finally:
+        h.close()

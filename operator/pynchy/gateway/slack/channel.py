@@ -8,6 +8,7 @@ shown while the agent works. See docs/slack.md.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,6 +38,7 @@ log = get_logger(__name__)
 # Slack takes up to 40,000 characters but advises keeping messages under 4,000 (longer ones are
 # hard to read and may be truncated); mrkdwn escaping adds a little, so split below that.
 MAX_MESSAGE_CHARS = 3800
+SOCKET_RETRY_SECONDS = (1, 2, 5, 10, 30, 60)
 
 
 class Core(Protocol):
@@ -112,21 +114,47 @@ class SlackChannel:
         return self.identity
 
     async def start(self) -> None:
-        await self.whoami()  # fails the start with a clear message when the token is wrong
+        """A refused token fails the start with a clear message. Slack being unreachable does not:
+        the gateway serves its other channels, and this one connects when Slack answers."""
+        try:
+            await self.whoami()
+        except RuntimeError:
+            raise
+        except Exception as exc:
+            log.warning("slack unreachable at start; retrying in the background", error=repr(exc))
         if self.socket_mode:
             assert self.settings.slack_app_token is not None
             self._socket = AsyncSocketModeHandler(
                 self.events.app, self.settings.slack_app_token.get_secret_value(), web_client=self.client
             )
-            await self._socket.connect_async()
+            self._background(self._connect_socket(self._socket))
+
+    async def _connect_socket(self, handler: AsyncSocketModeHandler) -> None:
+        """Open the Socket Mode connection, retrying until Slack takes it (slack_sdk reconnects
+        by itself after that)."""
+        for attempt in itertools.count():
+            try:
+                await handler.connect_async()
+            except SlackApiError as exc:
+                code = error_code(exc)
+                if code in ("invalid_auth", "not_authed", "not_allowed_token_type", "token_revoked"):
+                    log.error("slack refused the app token; no Socket Mode (check PYNCHY_SLACK_APP_TOKEN)", error=code)
+                    return
+                log.warning("slack socket mode connection failed; retrying", error=code)
+            except Exception as exc:
+                log.warning("slack socket mode connection failed; retrying", error=repr(exc))
+            else:
+                log.info("slack socket mode connected")
+                return
+            await asyncio.sleep(SOCKET_RETRY_SECONDS[min(attempt, len(SOCKET_RETRY_SECONDS) - 1)])
 
     async def stop(self) -> None:
-        if self._socket is not None:
-            await self._socket.close_async()
-            self._socket = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._socket is not None:
+            await self._socket.close_async()
+            self._socket = None
 
     def _background(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
