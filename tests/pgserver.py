@@ -1,8 +1,8 @@
 """A throwaway PostgreSQL cluster from Debian's packages, for tests.
 
-initdb into a fresh directory under /tmp, listen on a free loopback port (and a unix socket in the
-same directory), trust authentication, no durability (fsync off): a test database, nothing more.
-PostgreSQL refuses to run as root, so as root the server runs as the `postgres` OS user.
+initdb into a fresh temporary directory, listen on a free loopback port (TCP only), trust
+authentication, no durability (fsync off): a test database, nothing more. PostgreSQL refuses to
+run as root, so as root the server runs as the `postgres` OS user.
 """
 
 from __future__ import annotations
@@ -42,13 +42,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def others_can_enter(path: Path) -> bool:
+    """Every directory from / to `path` is searchable by any user."""
+    return all(p.stat().st_mode & 0o001 for p in [path.resolve(), *path.resolve().parents])
+
+
 class PgServer:
     """`start()`, then `create_database()` for URLs, then `stop()` (which also removes the files)."""
 
     def __init__(self, bin_dir: Path | None = None) -> None:
         self.bin_dir = bin_dir or find_bin_dir()
         self.as_root = os.geteuid() == 0
-        self.dir = Path(tempfile.mkdtemp(prefix="pynchy-pg-"))
+        base = tempfile.gettempdir()
+        if self.as_root and not others_can_enter(Path(base)):
+            base = "/tmp"  # the postgres user must reach its data directory
+        self.dir = Path(tempfile.mkdtemp(prefix="pynchy-pg-", dir=base))
         self.data = self.dir / "data"
         self.log = self.dir / "server.log"
         self.port = 0
@@ -91,7 +99,7 @@ class PgServer:
         options = " ".join(
             [
                 "-c listen_addresses=127.0.0.1",
-                f"-c unix_socket_directories={self.dir}",
+                "-c unix_socket_directories=''",
                 "-c fsync=off",
                 "-c synchronous_commit=off",
                 "-c full_page_writes=off",
@@ -138,7 +146,7 @@ class PgServer:
             "-v",
             "ON_ERROR_STOP=1",
             "-h",
-            self.dir,
+            "127.0.0.1",
             "-p",
             str(self.port),
             "-U",
