@@ -33,6 +33,12 @@ class Stored:
 
 def store_inbound(session: Session, inbound: Inbound, entry: GroupEntry | None, decision: Decision | None) -> Stored:
     """Record the message once; queue its turn when the decision says so. One transaction."""
+    queue = entry is not None and decision is not None and decision.action == "turn"
+    if entry is None or decision is None or decision.action == "ignore":
+        outcome = Outcome.IGNORED
+    else:
+        outcome = Outcome.QUEUED if queue else Outcome.COMMAND
+    turn_id = turn_store.new_turn_id() if queue else None
     message, created = messages.record_inbound(
         session,
         dedupe_key=inbound.dedupe_key,
@@ -44,22 +50,24 @@ def store_inbound(session: Session, inbound: Inbound, entry: GroupEntry | None, 
         external_id=inbound.external_id,
         namespace=entry.namespace if entry else None,
         group=entry.name if entry else None,
+        outcome=outcome.value,
+        turn_id=turn_id,
     )
     if not created:
         turn = turn_store.get(session, message.turn_id) if message.turn_id else None
         return Stored(message, False, turn)
-    if entry is None or decision is None or decision.action == "ignore":
-        message.outcome = Outcome.IGNORED.value
+    if not queue:
         return Stored(message, True)
-    if decision.action == "command":
-        message.outcome = Outcome.COMMAND.value
-        return Stored(message, True)
-    running = any(t.state == turn_store.DELIVERED for t in turn_store.open_turns(session, entry.namespace, entry.name))
+    assert entry is not None
+    assert decision is not None
+    running = turn_store.has_running(session, entry.namespace, entry.name)
     turn = turn_store.enqueue(
         session,
         entry.namespace,
         entry.name,
         decision.text,
+        turn_id=turn_id,
+        fresh=True,
         sender=inbound.sender,
         source=inbound.channel,
         reply_channel=inbound.channel,
@@ -67,8 +75,6 @@ def store_inbound(session: Session, inbound: Inbound, entry: GroupEntry | None, 
         reply_thread=entry.reply_thread(inbound),
         message_id=message.id,
     )
-    message.outcome = Outcome.QUEUED.value
-    message.turn_id = turn.id
     return Stored(message, True, turn, follow_up=running)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from pynchy.store.models import MessageRow
@@ -25,35 +26,38 @@ def record_inbound(
     external_id: str | None = None,
     namespace: str | None = None,
     group: str | None = None,
+    outcome: str = "",
+    turn_id: str | None = None,
 ) -> tuple[MessageRow, bool]:
     """Store an inbound message once per `dedupe_key`. Returns (row, created); created is False
-    for a replay, and the row is the one stored the first time."""
-    existing = session.scalar(select(MessageRow).where(MessageRow.dedupe_key == dedupe_key))
-    if existing is not None:
+    for a replay, and the row is the one stored the first time.
+
+    One INSERT … ON CONFLICT DO NOTHING: the database decides, so two processes receiving the same
+    event at once store it once, and the common case costs one statement."""
+    values = {
+        "direction": IN,
+        "channel": channel,
+        "channel_id": channel_id,
+        "thread": thread,
+        "external_id": external_id,
+        "dedupe_key": dedupe_key,
+        "namespace": namespace,
+        "group": group,
+        "sender": sender,
+        "text": text,
+        "outcome": outcome,
+        "turn_id": turn_id,
+        "at": datetime.now(UTC),
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(MessageRow).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    new_id = session.execute(stmt.returning(MessageRow.id)).scalar()
+    if new_id is None:
+        existing = session.scalar(select(MessageRow).where(MessageRow.dedupe_key == dedupe_key))
+        assert existing is not None  # the conflicting row is committed (or we would have waited on it)
         return existing, False
-    row = MessageRow(
-        direction=IN,
-        channel=channel,
-        channel_id=channel_id,
-        thread=thread,
-        external_id=external_id,
-        dedupe_key=dedupe_key,
-        namespace=namespace,
-        group=group,
-        sender=sender,
-        text=text,
-        at=datetime.now(UTC),
-    )
-    # A savepoint: a concurrent insert of the same key (another process) loses here, not the
-    # caller's whole transaction.
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        winner = session.scalar(select(MessageRow).where(MessageRow.dedupe_key == dedupe_key))
-        if winner is None:
-            raise
-        return winner, False
+    row = MessageRow(id=new_id, **values)
     return row, True
 
 

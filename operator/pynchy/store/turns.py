@@ -34,9 +34,11 @@ def enqueue(
     reply_channel_id: str | None = None,
     reply_thread: str | None = None,
     message_id: int | None = None,
+    fresh: bool = False,
 ) -> TurnRow:
-    """Queue a turn (idempotent for a given turn_id: the existing row is returned)."""
-    if turn_id is not None:
+    """Queue a turn (idempotent for a given turn_id: the existing row is returned). `fresh`: the
+    caller just made turn_id up, so there is nothing to look for."""
+    if turn_id is not None and not fresh:
         existing = session.get(TurnRow, turn_id)
         if existing is not None:
             return existing
@@ -160,3 +162,13 @@ def cancel_open(session: Session, namespace: str, group: str, reason: str) -> li
         row.reply = reason
         row.finished_at = now
     return rows
+
+
+def has_running(session: Session, namespace: str, group: str) -> bool:
+    """Is a turn of the Group with a run right now (so a new message is a follow-up)?"""
+    found = session.scalar(
+        select(TurnRow.id)
+        .where(TurnRow.namespace == namespace, TurnRow.group == group, TurnRow.state == DELIVERED)
+        .limit(1)
+    )
+    return found is not None
