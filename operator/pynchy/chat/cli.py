@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import threading
 import uuid
@@ -32,6 +33,8 @@ def chat(channel: str, message: str | None, timeout: float, gateway_url: str | N
 
     Reads the gateway URL and token from $PYNCHY_CONFIG or ~/.config/pynchy/chat.yaml (`pynchy dev`
     writes it). Interactive unless -m is given; Ctrl-D or Ctrl-C leaves."""
+    for noisy in ("httpx", "httpcore"):  # one INFO line per request would drown the conversation
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = resolve(gateway_url=gateway_url, token=token)
     except ConfigError as exc:
