@@ -108,15 +108,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     from pynchy.store.models import Base
 
     with locked(engine) as conn:
-        if MigrationContext.configure(conn).get_current_revision() is None:
-            ours = sorted(set(inspect(conn).get_table_names()) & set(Base.metadata.tables))
-            if ours:
-                raise UnversionedSchemaError(
-                    f"{engine.url.render_as_string(hide_password=True)} has tables {', '.join(ours)} but no "
-                    "alembic_version: it was created by a version of pynchy from before migrations, whose "
-                    "schema differs. Move it aside (nothing was released with it) and start again."
-                )
         before = MigrationContext.configure(conn).get_current_revision()
+        ours = sorted(set(inspect(conn).get_table_names()) & set(Base.metadata.tables))
+        if before is None and ours:
+            raise UnversionedSchemaError(
+                f"{engine.url.render_as_string(hide_password=True)} has tables {', '.join(ours)} but no "
+                "alembic_version: it was created by a version of pynchy from before migrations, whose "
+                "schema differs. Move it aside (nothing was released with it) and start again."
+            )
         command.upgrade(config(conn), revision)
         after = MigrationContext.configure(conn).get_current_revision()
     if after != before:
