@@ -80,10 +80,12 @@ class Session:
             self.state.update(cursor=info.cursor)
         return info
 
-    def ask(self, text: str, deadline: Deadline) -> bool:
-        """Send one message and show what comes of it. True when it was answered without error."""
+    def ask(self, text: str, deadline: Deadline, send_deadline: Deadline | None = None) -> bool:
+        """Send one message (re-sent with the same id until `send_deadline` while the gateway cannot be
+        reached) and show what comes of it before `deadline`. True when answered without error."""
         client_message_id = uuid.uuid4().hex
-        accepted = self.client.send(self.channel, text, client_message_id, deadline)
+        self.sent = False
+        accepted = self.client.send(self.channel, text, client_message_id, send_deadline or deadline)
         self.sent = True
         return self.show_outcome(accepted, f"cmd:local:{client_message_id}", deadline)
 
@@ -171,7 +173,7 @@ class Session:
                     continue
                 with self.display:
                     try:
-                        self.ask(text, Deadline(None))
+                        self.ask(text, Deadline(None), Deadline(SEND_SECONDS))
                     except ChatTimeoutError as exc:
                         self.fail(str(exc))
                     except ChatError as exc:
