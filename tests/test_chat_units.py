@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from pydantic import ValidationError
 
+from doubles.server import ThreadedServer
 from pynchy.api.validation import format_errors
-from pynchy.chat.config import ConfigError, resolve
+from pynchy.chat.client import ChatClient, ChatTimeoutError, Deadline
+from pynchy.chat.config import ChatConfig, ConfigError, resolve
 from pynchy.chat.protocol import (
     ChatMessage,
     EventsQuery,
@@ -407,3 +411,104 @@ def test_feed_synthesises_the_final_event_when_no_one_published_it() -> None:
 
     assert asyncio.run(go()) == ([TurnResult(text="the answer")], "done")
     assert final_event(turn_row("failed", None, True)) == TurnFailed(message="the turn failed")
+
+
+# -- the client against a gateway double that drops connections ---------------------------
+
+
+class FlakyGateway(ThreadedServer):
+    """Answers /v1/chat like the gateway, but breaks the first connection of each kind mid-way."""
+
+    name = "flaky-chat-gateway"
+
+    def __init__(self, restart_stream: bool = False) -> None:
+        super().__init__()
+        self.restart_stream = restart_stream
+        self.posts: list[dict] = []
+        self.event_queries: list[dict[str, str]] = []
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "POST":
+            self.posts.append(await request.json())
+            if len(self.posts) == 1:
+                assert request.transport is not None
+                request.transport.close()  # the message arrived; the answer is lost on the way back
+                return web.Response()
+            return web.json_response({"outcome": "duplicate", "turnId": "t1"})
+        self.event_queries.append(dict(request.query))
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        first = len(self.event_queries) == 1
+        stream = "s2" if self.restart_stream and not first else "s1"
+        lines = [StreamHeader(stream=stream, turn="t1", state="running").line()]
+        if first or self.restart_stream:
+            lines += [Status().line(), _wire(TextDelta(text="Hel"))]
+        if not first:
+            lines += [Ping().line(), _wire(TextDelta(text="lo")), _wire(TurnResult(text="Hello"))]
+        for line in lines:
+            await resp.write(line)
+        if first:
+            assert request.transport is not None
+            request.transport.close()  # the gateway went away mid-answer
+            return resp
+        await resp.write_eof()
+        return resp
+
+
+def _wire(event: object) -> bytes:
+    return event.model_dump_json(by_alias=True).encode() + b"\n"  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def flaky() -> Iterator[FlakyGateway]:
+    server = FlakyGateway().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def client_for(server: FlakyGateway) -> tuple[ChatClient, list[str]]:
+    retries: list[str] = []
+    cfg = ChatConfig(gateway_url=server.base_url, token=TOKEN, namespace=None, path=Path("/nowhere"))
+    return ChatClient(cfg, on_retry=retries.append), retries
+
+
+def test_a_lost_answer_to_a_post_is_retried_with_the_same_message_id(flaky: FlakyGateway) -> None:
+    client, retries = client_for(flaky)
+    accepted = client.send("demo", "hello", "msg-42", Deadline(30))
+    assert (accepted.outcome, accepted.turn_id) == ("duplicate", "t1")
+    assert flaky.posts == [{"text": "hello", "clientMessageId": "msg-42"}] * 2
+    assert len(retries) == 1
+
+
+def test_a_broken_event_stream_resumes_after_what_was_read(flaky: FlakyGateway) -> None:
+    client, retries = client_for(flaky)
+    events = list(client.events("demo", "t1", Deadline(30)))
+    assert [e.type for e in events] == ["stream", "status", "text_delta", "text_delta", "result"]
+    assert flaky.event_queries == [{"from": "0"}, {"from": "2", "stream": "s1"}]
+    assert len(retries) == 1
+
+
+def test_a_restarted_stream_is_announced_and_read_from_its_start() -> None:
+    server = FlakyGateway(restart_stream=True).start()
+    try:
+        client, _ = client_for(server)
+        events = list(client.events("demo", "t1", Deadline(30)))
+    finally:
+        server.stop()
+    assert [e.type for e in events] == [
+        "stream", "status", "text_delta",  # the first process, until it went away
+        "stream", "status", "text_delta", "text_delta", "result",  # the new one, from its start
+    ]  # fmt: skip
+    assert [e.stream for e in events if e.type == "stream"] == ["s1", "s2"]
+    out, err, printer = render(*events)
+    assert out == "Hel\nHello\n"  # what a person saw: the text restarted after a dim note
+    assert "the gateway restarted" in err
+    assert printer.ok
+
+
+def test_an_unreachable_gateway_gives_up_at_the_deadline() -> None:
+    cfg = ChatConfig(gateway_url="http://127.0.0.1:9", token=TOKEN, namespace=None, path=Path("/nowhere"))
+    with pytest.raises(ChatTimeoutError, match=r"cannot reach the gateway at http://127.0.0.1:9: connection failed"):
+        ChatClient(cfg).send("demo", "hello", "m1", Deadline(1.5))

@@ -83,6 +83,7 @@ class TurnPrinter:
         if isinstance(event, StreamHeader):
             if self.streamed:
                 self.note("(the gateway restarted; the answer continues)")
+                self.streamed, self.gap = "", False
         elif isinstance(event, Status):
             if event.attempt > 1 and self.streamed:
                 self.note(f"(the agent stopped mid-answer and starts again, attempt {event.attempt})")
