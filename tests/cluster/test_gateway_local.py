@@ -18,8 +18,6 @@ import pytest
 from cluster.helpers import wait_for
 from cluster.test_gateway import agent, finish_turn, make_run, token_for, wait_gateway_sees
 from conftest import make_gateway
-from pynchy.gateway.app import Gateway
-from pynchy.gateway.channels.local import LocalChannel
 from pynchy.gateway.run import EmbeddedGateway
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.store import outbound
@@ -35,30 +33,13 @@ spec:
 """
 
 
-def with_local_channel(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Gateways started from here on have the local channel (a no-op once start-up registers it)."""
-    original = Gateway.start
-
-    async def start(self: Gateway) -> None:
-        if "local" not in self.channels:
-            self.add_channel(LocalChannel(self))
-        await original(self)
-
-    monkeypatch.setattr(Gateway, "start", start)
-
-
-@pytest.fixture
-def local_channel(monkeypatch: pytest.MonkeyPatch) -> None:
-    with_local_channel(monkeypatch)
-
-
 def start_gateway(kubeconfig: Path, data_dir: Path, **overrides: Any) -> EmbeddedGateway:
     settings: dict[str, Any] = {"long_poll_seconds": 30, "chat_token": CHAT_TOKEN} | overrides
     return make_gateway(kubeconfig, data_dir, "http://127.0.0.1:9", "sk-test", **settings).start()  # type: ignore[attr-defined]
 
 
 @pytest.fixture
-def gateway(gateway_kubeconfig: Path, tmp_path: Path, local_channel: None) -> Iterator[EmbeddedGateway]:
+def gateway(gateway_kubeconfig: Path, tmp_path: Path) -> Iterator[EmbeddedGateway]:
     gw = start_gateway(gateway_kubeconfig, tmp_path)
     try:
         yield gw
@@ -203,9 +184,7 @@ def test_token_channel_and_request_errors_are_clear(
     assert chat.get("/errs-chat").status_code == 200
 
 
-def test_without_a_chat_token_the_channel_says_it_is_disabled(
-    gateway_kubeconfig: Path, tmp_path: Path, local_channel: None
-) -> None:
+def test_without_a_chat_token_the_channel_says_it_is_disabled(gateway_kubeconfig: Path, tmp_path: Path) -> None:
     gw = start_gateway(gateway_kubeconfig, tmp_path, chat_token=None)
     try:
         r = chat_client(gw).get("/demo")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from cluster.test_gateway_local import with_local_channel
 from doubles.anthropic import tool_use
 from e2e.conftest import Stack
 from e2e.test_agent_runs import ready_group
@@ -20,10 +19,8 @@ CHAT_TOKEN = "e2e-chat-token-0123456789abcdef"
 
 @pytest.fixture(autouse=True)
 def chat_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before the stack starts: the gateway takes its chat token from the environment, and has the
-    local channel."""
+    """Before the stack starts: the gateway takes its chat token from the environment."""
     monkeypatch.setenv("PYNCHY_CHAT_TOKEN", CHAT_TOKEN)
-    with_local_channel(monkeypatch)
 
 
 def chat(stack: Stack, home: Path, *args: str, stdin: str | None = None, timeout: float = 300) -> tuple[int, str, str]:
