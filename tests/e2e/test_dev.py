@@ -252,15 +252,31 @@ def test_pynchy_dev_from_a_clean_data_dir_chat_restart_and_the_conversation_resu
         status = dev.status()
         assert [r["name"] for r in status["runs"]] == [run["metadata"]["name"]]
         assert status["runs"][0]["turns"] == 1
+
+        # A component that dies is reported and restarted (its state is in the API server and the store).
+        gateway = next(c for c in status["components"] if c["name"] == "gateway")
+        os.kill(gateway["pid"], signal.SIGKILL)
+
+        def gateway_back() -> dict[str, Any] | None:
+            s = dev.status()
+            g = next(c for c in s["components"] if c["name"] == "gateway")
+            return s if g["restarts"] == 1 and g["alive"] and g["health"] == "ok" else None
+
+        status = wait_for(gateway_back, timeout=120, interval=1.0, what="the gateway restarted")
+        assert f"gateway (pid {gateway['pid']}) exited with code -9" in dev.output()
         agents = agent_pids(dev)
         assert agents, "the agent pod runs as a local process"
 
-        # Ctrl-C: everything stops, nothing is left running.
+        # Ctrl-C, as delivered through `uv run` (the terminal's SIGINT and uv's copy of it): everything
+        # stops gracefully, nothing is left running.
         pids = [c["pid"] for c in status["components"]] + agents
+        assert dev.proc is not None
+        dev.proc.send_signal(signal.SIGINT)
         assert dev.stop(signal.SIGINT) == 0, dev.output()
         assert [p for p in pids if _alive(p)] == []
         assert processes_using(dev.data_dir) == []
         assert "stopped; state kept in" in dev.output()
+        assert "second signal" not in dev.output()
         stopped = dev.status_command()
         assert stopped.returncode == 3
         assert "not running" in stopped.stdout

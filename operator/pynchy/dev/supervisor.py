@@ -15,6 +15,7 @@ is a configuration problem a restart would only repeat.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -23,6 +24,7 @@ import signal
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -100,8 +102,10 @@ class Supervisor:
         self.ready_seconds: float | None = None
         self.gateway_url = f"http://127.0.0.1:{options.gateway_port}"
         self.operator_health_port = 0
-        self._stopping = False
-        self._hurry = False
+        self._signal: int | None = None  # the first SIGINT/SIGTERM received
+        self._signal_at = 0.0
+        self._hurry = False  # a second one: kill instead of waiting
+        self._raise_ok = False  # while True, a signal interrupts the blocking call at once
         self._keep_pid_file = False
 
     # -- entry point ---------------------------------------------------------------------------
@@ -117,12 +121,14 @@ class Supervisor:
                 self._start()
                 self._monitor()
             except Interrupted:
+                name = signal.Signals(self._signal or signal.SIGINT).name
+                self.say(f"{name}: stopping everything (Ctrl-C again kills at once)")
                 code = 0
             except DevError as exc:
                 self._error(str(exc))
                 code = 1
             finally:
-                self._stopping = True
+                self._signal = self._signal or signal.SIGTERM
                 self._shutdown()
         finally:
             self.stream.stop()
@@ -133,13 +139,32 @@ class Supervisor:
         return code
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        if self._stopping:
-            self._hurry = True
-            self.say("second signal: killing everything now")
+        # Only flags: the handler runs between any two bytecodes of the main thread, which may
+        # hold the terminal stream's lock. The loops poll `_stop_requested()`; the few blocking
+        # calls that cannot poll (building/starting the control plane) run with `_raise_ok`.
+        # `uv run` forwards the terminal's SIGINT that the child also got from the terminal: a
+        # repeat within a second is the same Ctrl-C, not a second one.
+        if self._signal is not None:
+            if time.monotonic() - self._signal_at > 1.0:
+                self._hurry = True
             return
-        self._stopping = True
-        self.say(f"{signal.Signals(signum).name}: stopping everything (press Ctrl-C again to kill at once)")
-        raise Interrupted
+        self._signal = signum
+        self._signal_at = time.monotonic()
+        if self._raise_ok:
+            raise Interrupted
+
+    def _stop_requested(self) -> None:
+        if self._signal is not None:
+            raise Interrupted
+
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        self._stop_requested()
+        self._raise_ok = True
+        try:
+            yield
+        finally:
+            self._raise_ok = False
 
     def say(self, text: str) -> None:
         self.stream.say(text, prefix="dev")
@@ -188,7 +213,8 @@ class Supervisor:
         from pynchy.kube.controlplane import ControlPlane, ControlPlaneError
 
         try:
-            bin_dir = ensure_binaries()
+            with self._interruptible():
+                bin_dir = ensure_binaries()
         except BinariesUnavailableError as exc:
             raise DevError(str(exc)) from None
         self.bin_dir = bin_dir
@@ -198,12 +224,14 @@ class Supervisor:
         self.say(f"starting the control plane (data dir {self.paths.root})")
         self.plane = ControlPlane(bin_dir, self.paths.root, apiserver_port=self.o.apiserver_port)
         try:
-            self.plane.start()
+            with self._interruptible():
+                self.plane.start()
         except ControlPlaneError as exc:
             raise DevError(f"the control plane did not start: {exc}") from None
         self._write_state()
         self.say(f"control plane ready at {self.plane.server}; installing CRDs and RBAC")
         self._bootstrap()
+        self._stop_requested()
         for spec in self._specs():
             child = Child(spec)
             self.children[spec.name] = child
@@ -315,6 +343,7 @@ class Supervisor:
         waiting = dict(self.children)
         deadline = time.monotonic() + self.o.start_timeout
         while waiting:
+            self._stop_requested()
             for name, child in list(waiting.items()):
                 if not child.alive():
                     raise DevError(
@@ -341,6 +370,7 @@ class Supervisor:
         deadline = time.monotonic() + 60
         message = ""
         while time.monotonic() < deadline:
+            self._stop_requested()
             obj = json.loads(self._kubectl("get", "groups.pynchy.dev", "demo", "-n", ns, "-o", "json").stdout)
             for cond in (obj.get("status") or {}).get("conditions", []):
                 if cond.get("type") == "Ready":
@@ -402,6 +432,7 @@ class Supervisor:
     def _monitor(self) -> None:
         while True:
             time.sleep(0.5)
+            self._stop_requested()
             for proc in self.plane.processes:
                 if not proc.alive():
                     code = proc.proc.returncode if proc.proc else None
@@ -454,6 +485,7 @@ class Supervisor:
             stop_children(group, self.o.stop_grace, hurry=lambda: self._hurry)
         if self.plane is not None:
             if self._hurry:
+                self.say("second signal: killed the rest")
                 for proc in self.plane.processes:
                     if proc.proc is not None and proc.proc.poll() is None:
                         proc.proc.kill()
