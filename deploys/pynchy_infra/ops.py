@@ -47,7 +47,10 @@ def private_file(dest: str, content: bytes) -> Generator[Any, None, None]:
         return
     temp = host.get_temp_filename(dest)
     q = shlex.quote(temp)
-    yield StringCommand(f'umask 077 && : > {q} && {{ [ -z "$SUDO_USER" ] || chown "$SUDO_USER" {q}; }}')
+    parent = shlex.quote(os.path.dirname(dest))
+    yield StringCommand(
+        f'umask 077 && mkdir -p {parent} && : > {q} && {{ [ -z "$SUDO_USER" ] || chown "$SUDO_USER" {q}; }}'
+    )
     yield FileUploadCommand(BytesIO(content), dest, remote_temp_filename=temp)
     yield StringCommand(f"chmod 600 {shlex.quote(dest)}")
 
