@@ -75,6 +75,7 @@ class SlackDouble(ThreadedServer):
         self._event_ids = itertools.count(1)
         self._sockets: list[_Socket] = []
         self._holds: dict[str, threading.Event] = {}
+        self._holds_after: dict[str, threading.Event] = {}
         self.acks: dict[str, dict[str, Any]] = {}
 
     # -- for tests: set-up and faults --------------------------------------------------------
@@ -98,6 +99,14 @@ class SlackDouble(ThreadedServer):
         release = threading.Event()
         with self._lock:
             self._holds[method] = release
+        return release
+
+    def hold_answer(self, method: str) -> threading.Event:
+        """Calls of `method` take effect (a message is posted) but their answer waits until the
+        returned event is set: the caller cannot know it succeeded (a crash at that moment)."""
+        release = threading.Event()
+        with self._lock:
+            self._holds_after[method] = release
         return release
 
     def next_ts(self) -> str:
@@ -254,6 +263,9 @@ class SlackDouble(ThreadedServer):
             return web.json_response({"ok": False, "error": "unknown_method"}, status=404)
         with self._lock:
             answer = handler(params)
+            hold_after = self._holds_after.get(method)
+        if hold_after is not None:
+            await self._wait_for(hold_after)
         if not answer.get("ok"):
             call.error = answer.get("error")
         headers = {"X-OAuth-Scopes": "app_mentions:read,channels:history,chat:write,im:history,reactions:write"}

@@ -1,8 +1,9 @@
 """The delivery loop: pending ledger rows go to their channel, in order per conversation.
 
 Level-based: each pass reads what is pending from the store, so a row written by another process
-or left by a crash is sent too. Rows pending when the process started are delivered with
-`maybe_sent`, so the channel looks for an earlier send before posting again."""
+or left by a crash is sent too. A row written before this process started, or one with a failed
+attempt behind it, may already be in the channel (a crash or a timeout after the channel took it):
+it goes with `maybe_sent`, so the channel looks for it before posting again."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from pynchy.gateway.channels.base import Channel, DeliveryError
 from pynchy.gateway.db import Db
@@ -30,7 +32,7 @@ class Delivery:
         self.channels = channels
         self._kick = asyncio.Event()
         self._not_before: dict[Conversation, float] = {}
-        self._maybe_sent: set[int] | None = None  # ids pending at start-up
+        self.started_at = datetime.now(UTC)
         self._missing_logged: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
@@ -63,8 +65,6 @@ class Delivery:
         """One pass: everything pending that a registered channel can take now."""
         self.passes += 1
         rows = await self.db.call(outbound.pending, None, 500)
-        if self._maybe_sent is None:
-            self._maybe_sent = {r.id for r in rows}
         by_conversation: dict[Conversation, list[OutboundRow]] = defaultdict(list)
         now = time.monotonic()
         for row in rows:
@@ -83,7 +83,7 @@ class Delivery:
     async def _deliver_in_order(self, conv: Conversation, rows: list[OutboundRow]) -> None:
         channel = self.channels[conv[0]]
         for row in rows:
-            maybe_sent = self._maybe_sent is not None and row.id in self._maybe_sent
+            maybe_sent = row.attempts > 0 or _aware(row.created_at) < self.started_at
             try:
                 external_id = await channel.deliver(row, maybe_sent=maybe_sent)
             except DeliveryError as exc:
@@ -102,6 +102,9 @@ class Delivery:
                 self._not_before[conv] = time.monotonic() + BACKOFF_SECONDS[0]
                 return
             await self.db.call(outbound.mark_sent, row.id, external_id)
-            if self._maybe_sent is not None:
-                self._maybe_sent.discard(row.id)
         self._not_before.pop(conv, None)
+
+
+def _aware(at: datetime) -> datetime:
+    # SQLite hands back naive datetimes; they were written in UTC.
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
