@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import signal
@@ -221,7 +222,9 @@ class Supervisor:
         if self.o.verbose:  # otherwise only in the files (their last lines are shown if one dies)
             for name in ("etcd", "kube-apiserver", "kube-controller-manager"):
                 self.stream.follow(name, self.paths.log(name))
-        self.say(f"starting the control plane (data dir {self.paths.root})")
+        self.say(f"starting etcd, kube-apiserver, kube-controller-manager (data dir {self.paths.root})")
+        logging.getLogger("pynchy.kube.controlplane").setLevel(logging.WARNING)  # we say it ourselves
+        began = time.monotonic()
         self.plane = ControlPlane(bin_dir, self.paths.root, apiserver_port=self.o.apiserver_port)
         try:
             with self._interruptible():
@@ -229,7 +232,8 @@ class Supervisor:
         except ControlPlaneError as exc:
             raise DevError(f"the control plane did not start: {exc}") from None
         self._write_state()
-        self.say(f"control plane ready at {self.plane.server}; installing CRDs and RBAC")
+        took = time.monotonic() - began
+        self.say(f"control plane ready at {self.plane.server} in {took:.1f}s; installing CRDs and RBAC")
         self._bootstrap()
         self._stop_requested()
         for spec in self._specs():
@@ -260,6 +264,13 @@ class Supervisor:
             self.plane.apply_crds(CRDS_DIR)
         except (ControlPlaneError, KubectlError) as exc:
             raise DevError(f"installing the CRDs failed: {exc}") from None
+        # Established is not yet servable ("storage is (re)initializing"): wait, so the operator's
+        # and gateway's first list does not fail.
+        kinds = "groups.pynchy.dev,workspaces.pynchy.dev,scheduledtasks.pynchy.dev,agentruns.pynchy.dev"
+        deadline = time.monotonic() + 60
+        while self._kubectl("get", kinds, "-A", check=False).returncode != 0 and time.monotonic() < deadline:
+            self._stop_requested()
+            time.sleep(0.2)
         self._ensure_namespace(config.SYSTEM_NAMESPACE)
         for component in ("operator", "gateway"):
             self._kubectl("apply", "-f", str(config.MANIFESTS_DIR / "base" / component / "rbac.yaml"))
@@ -395,9 +406,9 @@ class Supervisor:
                 self.say(f"note: {user} was not written by pynchy dev; left as it is")
 
     def _instructions(self) -> None:
-        here = Path(sys.executable).parent
-        found = shutil.which("pynchy")
-        run = "" if found and Path(found).parent == here else "uv run "
+        # The other terminal has no venv on its PATH: `uv run` from the checkout, else the venv's script.
+        in_checkout = Path.cwd().resolve() == config.REPO_ROOT
+        run = "uv run " if in_checkout and shutil.which("uv") else f"{Path(sys.executable).parent}/"
         lines = [
             "",
             f"Pynchy is running (ready in {self.ready_seconds}s). Ctrl-C stops everything; "
