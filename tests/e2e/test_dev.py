@@ -310,6 +310,24 @@ def test_pynchy_dev_from_a_clean_data_dir_chat_restart_and_the_conversation_resu
         dev.kill()
 
 
+def test_a_component_that_cannot_start_stops_everything_with_its_own_message(tmp_path: Path) -> None:
+    """The Slack variables reach the gateway as they are; a half-configured Slack is the gateway's
+    settings error, shown by `pynchy dev`, which then stops what it started and exits 1."""
+    dev = Dev(tmp_path / "dev", None)
+    dev.env["PYNCHY_SLACK_BOT_TOKEN"] = "xoxb-0000"
+    dev.start()
+    try:
+        assert dev.proc is not None
+        assert dev.proc.wait(240) == 1, dev.output()
+    finally:
+        dev.kill()
+    out = dev.output()
+    assert "gateway exited during start-up with code 1" in out
+    assert "PYNCHY_SLACK_BOT_TOKEN is set but Slack events have no way in" in out
+    assert "stopped; state kept in" in out
+    assert processes_using(dev.data_dir) == []
+
+
 # -- refusals that happen before anything starts ------------------------------------------------
 
 

@@ -204,6 +204,8 @@ class Supervisor:
             self.say(f"WARNING: {note}")
         if config.slack_enabled(self.environ):
             self.say("Slack: on (PYNCHY_SLACK_BOT_TOKEN is set)")
+        elif self.environ.get("PYNCHY_SLACK_BOT_TOKEN"):
+            self.say("Slack: PYNCHY_SLACK_BOT_TOKEN is set, but no PYNCHY_SLACK_APP_TOKEN or _SIGNING_SECRET")
         else:
             self.say("Slack: off (export PYNCHY_SLACK_BOT_TOKEN and PYNCHY_SLACK_APP_TOKEN to use it)")
 
