@@ -70,7 +70,7 @@ def test_config_file_from_PYNCHY_CONFIG(tmp_path: Path) -> None:
 
 def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
     f = write(tmp_path / "chat.yaml", "gateway_url: http://file:1\ntoken: file-token\n")
-    env = {"PYNCHY_GATEWAY_URL": "http://env:2", "PYNCHY_CHAT_TOKEN": "env-token"}
+    env = {"PYNCHY_CHAT_URL": "http://env:2", "PYNCHY_CHAT_TOKEN": "env-token"}
     assert resolve(environ=env, path=f).gateway_url == "http://env:2"
     assert resolve(environ=env, path=f).token == "env-token"
     cfg = resolve(gateway_url="https://flag:3", token="flag-token", environ=env, path=f)
@@ -89,7 +89,7 @@ def test_missing_file_names_the_file_the_keys_and_the_alternatives(tmp_path: Pat
     assert "token" in msg
     assert "does not exist" in msg
     assert "pynchy dev" in msg
-    assert "--gateway-url/PYNCHY_GATEWAY_URL" in msg
+    assert "--gateway-url/PYNCHY_CHAT_URL" in msg
     assert "--token/PYNCHY_CHAT_TOKEN" in msg
 
 
@@ -123,8 +123,8 @@ def test_a_bad_url_names_where_it_came_from(tmp_path: Path) -> None:
     f = write(tmp_path / "chat.yaml", f"gateway_url: localhost:8420\ntoken: {TOKEN}\n")
     with pytest.raises(ConfigError, match=r"chat.yaml: gateway_url: 'localhost:8420' is not an http"):
         resolve(environ={}, path=f)
-    with pytest.raises(ConfigError, match=r"^PYNCHY_GATEWAY_URL: 'ftp://x'"):
-        resolve(environ={"PYNCHY_GATEWAY_URL": "ftp://x"}, path=f)
+    with pytest.raises(ConfigError, match=r"^PYNCHY_CHAT_URL: 'ftp://x'"):
+        resolve(environ={"PYNCHY_CHAT_URL": "ftp://x"}, path=f)
 
 
 def test_unknown_keys_in_the_file_are_ignored(tmp_path: Path) -> None:

@@ -351,7 +351,7 @@ def pynchy_chat(gw: EmbeddedGateway, tmp_path: Path, *args: str, stdin: str | No
         **os.environ,
         "PYNCHY_CONFIG": str(tmp_path / "no-config.yaml"),
         "XDG_STATE_HOME": str(tmp_path / "state"),
-        "PYNCHY_GATEWAY_URL": gw.url,
+        "PYNCHY_CHAT_URL": gw.url,
         "PYNCHY_CHAT_TOKEN": CHAT_TOKEN,
         "NO_COLOR": "1",
     }

@@ -30,7 +30,7 @@ def chat(stack: Stack, home: Path, *args: str, stdin: str | None = None, timeout
         f"# written by `pynchy dev`\ngateway_url: {stack.gateway.url}\ntoken: {CHAT_TOKEN}\n"
         f"namespace: {stack.namespace}\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("PYNCHY_GATEWAY_URL", "PYNCHY_CHAT_TOKEN")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYNCHY_CHAT_URL", "PYNCHY_CHAT_TOKEN")}
     env |= {"PYNCHY_CONFIG": str(config), "XDG_STATE_HOME": str(home / "state"), "NO_COLOR": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "pynchy", "chat", *args],

@@ -26,7 +26,7 @@ POLL_SECONDS = 25.0
 @click.option("-m", "--message", help="Send this one message, print the answer and exit (non-zero if it failed).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="With -m: seconds to wait for the answer.")  # fmt: skip
-@click.option("--gateway-url", help="Gateway URL (or PYNCHY_GATEWAY_URL; default: gateway_url in the config file).")
+@click.option("--gateway-url", help="Gateway URL (or PYNCHY_CHAT_URL; default: gateway_url in the config file).")
 @click.option("--token", help="The gateway's PYNCHY_CHAT_TOKEN (or PYNCHY_CHAT_TOKEN; default: token in the config).")
 def chat(channel: str, message: str | None, timeout: float, gateway_url: str | None, token: str | None) -> None:
     """Talk to the Group bound to local CHANNEL (spec.channels[].local.name).

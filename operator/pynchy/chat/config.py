@@ -3,7 +3,7 @@
 Each value comes from the first of: the command-line flag, the environment variable, the config
 file (`$PYNCHY_CONFIG`, else ~/.config/pynchy/chat.yaml, which `pynchy dev` writes):
 
-    gateway_url   --gateway-url   PYNCHY_GATEWAY_URL   e.g. http://127.0.0.1:8420
+    gateway_url   --gateway-url   PYNCHY_CHAT_URL   e.g. http://127.0.0.1:8420
     token         --token         PYNCHY_CHAT_TOKEN    the gateway's PYNCHY_CHAT_TOKEN
     namespace     (file only)                          optional: the namespace the channel's Group must be in
 """
@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 CONFIG_ENV = "PYNCHY_CONFIG"
-URL_ENV = "PYNCHY_GATEWAY_URL"
+URL_ENV = "PYNCHY_CHAT_URL"
 TOKEN_ENV = "PYNCHY_CHAT_TOKEN"
 URL_PATTERN = re.compile(r"^https?://[^/\s]+(/\S*)?$")
 
