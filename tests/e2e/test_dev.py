@@ -46,31 +46,38 @@ def _env(**extra: str) -> dict[str, str]:
 class Dev:
     """One `pynchy dev` process and what a user would look at: its output, status, kubectl, chat."""
 
-    def __init__(self, data_dir: Path, model: ScriptedModel | None, *, gateway_port: int | None = None) -> None:
-        self.data_dir = data_dir
+    def __init__(
+        self,
+        data_dir: Path | None,
+        model: ScriptedModel | None,
+        *,
+        home: Path | None = None,
+        gateway_port: int | None = None,
+    ) -> None:
+        """With `home`, everything is at its defaults under that HOME (no --data-dir, no PYNCHY_CONFIG)."""
+        self.home = home
+        self.data_dir = data_dir or (home or Path.home()) / ".local/share/pynchy/dev"
         self.apiserver_port = free_port()
         self.gateway_port = gateway_port or free_port()
         extra = {"ANTHROPIC_API_KEY": "dummy", "PYNCHY_MODEL_UPSTREAM_URL": model.base_url} if model else {}
+        if home is not None:
+            extra["HOME"] = str(home)
         self.env = _env(**extra)
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
 
     @property
+    def where(self) -> list[str]:
+        return [] if self.home else ["--data-dir", str(self.data_dir)]
+
+    @property
     def argv(self) -> list[str]:
-        return [
-            *PYNCHY,
-            "dev",
-            "--data-dir",
-            str(self.data_dir),
-            "--apiserver-port",
-            str(self.apiserver_port),
-            "--gateway-port",
-            str(self.gateway_port),
-        ]
+        ports = ["--apiserver-port", str(self.apiserver_port), "--gateway-port", str(self.gateway_port)]
+        return [*PYNCHY, "dev", *self.where, *ports]
 
     @property
     def output_path(self) -> Path:
-        return self.data_dir.parent / f"{self.data_dir.name}-run{self.runs}.out"
+        return (self.home or self.data_dir.parent) / f"{self.data_dir.name}-run{self.runs}.out"
 
     def output(self) -> str:
         return self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
@@ -103,7 +110,7 @@ class Dev:
 
     def status_command(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*PYNCHY, "dev", "status", "--data-dir", str(self.data_dir), *args],
+            [*PYNCHY, "dev", "status", *self.where, *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -130,9 +137,10 @@ class Dev:
 
     def chat(self, message: str) -> subprocess.CompletedProcess[str]:
         """What the start-up banner says to run, non-interactively."""
+        config = {} if self.home else {"PYNCHY_CONFIG": str(self.data_dir / "chat.yaml")}
         return subprocess.run(
             [*PYNCHY, "chat", "demo", "-m", message, "--timeout", "180"],
-            env=self.env | {"PYNCHY_CONFIG": str(self.data_dir / "chat.yaml")},
+            env=self.env | config,
             capture_output=True,
             text=True,
             timeout=240,
@@ -198,17 +206,22 @@ def agent_pids(dev: Dev) -> list[int]:
 def test_pynchy_dev_from_a_clean_data_dir_chat_restart_and_the_conversation_resumes(
     model: ScriptedModel, tmp_path: Path
 ) -> None:
-    dev = Dev(tmp_path / "dev", model).start()
+    """Everything at its defaults, under a HOME of its own: ~/.local/share/pynchy/dev, ~/.config/pynchy/chat.yaml."""
+    home = tmp_path / "home"
+    home.mkdir()
+    dev = Dev(None, model, home=home).start()
     try:
         first = dev.wait_ready()
         print(f"\npynchy dev: ready in {first['ready_seconds']}s from a clean data dir")
+        assert first["data_dir"] == str(home / ".local/share/pynchy/dev")
 
         # What it printed: how to use kubectl and how to chat.
         out = dev.output()
         assert f"export KUBECONFIG={dev.data_dir}/admin.kubeconfig" in out
         assert "kubectl get groups" in out
-        assert f"PYNCHY_CONFIG={dev.data_dir}/chat.yaml" in out
-        assert "pynchy chat demo" in out
+        assert "pynchy chat demo\n" in out
+        assert "PYNCHY_CONFIG" not in out, "the default data dir writes the chat config where `pynchy chat` looks"
+        assert (home / ".config/pynchy/chat.yaml").read_text() == (dev.data_dir / "chat.yaml").read_text()
         assert "created Group default/demo" in out
 
         # Status: every component alive and healthy, the demo Group Ready.
