@@ -23,7 +23,7 @@ from pynchy.api.base import ApiModel
 from pynchy.api.validation import validate_document
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+EXAMPLES = sorted(p for p in (REPO / "manifests" / "examples").glob("*.yaml") if p.name != "kustomization.yaml")
 
 
 def _load(path: Path) -> dict[str, Any]:

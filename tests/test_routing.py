@@ -154,3 +154,12 @@ def test_split_cuts_a_word_longer_than_the_limit() -> None:
     parts = split_message("a" * 250, 100)
     assert "".join(parts) == "a" * 250
     assert all(len(p) <= 100 for p in parts)
+
+
+def test_a_reply_in_the_agents_thread_needs_no_fresh_mention() -> None:
+    e = entry()
+    in_thread = slack("and also this", thread="1700000000.000100")
+    assert decide(e, in_thread, OWNER).action == "ignore"
+    assert decide(e, in_thread, OWNER, agent_thread=True).text == "and also this"
+    stranger = slack("me too", thread="1700000000.000100", sender="slack:U0STRANGER1")
+    assert decide(e, stranger, OWNER, agent_thread=True).action == "ignore"  # still only allowed senders

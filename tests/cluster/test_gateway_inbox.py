@@ -113,6 +113,13 @@ def test_routing_rules_decide_what_becomes_a_turn(
     ignored = gateway.call(gw.accept(slack("hi", "k5", channel="C0UNKNOWN1", mentioned=True)))
     assert ignored.outcome == Outcome.DUPLICATE  # even ignored messages are remembered
 
+    # In the thread the agent answers in (under the aliased message k2), no fresh mention is needed.
+    asked = gateway.call(gw.accept(slack("pynchy, start", "k7", channel="C0RULES001", external_id="1800.1")))
+    in_thread = gateway.call(gw.accept(slack("and more", "k8", channel="C0RULES001", thread="1800.1")))
+    elsewhere = gateway.call(gw.accept(slack("chatter", "k9", channel="C0RULES001", thread="1900.1")))
+    assert asked.outcome == in_thread.outcome == Outcome.FOLLOW_UP
+    assert elsewhere.outcome == Outcome.IGNORED
+
 
 def test_reply_and_send_message_enter_the_ledger_split_and_targeted(
     control_plane: ControlPlane, namespace: str, gateway: EmbeddedGateway

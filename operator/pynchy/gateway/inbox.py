@@ -85,7 +85,14 @@ class Inbox:
 
     async def accept(self, inbound: Inbound) -> Accepted:
         entry = self.gw.directory.lookup(inbound.channel, inbound.channel_id)
-        decision = decide(entry, inbound, self.gw.settings.owner) if entry is not None else None
+        decision = None
+        if entry is not None:
+            agent_thread = False
+            if inbound.thread and not (inbound.mentioned or inbound.direct) and entry.spec.trigger.mode == "mention":
+                agent_thread = await self.gw.db.call(
+                    turn_store.answers_thread, entry.namespace, entry.name, inbound.channel_id, inbound.thread
+                )
+            decision = decide(entry, inbound, self.gw.settings.owner, agent_thread=agent_thread)
         stored = await self.gw.db.call(store_inbound, inbound, entry, decision)
         if not stored.created:
             log.info("duplicate message ignored", key=inbound.dedupe_key)

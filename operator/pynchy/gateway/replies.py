@@ -38,6 +38,8 @@ def finish_turn(
 ) -> tuple[TurnRow | None, list[OutboundRow]]:
     """Record the result; put the reply in the ledger. A run's own prompt (a schedule's) has no
     channel of its own: its reply goes to the Group's first channel (`fallback`) when `deliver`."""
+    if is_error and not text.strip():
+        text = "the agent failed without saying why"  # an error is never silent (nor a placeholder left)
     row = turn_store.finish(session, turn_id, run, text, is_error)
     if row is None or not text:
         return row, []

@@ -131,12 +131,14 @@ def strip_alias(text: str, aliases: list[str]) -> str | None:
     return text[match.end() :] if match else None
 
 
-def decide(entry: GroupEntry, inbound: Inbound, owner: str | None) -> Decision:
+def decide(entry: GroupEntry, inbound: Inbound, owner: str | None, *, agent_thread: bool = False) -> Decision:
+    """`agent_thread`: the message is in a thread the agent is already answering in, which counts
+    as addressing it (people reply in a thread without mentioning the bot again)."""
     spec = entry.spec
     if not sender_allowed(spec.allowed_senders, inbound.sender, owner):
         return Decision("ignore", reason=f"sender {inbound.sender} is not in allowedSenders")
     text = inbound.text.strip()
-    addressed = inbound.mentioned or inbound.direct or inbound.channel == "local"
+    addressed = inbound.mentioned or inbound.direct or inbound.channel == "local" or agent_thread
     without_alias = strip_alias(text, spec.trigger.aliases)
     if without_alias is not None:
         text, addressed = without_alias.strip(), True

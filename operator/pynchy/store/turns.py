@@ -172,3 +172,19 @@ def has_running(session: Session, namespace: str, group: str) -> bool:
         .limit(1)
     )
     return found is not None
+
+
+def answers_thread(session: Session, namespace: str, group: str, channel_id: str, thread: str) -> bool:
+    """Has the Group's agent been asked something in this thread (so the thread is a conversation
+    with it, and replies there need no fresh mention)?"""
+    found = session.scalar(
+        select(TurnRow.id)
+        .where(
+            TurnRow.namespace == namespace,
+            TurnRow.group == group,
+            TurnRow.reply_channel_id == channel_id,
+            TurnRow.reply_thread == thread,
+        )
+        .limit(1)
+    )
+    return found is not None
