@@ -101,7 +101,7 @@ def gateway_kubeconfig(control_plane: ControlPlane) -> Path:
     return control_plane.service_account_kubeconfig("pynchy-system", "pynchy-gateway")
 
 
-def make_gateway(kubeconfig: Path, data_dir: Path, upstream: str, api_key: str, **overrides: object) -> object:
+def make_gateway(kubeconfig: Path, data_dir: Path, upstream: str, api_key: str | None, **overrides: object) -> object:
     """An (unstarted) in-process gateway on a free loopback port with its own SQLite store."""
     from pynchy.gateway.run import EmbeddedGateway
 

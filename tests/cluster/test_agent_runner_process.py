@@ -297,13 +297,20 @@ class Pod:
 
 
 @pytest.fixture
-def cluster(control_plane: ControlPlane, namespace: str, gateway_kubeconfig: Path, tmp_path: Path) -> Iterator[Cluster]:
+def cluster(
+    control_plane: ControlPlane,
+    namespace: str,
+    gateway_kubeconfig: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Cluster]:
     model = ScriptedModel().start()
+    no_credential = getattr(request, "param", {}).get("no_credential", False)
     embedded = make_gateway(
         gateway_kubeconfig,
         tmp_path,
         model.base_url,
-        REAL_KEY,
+        None if no_credential else REAL_KEY,
         namespaces=namespace,
         long_poll_seconds=30,  # the runner's own bound on its waits is what is tested
     )
@@ -735,3 +742,16 @@ def test_sigterm_during_start_up_exits_0_at_once(pod: Pod) -> None:
     pod.proc.send_signal(signal.SIGTERM)
     assert pod.wait(10) == 0, pod.logs()
     assert "pynchy-agent: stopped during start-up" in pod.logs()
+
+
+@pytest.mark.parametrize("cluster", [{"no_credential": True}], indirect=True)
+def test_without_a_model_credential_the_turn_says_what_to_set(pod: Pod) -> None:
+    cluster = pod.cluster
+    turn = cluster.submit("hello?")
+    pod.start()
+    final = turn.final()
+    text = final.message if isinstance(final, TurnFailed) else final.text
+    assert isinstance(final, TurnFailed) or final.is_error
+    assert "ANTHROPIC_API_KEY" in text, text
+    assert cluster.model.requests == []  # nothing was sent upstream
+    assert turn.row().state == turn_store.FAILED

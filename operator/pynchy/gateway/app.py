@@ -81,6 +81,11 @@ class Gateway:
         # Turns left queued by a previous gateway process get a run again.
         await self._restart_pending_groups()
         log.info("gateway listening", host=self.settings.listen_host, port=self.port)
+        if self.settings.model_credential_missing:
+            log.warning(
+                "no model credential: agents will answer that one is missing; set PYNCHY_ANTHROPIC_API_KEY "
+                "or PYNCHY_ANTHROPIC_AUTH_TOKEN"
+            )
 
     async def stop(self) -> None:
         self.hub.close()

@@ -61,9 +61,10 @@ class ModelProxy:
     async def forward(self, request: web.Request, tail: str, meter: Meter) -> web.StreamResponse:
         assert self._session is not None
         if self._credential is None:
-            # Claude Code shows this message to the person, so it says what to do.
+            # 403, not 401: Claude Code retries a 401 with backoff for minutes, while a 403 fails the
+            # turn at once with this message, which reaches the person, so it says what to do.
             return web.json_response(
-                {"type": "error", "error": {"type": "authentication_error", "message": NO_CREDENTIAL}}, status=401
+                {"type": "error", "error": {"type": "permission_error", "message": NO_CREDENTIAL}}, status=403
             )
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_REQUEST}
         headers.update(self._credential)
