@@ -406,3 +406,90 @@ def test_validate_once_in_the_past_only_against_creation_time() -> None:
     assert validate_schedule(Schedule(once=at), "UTC", utc(2026, 5, 5)) == []
     # a few seconds of clock skew is not an error
     assert validate_schedule(Schedule(once=at), "UTC", at, created_at=at + timedelta(seconds=10)) == []
+
+
+# --- decide, step by step, as the operator calls it --------------------------------------------
+# The controller's loop without Kubernetes: look every `step`, treat the due time of a Fire, Skip or
+# Missed as handled (fed back as last_scheduled), and end every run at once. Days of schedule in
+# milliseconds; the controller itself is tested against the real API server (tests/cluster).
+
+
+def step_through(
+    schedule: Schedule, start: datetime, until: datetime, step: timedelta, tz: str = "UTC"
+) -> list[datetime]:
+    """The due times fired looking every `step` from `start` (the task's creation) to `until`."""
+    fired: list[datetime] = []
+    last: datetime | None = None
+    now = start
+    while now <= until:
+        decision = decide(now, TaskState(schedule=schedule, created_at=start, time_zone=tz, last_scheduled=last))
+        if isinstance(decision, Fire | Skip | Missed):
+            assert last is None or decision.scheduled_time > last  # never the same due time twice
+            last = decision.scheduled_time
+            if isinstance(decision, Fire):
+                fired.append(decision.scheduled_time)
+        now += step
+    return fired
+
+
+def berlin(*args: int, fold: int = 0) -> datetime:
+    """A Berlin wall-clock time as the instant (UTC) it names."""
+    return datetime(*args, tzinfo=BERLIN, fold=fold).astimezone(UTC)  # type: ignore[misc]
+
+
+def test_stepping_fires_each_due_time_of_a_ranged_cron_once() -> None:
+    fired = step_through(
+        Schedule(cron="*/15 9-10 * * 1-5"), utc(2027, 1, 4, 8, 50), utc(2027, 1, 5, 11), timedelta(seconds=20)
+    )
+    # Monday and Tuesday, 09:00 to 10:45 every quarter hour; never twice, never off the grid.
+    assert fired == [utc(2027, 1, d, h, m) for d in (4, 5) for h in (9, 10) for m in (0, 15, 30, 45)]
+
+
+def test_stepping_through_a_spring_forward_day_in_berlin() -> None:
+    # 2027-03-28: 02:00 CET jumps to 03:00 CEST. 02:30 does not exist that day: the run starts right
+    # after the jump, once.
+    fired = step_through(
+        Schedule(cron="30 2 * * *"),
+        berlin(2027, 3, 27, 0, 0),
+        berlin(2027, 3, 29, 23, 0),
+        timedelta(minutes=5),
+        "Europe/Berlin",
+    )
+    assert fired == [berlin(2027, 3, 27, 2, 30), berlin(2027, 3, 28, 3, 0), berlin(2027, 3, 29, 2, 30)]
+    assert fired[1] == utc(2027, 3, 28, 1, 0)
+
+
+def test_stepping_through_a_fall_back_day_in_berlin() -> None:
+    # 2027-10-31: 03:00 CEST falls back to 02:00 CET; 02:30 happens twice and the task runs once.
+    fired = step_through(
+        Schedule(cron="30 2 * * *"),
+        berlin(2027, 10, 30, 0, 0),
+        berlin(2027, 11, 1, 23, 0),
+        timedelta(minutes=5),
+        "Europe/Berlin",
+    )
+    assert fired == [berlin(2027, 10, 30, 2, 30), berlin(2027, 10, 31, 2, 30), berlin(2027, 11, 1, 2, 30)]
+    assert fired[1] == utc(2027, 10, 31, 0, 30)  # the first 02:30 (CEST)
+
+
+def test_stepping_an_hourly_cron_across_fall_back_runs_every_real_hour() -> None:
+    fired = step_through(
+        Schedule(cron="0 * * * *"),
+        utc(2027, 10, 30, 22, 30),
+        utc(2027, 10, 31, 4, 30),
+        timedelta(minutes=1),
+        "Europe/Berlin",
+    )
+    assert fired == [utc(2027, 10, 30, 23) + timedelta(hours=i) for i in range(6)]
+    # 02:00 local twice: once in summer time, once in winter time.
+    assert [t.astimezone(BERLIN).strftime("%H%Z") for t in fired][1:3] == ["02CEST", "02CET"]
+
+
+def test_stepping_a_once_fires_it_once_then_is_done() -> None:
+    at = utc(2027, 1, 4, 8, 20)
+    fired = step_through(Schedule(once=at), utc(2027, 1, 4, 8), utc(2027, 1, 4, 9), timedelta(minutes=1))
+    assert fired == [at]
+    assert (
+        decide(utc(2027, 1, 4, 9), TaskState(schedule=Schedule(once=at), created_at=CREATED, last_scheduled=at))
+        == Done()
+    )

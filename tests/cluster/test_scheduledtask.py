@@ -1,6 +1,7 @@
 """ScheduledTasks against the real API server, with the operator under its production RBAC and a
-test clock: the test moves time and asks the operator to look again (`resync_now`), so no test
-waits for real minutes.
+test clock: the test moves time and asks the operator to look again (`resync_now`), or goes off
+as a task's timer (`TaskTimer`), so no test waits for real minutes. `ApiSpy` records the requests
+the task controller makes (they still go to the API server).
 
 The tasks' Group exists but is not Ready (it names a missing Secret), so their AgentRuns stay
 `Pending/GroupNotReady` and the test ends them by patching their status as the admin.
@@ -8,8 +9,10 @@ The tasks' Group exists but is not Ready (it names a missing Secret), so their A
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +24,7 @@ from conftest import OPERATOR_USER
 from doubles.clock import TestClock
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.operator.build.scheduledtask import parse_timestamp, timestamp
+from pynchy.operator.reconcile_scheduledtask import MAX_WAIT
 from pynchy.schedule import run_name
 
 MINUTE = dt.timedelta(minutes=1)
@@ -124,6 +128,112 @@ def creates(window: AuditWindow, namespace: str) -> list[str]:
     ]
 
 
+class ApiSpy:
+    """The task controller's API client with a record of each call (every call still goes to the API
+    server): which requests a reconcile made, or that it made none."""
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+        self._lock = threading.Lock()
+        self._calls: list[tuple[str, str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+    def _note(self, verb: str, kind: str, name: str) -> None:
+        with self._lock:
+            self._calls.append((verb, kind, name))
+
+    @property
+    def calls(self) -> list[tuple[str, str, str]]:
+        with self._lock:
+            return list(self._calls)
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> Any:
+        self._note("get", kind, name)
+        return await self._api.get(kind, namespace, name)
+
+    async def create(self, obj: dict[str, Any]) -> Any:
+        self._note("create", obj["kind"], obj["metadata"]["name"])
+        return await self._api.create(obj)
+
+    async def delete(self, kind: str, namespace: str | None, name: str, uid: str | None = None) -> None:
+        self._note("delete", kind, name)
+        await self._api.delete(kind, namespace, name, uid=uid)
+
+    async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> Any:
+        self._note("patch_status", kind, name)
+        return await self._api.patch_status(kind, namespace, name, status)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        self._note(method, path, "")
+        return await self._api.request(method, path, **kwargs)
+
+
+def spy_on(op: Any) -> ApiSpy:
+    spy = ApiSpy(op.controller.tasks.api)
+    op.controller.tasks.api = spy
+    return spy
+
+
+class TaskTimer:
+    """The test as a task's timer. A timer going off adds the task to the operator's work queue
+    without invalidating anything (unlike `resync_now`); `wake` does that and returns the delay
+    the reconcile asked for. Taking over cancels the queue's own pending wake-up for the task
+    (events still enqueue it as usual)."""
+
+    def __init__(self, op: Any, namespace: str, name: str) -> None:
+        self.op = op
+        self.key = ("ScheduledTask", namespace, name)
+        self._lock = threading.Lock()
+        self._results: list[float | None] = []
+        tasks = op.controller.tasks
+        if not hasattr(tasks, "recorded_by"):
+            reconcile = tasks.reconcile  # the bound method; recorders chain on the instance
+            tasks.recorded_by = []
+
+            async def recording(key: Any) -> float | None:
+                result = await reconcile(key)
+                for timer in tasks.recorded_by:
+                    timer.note(key, result)
+                return result
+
+            tasks.reconcile = recording
+        tasks.recorded_by.append(self)
+        wait_for(lambda: op.controller.queue.idle(), what="the work queue idle")
+        self._on_loop(lambda: op.controller.queue.forget(self.key))
+
+    def note(self, key: Any, result: float | None) -> None:
+        if key == self.key:
+            with self._lock:
+                self._results.append(result)
+
+    def _on_loop(self, fn: Any) -> None:
+        async def call() -> None:
+            fn()
+
+        asyncio.run_coroutine_threadsafe(call(), self.op._loop).result(30)
+
+    def go_off(self) -> int:
+        """Add the task to the work queue; returns a mark for `result`."""
+        with self._lock:
+            seen = len(self._results)
+        self._on_loop(lambda: self.op.controller.queue.add(self.key))
+        return seen
+
+    def result(self, mark: int) -> float | None:
+        """The delay asked for by the first reconcile of the task after `mark`."""
+
+        def done() -> list[float | None]:
+            with self._lock:
+                return self._results[mark : mark + 1]
+
+        return wait_for(done, what=f"{self.key} reconciled")[0]  # type: ignore[no-any-return]
+
+    def wake(self) -> float | None:
+        return self.result(self.go_off())
+
+
 def test_cron_task_fires_exactly_once_per_due_time(
     control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock
 ) -> None:
@@ -224,6 +334,24 @@ def test_restart_never_fires_twice_and_catches_up_at_most_once(
     assert list(runs_of(control_plane, namespace, "rs")) == [first]
     assert creates(window, namespace) == []
 
+    # The status write was lost (a crash right after the create): the run itself says it was handled.
+    control_plane.kubectl(
+        "patch", "scheduledtask", "rs", "-n", namespace, "--subresource=status", "--type=json",
+        "-p", '[{"op": "remove", "path": "/status"}]',
+    )  # fmt: skip
+    assert status_of(control_plane, namespace, "rs") == {}
+    with EmbeddedOperator(clock=clock) as op:
+        wait_for(
+            lambda: status_of(control_plane, namespace, "rs").get("lastScheduleTime") == timestamp(due),
+            what="the status rebuilt from the run",
+        )
+        op.resync_now()
+        settle(window, namespace)
+    assert history(control_plane, namespace, "rs") == [(first, "Active")]
+    assert next_due(control_plane, namespace, "rs") == due + 5 * MINUTE
+    assert list(runs_of(control_plane, namespace, "rs")) == [first]
+    assert creates(window, namespace) == []
+
     # Down across three due times; the latest is within startingDeadlineSeconds: one catch-up run.
     finish(control_plane, namespace, first)
     clock.set(due + 16 * MINUTE)
@@ -235,7 +363,10 @@ def test_restart_never_fires_twice_and_catches_up_at_most_once(
     assert sorted(runs_of(control_plane, namespace, "rs")) == sorted([first, latest])
     (event,) = [e for e in events_of(control_plane, namespace, "rs") if e["reason"] == "MissedSchedules"]
     assert event["type"] == "Warning"
-    assert event["message"].startswith("2 earlier due times passed without a run")
+    assert event["message"] == (
+        "2 earlier due times passed without a run; only the most recent one, "
+        f"{timestamp(due + 15 * MINUTE)}, was started (at most one catch-up run)."
+    )
 
 
 def test_two_operators_by_mistake_fire_once(
@@ -244,7 +375,7 @@ def test_two_operators_by_mistake_fire_once(
     from pynchy.operator.run import EmbeddedOperator
 
     unready_group(control_plane, namespace)
-    apply(control_plane, namespace, task("dup", {"cron": "*/5 * * * *"}))
+    apply(control_plane, namespace, task("dup", {"cron": "*/5 * * * *"}, concurrencyPolicy="Allow"))
     with EmbeddedOperator(clock=clock) as one, EmbeddedOperator(clock=clock) as two:
         due = next_due(control_plane, namespace, "dup")
         window = AuditWindow(control_plane)
@@ -253,34 +384,72 @@ def test_two_operators_by_mistake_fire_once(
         two.resync_now()
         wait_run(control_plane, namespace, run_name("dup", due))
         settle(window, namespace)
-    assert list(runs_of(control_plane, namespace, "dup")) == [run_name("dup", due)]
-    made = creates(window, namespace)
-    assert made.count(f"{run_name('dup', due)} -> 201") == 1
-    assert set(made) <= {f"{run_name('dup', due)} -> 201", f"{run_name('dup', due)} -> 409"}
+        first = creates(window, namespace)
+
+        # The next due time, planned in advance by both: their timers go off together, and each
+        # creates the run at once, without a read; the API server lets one create through.
+        later = due + 5 * MINUTE
+        wait_for(lambda: next_due(control_plane, namespace, "dup") == later, what="next due time")
+        timers = [TaskTimer(op, namespace, "dup") for op in (one, two)]
+        window = AuditWindow(control_plane)
+        clock.set(later)
+        marks = [timer.go_off() for timer in timers]
+        for timer, mark in zip(timers, marks, strict=True):
+            timer.result(mark)
+        wait_run(control_plane, namespace, run_name("dup", later))
+        settle(window, namespace)
+        second = creates(window, namespace)
+    assert sorted(runs_of(control_plane, namespace, "dup")) == sorted([run_name("dup", due), run_name("dup", later)])
+    for made, when in ((first, due), (second, later)):
+        name = run_name("dup", when)
+        assert made.count(f"{name} -> 201") == 1, made
+        assert set(made) <= {f"{name} -> 201", f"{name} -> 409"}, made
+    assert history(control_plane, namespace, "dup") == [
+        (run_name("dup", later), "Active"),
+        (run_name("dup", due), "Active"),
+    ]
 
 
-def test_a_miss_beyond_the_deadline_is_recorded(
-    control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock
+def test_a_miss_beyond_the_deadline_is_recorded_once(
+    control_plane: ControlPlane, namespace: str, operator_env: None, clock: TestClock
 ) -> None:
+    from pynchy.operator.run import EmbeddedOperator
+
     unready_group(control_plane, namespace)
     apply(control_plane, namespace, task("late", {"cron": "*/5 * * * *"}, startingDeadlineSeconds=60))
-    due = next_due(control_plane, namespace, "late")
-    tick(op, clock, due + 3 * MINUTE)
-    wait_for(lambda: history(control_plane, namespace, "late") == [(None, "Missed")], what="Missed record")
-    s = status_of(control_plane, namespace, "late")
-    assert s["history"][0] == {
-        "scheduledTime": timestamp(due),
-        "outcome": "Missed",
-        "summary": "not started within startingDeadlineSeconds (60s): 180s late",
-    }
-    assert s["nextScheduleTime"] == timestamp(due + 5 * MINUTE)
-    assert "lastScheduleTime" not in s  # nothing ran
-    (event,) = wait_for(
-        lambda: [e for e in events_of(control_plane, namespace, "late") if e["reason"] == "MissedSchedule"],
-        what="MissedSchedule Event",
-    )
-    assert event["type"] == "Warning"
-    assert f"The run due at {timestamp(due)} did not start: it is 180s past its due time" in event["message"]
+    with EmbeddedOperator(clock=clock) as op:
+        due = next_due(control_plane, namespace, "late")
+        tick(op, clock, due + 3 * MINUTE)
+        wait_for(lambda: history(control_plane, namespace, "late") == [(None, "Missed")], what="Missed record")
+        s = status_of(control_plane, namespace, "late")
+        assert s["history"][0] == {
+            "scheduledTime": timestamp(due),
+            "outcome": "Missed",
+            "summary": "not started within startingDeadlineSeconds (60s): 180s late",
+        }
+        assert s["nextScheduleTime"] == timestamp(due + 5 * MINUTE)
+        assert "lastScheduleTime" not in s  # nothing ran
+        (event,) = wait_for(
+            lambda: [e for e in events_of(control_plane, namespace, "late") if e["reason"] == "MissedSchedule"],
+            what="MissedSchedule Event",
+        )
+        assert event["type"] == "Warning"
+        assert event["message"] == (
+            f"The run due at {timestamp(due)} did not start: it is 180s past its due time, "
+            "beyond startingDeadlineSeconds (60s)."
+        )
+        settle(AuditWindow(control_plane), namespace)
+
+    # A restart, still before the next due time: the miss is handled, never recorded twice.
+    window = AuditWindow(control_plane)
+    clock.advance(seconds=30)
+    with EmbeddedOperator(clock=clock) as op:
+        wait_for(lambda: op.controller.queue.processed >= 2 and op.controller.queue.idle(), what="synced")
+        op.resync_now()
+        settle(window, namespace)
+    assert window.writes(OPERATOR_USER, namespace) == [], describe(window.writes(OPERATOR_USER, namespace))
+    assert len([e for e in events_of(control_plane, namespace, "late") if e["reason"] == "MissedSchedule"]) == 1
+    assert history(control_plane, namespace, "late") == [(None, "Missed")]
     assert runs_of(control_plane, namespace, "late") == {}
 
 
@@ -314,7 +483,12 @@ def test_concurrency_policies(control_plane: ControlPlane, namespace: str, op: A
         ),
         what="Replace history",
     )
-    assert status_of(control_plane, namespace, "replace")["active"] == [{"name": run_name("replace", later)}]
+    replace = status_of(control_plane, namespace, "replace")
+    assert replace["active"] == [{"name": run_name("replace", later)}]
+    assert replace["history"][1]["summary"] == (
+        f"Replaced by {run_name('replace', later)} (concurrencyPolicy Replace)."
+    )
+    assert any(e["reason"] == "Replaced" for e in events_of(control_plane, namespace, "replace"))
 
     # Allow: both run.
     wait_for(
@@ -367,6 +541,132 @@ def test_suspend_and_edits_take_effect_at_once(
     )
     wait_run(control_plane, namespace, run_name("ed", due))  # still within the starting deadline
     assert next_due(control_plane, namespace, "ed") == due + 10 * MINUTE
+
+
+def test_timer_wakes_cost_nothing_and_the_due_moment_creates_the_run_without_a_read(
+    control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock
+) -> None:
+    unready_group(control_plane, namespace)
+    spy = spy_on(op)
+    apply(control_plane, namespace, task("tw", {"cron": "0 9 * * *"}))
+    due = next_due(control_plane, namespace, "tw")
+    timer = TaskTimer(op, namespace, "tw")
+
+    # Early wake-ups ask for the time left, capped at MAX_WAIT (so a clock that jumped is noticed
+    # soon), and make no request at all.
+    before = len(spy.calls)
+    for left in (600, 90, 30):
+        clock.set(due - dt.timedelta(seconds=left))
+        assert timer.wake() == min(MAX_WAIT, left)
+    assert spy.calls[before:] == []
+
+    # The due moment was decided in advance: the run is created first, with no read; the status
+    # follows in a full reconcile, asked for at once (0 s).
+    clock.set(due + dt.timedelta(milliseconds=5))
+    assert timer.wake() == 0.0
+    assert spy.calls[before] == ("create", "AgentRun", run_name("tw", due))
+    wait_for(
+        lambda: status_of(control_plane, namespace, "tw").get("lastScheduleTime") == timestamp(due),
+        what="lastScheduleTime",
+    )
+    wait_for(lambda: op.controller.queue.idle(), what="the work queue idle")
+    writes = [call for call in spy.calls[before + 1 :] if call[0] != "get"]
+    assert writes == [("patch_status", "ScheduledTask", "tw")]
+    s = status_of(control_plane, namespace, "tw")
+    assert s["nextScheduleTime"] == timestamp(due + dt.timedelta(days=1))
+    assert s["active"] == [{"name": run_name("tw", due)}]
+
+    # A day with nothing due: every wake-up is free.
+    after = len(spy.calls)
+    for _ in range(10):
+        clock.advance(minutes=30)
+        assert timer.wake() == MAX_WAIT
+    assert spy.calls[after:] == []
+    assert list(runs_of(control_plane, namespace, "tw")) == [run_name("tw", due)]
+
+
+def test_an_edit_just_before_the_due_time_counts(
+    control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock
+) -> None:
+    unready_group(control_plane, namespace)
+    apply(control_plane, namespace, task("edit", {"cron": "*/5 * * * *"}))
+    due = next_due(control_plane, namespace, "edit")
+    clock.set(due - dt.timedelta(seconds=1))
+    control_plane.kubectl(
+        "patch", "scheduledtask", "edit", "-n", namespace, "--type=merge", "-p", '{"spec":{"prompt":"The new prompt."}}'
+    )
+    wait_for(lambda: status_of(control_plane, namespace, "edit").get("observedGeneration") == 2, what="edit seen")
+    timer = TaskTimer(op, namespace, "edit")  # the edit was reconciled; what it planned is in force
+    clock.set(due)
+    timer.wake()
+    run = wait_run(control_plane, namespace, run_name("edit", due))
+    assert run["spec"]["prompt"] == "The new prompt."
+
+
+def test_a_once_task_runs_once_then_is_completed(
+    control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock
+) -> None:
+    unready_group(control_plane, namespace)
+    at = (clock() + 10 * MINUTE).replace(microsecond=0)
+    apply(control_plane, namespace, task("one", {"once": timestamp(at)}))
+    assert next_due(control_plane, namespace, "one") == at
+    tick(op, clock, at + dt.timedelta(seconds=2))
+    name = run_name("one", at)
+    wait_run(control_plane, namespace, name)
+    wait_for(
+        lambda: (
+            (condition(get(control_plane, "scheduledtask", "one", namespace), "Ready") or {}).get("reason")
+            == "Completed"
+        ),
+        what="Ready=Completed",
+    )
+    s = status_of(control_plane, namespace, "one")
+    assert "nextScheduleTime" not in s
+    assert s["lastScheduleTime"] == timestamp(at)
+    finish(control_plane, namespace, name)
+    wait_for(lambda: history(control_plane, namespace, "one") == [(name, "Succeeded")], what="Succeeded")
+    tick(op, clock, at + dt.timedelta(days=1))
+    settle(AuditWindow(control_plane), namespace)
+    assert list(runs_of(control_plane, namespace, "one")) == [name]
+
+
+def test_a_refused_run_is_reported_and_retried_within_the_deadline(
+    control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock
+) -> None:
+    unready_group(control_plane, namespace)
+    control_plane.kubectl("create", "quota", "runs", "-n", namespace, "--hard=count/agentruns.pynchy.dev=0")
+    wait_for(
+        lambda: (
+            "count/agentruns.pynchy.dev"
+            in ((get(control_plane, "resourcequota", "runs", namespace) or {}).get("status") or {}).get("hard", {})
+        ),
+        what="the quota in force",
+    )
+    apply(control_plane, namespace, task("quota", {"cron": "*/10 * * * *"}, startingDeadlineSeconds=90))
+    due = next_due(control_plane, namespace, "quota")
+    tick(op, clock, due)
+
+    def refused() -> dict[str, Any] | None:
+        ready = condition(get(control_plane, "scheduledtask", "quota", namespace), "Ready")
+        return ready if ready and ready["reason"] == "RunRefused" else None
+
+    ready = wait_for(refused, what="Ready=False RunRefused")
+    assert ready["status"] == "False"
+    assert f"the API server refused AgentRun {run_name('quota', due)}" in ready["message"]
+    assert "exceeded quota: runs" in ready["message"]
+    assert "lastScheduleTime" not in status_of(control_plane, namespace, "quota")
+    assert runs_of(control_plane, namespace, "quota") == {}
+
+    # The quota is lifted; the retry comes while the due time is still within the deadline: it runs.
+    control_plane.kubectl("delete", "quota", "runs", "-n", namespace)
+    tick(op, clock, due + MINUTE)
+    wait_run(control_plane, namespace, run_name("quota", due))
+    wait_for(
+        lambda: status_of(control_plane, namespace, "quota").get("lastScheduleTime") == timestamp(due),
+        what="lastScheduleTime",
+    )
+    t = get(control_plane, "scheduledtask", "quota", namespace)
+    assert (condition(t, "Ready")["status"], condition(t, "Ready")["reason"]) == ("True", "Scheduled")
 
 
 def test_history_limits_prune_finished_runs(

@@ -606,6 +606,8 @@ class TaskReconciler:
             elif isinstance(decision, Invalid):  # validated above; kept for completeness
                 accepted = Cond("Accepted", False, "InvalidSchedule", "; ".join(decision.problems))
                 ready, next_time, next_check = NOT_ACCEPTED, None, None
+            if handled and isinstance(decision, Fire | Skip | Missed) and decision.next_time is None:
+                ready = READY_COMPLETED  # a once, handled now: nothing more will be due
             event = describe_decision(decision, task, now) if handled else None
             if event is not None:
                 events.append(event)
