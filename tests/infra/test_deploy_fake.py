@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_harness import FakeHostState, Run, run_deploy
 from deploys.pynchy_infra import bundle, prereqs
 from deploys.pynchy_infra.defaults import K3S_SHA256, K3S_VERSION
 from deploys.pynchy_infra.install import install
+
+from infra.deploy_harness import FakeHostState, Run, run_deploy
 
 SECRETS = {
     "PYNCHY_ANTHROPIC_API_KEY": "sk-ant-test-0123456789abcdef",
