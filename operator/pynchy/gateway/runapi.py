@@ -156,7 +156,8 @@ class RunApi:
             )
 
         def give_way() -> bool:
-            # An idle conversation run ends early so a scheduled run waiting behind it can start.
+            # A conversation run takes no more turns while a scheduled run of the Group waits: it ends
+            # after its current turn (or at once when idle) so the schedule can start.
             return self.gw.runs.prompt_run_waiting(ctx.namespace, ctx.claims.group, ctx.name)
 
         row = await self.gw.hub.next_turn(
