@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pynchy.dev.supervisor import LOCAL_PATH_CLASS
 from pynchy.kube.binaries import ensure_binaries
 from pynchy.kube.controlplane import ControlPlane
 
@@ -46,18 +47,6 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
 
 
 OPERATOR_USER = "system:serviceaccount:pynchy-system:pynchy-operator"
-
-# k3s's default StorageClass: claims bind when their first pod is scheduled.
-LOCAL_PATH_CLASS = """
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata:
-  name: local-path
-  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
-provisioner: rancher.io/local-path
-volumeBindingMode: WaitForFirstConsumer
-reclaimPolicy: Delete
-"""
 
 
 @pytest.fixture(scope="session")

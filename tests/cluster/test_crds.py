@@ -16,7 +16,7 @@ from pynchy.api.base import ApiModel
 from pynchy.kube.controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+EXAMPLES = sorted(p for p in (REPO / "manifests" / "examples").glob("*.yaml") if p.name != "kustomization.yaml")
 
 
 def _get(plane: ControlPlane, *args: str) -> Any:

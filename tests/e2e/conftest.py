@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,39 @@ def model() -> Iterator[ScriptedModel]:
         yield m
 
 
+@contextmanager
+def running_stack(
+    plane: ControlPlane,
+    namespace: str,
+    operator_kubeconfig: Path,
+    gateway_kubeconfig: Path,
+    model: ScriptedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    **gateway_settings: object,
+) -> Iterator[Stack]:
+    """Gateway (with `gateway_settings`), operator and dev node for `namespace`, stopped afterwards."""
+    gateway = make_gateway(
+        gateway_kubeconfig, tmp_path, model.base_url, MODEL_KEY, namespaces=[namespace], **gateway_settings
+    ).start()
+    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
+    monkeypatch.setenv("PYNCHY_RUN_TOKEN_KEY", RUN_TOKEN_KEY)
+    monkeypatch.setenv("PYNCHY_GATEWAY_URL", gateway.url)
+    monkeypatch.setenv("PYNCHY_NAMESPACES", namespace)
+    monkeypatch.setenv("PYNCHY_WORKERS", "4")
+    operator = EmbeddedOperator().start()
+    node_name = "dev-" + hashlib.sha1(namespace.encode()).hexdigest()[:10]
+    node = DevNode(plane.kubeconfig, tmp_path / "node", name=node_name, namespaces=[namespace])
+    node.start()
+    s = Stack(plane, namespace, model, gateway, operator, node, tmp_path / "node")
+    try:
+        yield s
+    finally:
+        node.stop()
+        s.operator.stop()
+        gateway.stop()
+
+
 @pytest.fixture
 def stack(
     control_plane: ControlPlane,
@@ -47,20 +81,7 @@ def stack(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Stack]:
-    gateway = make_gateway(gateway_kubeconfig, tmp_path, model.base_url, MODEL_KEY, namespaces=[namespace]).start()
-    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
-    monkeypatch.setenv("PYNCHY_RUN_TOKEN_KEY", RUN_TOKEN_KEY)
-    monkeypatch.setenv("PYNCHY_GATEWAY_URL", gateway.url)
-    monkeypatch.setenv("PYNCHY_NAMESPACES", namespace)
-    monkeypatch.setenv("PYNCHY_WORKERS", "4")
-    operator = EmbeddedOperator().start()
-    node_name = "dev-" + hashlib.sha1(namespace.encode()).hexdigest()[:10]
-    node = DevNode(control_plane.kubeconfig, tmp_path / "node", name=node_name, namespaces=[namespace])
-    node.start()
-    s = Stack(control_plane, namespace, model, gateway, operator, node, tmp_path / "node")
-    try:
+    with running_stack(
+        control_plane, namespace, operator_kubeconfig, gateway_kubeconfig, model, tmp_path, monkeypatch
+    ) as s:
         yield s
-    finally:
-        node.stop()
-        s.operator.stop()
-        gateway.stop()

@@ -3,7 +3,6 @@ Claude Code CLI (against the scripted model) → a placeholder streamed in the t
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,14 +10,11 @@ from pathlib import Path
 import pytest
 
 from cluster.helpers import is_ready, wait_for
-from conftest import RUN_TOKEN_KEY, make_gateway
 from doubles.anthropic import ScriptedModel, Usage, text, write_in_cwd
 from doubles.slack import BOT_TOKEN, BOT_USER, OWNER, SIGNING_SECRET, SlackDouble, post_event
-from e2e.conftest import MODEL_KEY, Stack
-from pynchy.devnode import DevNode
+from e2e.conftest import Stack, running_stack
 from pynchy.gateway.slack.stream import PLACEHOLDER
 from pynchy.kube.controlplane import ControlPlane
-from pynchy.operator.run import EmbeddedOperator
 
 CHANNEL = "C0E2ESLACK1"
 GROUP = f"""
@@ -50,33 +46,20 @@ def slack_stack(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Stack]:
     """e2e.conftest's stack, with the gateway's Slack channel pointed at the double."""
-    gateway = make_gateway(
+    with running_stack(
+        control_plane,
+        namespace,
+        operator_kubeconfig,
         gateway_kubeconfig,
+        model,
         tmp_path,
-        model.base_url,
-        MODEL_KEY,
-        namespaces=[namespace],
+        monkeypatch,
         owner=OWNER,
         slack_bot_token=BOT_TOKEN,
         slack_signing_secret=SIGNING_SECRET,
         slack_api_url=slack.api_url,
-    ).start()
-    monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig))
-    monkeypatch.setenv("PYNCHY_RUN_TOKEN_KEY", RUN_TOKEN_KEY)
-    monkeypatch.setenv("PYNCHY_GATEWAY_URL", gateway.url)
-    monkeypatch.setenv("PYNCHY_NAMESPACES", namespace)
-    monkeypatch.setenv("PYNCHY_WORKERS", "4")
-    operator = EmbeddedOperator().start()
-    node_name = "dev-" + hashlib.sha1(namespace.encode()).hexdigest()[:10]
-    node = DevNode(control_plane.kubeconfig, tmp_path / "node", name=node_name, namespaces=[namespace])
-    node.start()
-    stack = Stack(control_plane, namespace, model, gateway, operator, node, tmp_path / "node")
-    try:
+    ) as stack:
         yield stack
-    finally:
-        node.stop()
-        operator.stop()
-        gateway.stop()
 
 
 def test_slack_mention_runs_the_agent_and_the_reply_streams_into_the_thread(

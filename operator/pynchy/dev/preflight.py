@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import socket
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,12 @@ def check_ports(ports: list[Port]) -> None:
         )
     if problems:
         raise DevError("\n".join(problems))
+
+
+def http_ok(url: str) -> bool:
+    """Does `url` answer 200 within two seconds?"""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False

@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from pynchy.dev.components import same_process
 from pynchy.dev.config import DevPaths
-from pynchy.dev.preflight import read_pid, read_state, supervisor_alive
+from pynchy.dev.preflight import http_ok, read_pid, read_state, supervisor_alive
 
 # Exit codes, as `systemctl status` uses them.
 HEALTHY, DEGRADED, NOT_RUNNING = 0, 1, 3
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
 
 
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -141,13 +132,13 @@ def collect(data_dir: Path) -> dict[str, Any]:
         health = "-"
         if alive:
             if name == "etcd" and port:
-                health = "ok" if _http_ok(f"http://127.0.0.1:{port}/health") else "unhealthy"
+                health = "ok" if http_ok(f"http://127.0.0.1:{port}/health") else "unhealthy"
             elif name == "kube-apiserver":
                 health = "ok" if cluster and not cluster.get("api_error") else "unreachable"
             elif name == "gateway":
-                health = "ok" if _http_ok(f"{state.get('gateway_url')}/healthz") else "unhealthy"
+                health = "ok" if http_ok(f"{state.get('gateway_url')}/healthz") else "unhealthy"
             elif name == "operator":
-                health = "ok" if _http_ok(str(state.get("operator_health_url"))) else "unhealthy"
+                health = "ok" if http_ok(str(state.get("operator_health_url"))) else "unhealthy"
             elif name == "devnode":
                 health = "ok" if cluster.get("node_ready") else f"node not Ready: {cluster.get('node_message') or '?'}"
             else:

@@ -24,7 +24,6 @@ import shutil
 import signal
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +32,14 @@ from typing import Any, TextIO
 from pynchy.dev import config
 from pynchy.dev.components import Child, LogStream, Spec, pynchy_argv, stop_children
 from pynchy.dev.config import DevPaths
-from pynchy.dev.preflight import DevError, PidLock, Port, check_ports, stale_report
+from pynchy.dev.preflight import DevError, PidLock, Port, check_ports, http_ok, stale_report
 from pynchy.paths import CRDS_DIR
 
 STABLE_SECONDS = 60.0
 MAX_CRASHES = 5
 MAX_BACKOFF = 30.0
 
+# k3s's default StorageClass: claims bind when their first pod is scheduled.
 LOCAL_PATH_CLASS = """
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
@@ -66,14 +66,6 @@ class Options:
     verbose: bool = False
     start_timeout: float = 120.0
     stop_grace: float = 20.0
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
 
 
 def _display(path: Path) -> str:
@@ -308,7 +300,7 @@ class Supervisor:
             },
             self.paths.log("gateway"),
             port=self.o.gateway_port,
-            ready=lambda: _http_ok(f"{self.gateway_url}/healthz"),
+            ready=lambda: http_ok(f"{self.gateway_url}/healthz"),
         )
         operator = Spec(
             "operator",
@@ -322,7 +314,7 @@ class Supervisor:
             },
             self.paths.log("operator"),
             port=self.operator_health_port,
-            ready=lambda: _http_ok(f"http://127.0.0.1:{self.operator_health_port}/healthz"),
+            ready=lambda: http_ok(f"http://127.0.0.1:{self.operator_health_port}/healthz"),
         )
         devnode = Spec(
             "devnode",
