@@ -51,8 +51,9 @@ def record_inbound(
     }
     dialect = session.get_bind().dialect.name
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(MessageRow).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    new_id = session.execute(stmt.returning(MessageRow.id)).scalar()
+    table = MessageRow.__table__  # Core, not the ORM's bulk insert path: this runs for every message
+    stmt = insert(table).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    new_id = session.execute(stmt.returning(table.c.id)).scalar()
     if new_id is None:
         existing = session.scalar(select(MessageRow).where(MessageRow.dedupe_key == dedupe_key))
         assert existing is not None  # the conflicting row is committed (or we would have waited on it)

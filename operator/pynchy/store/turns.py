@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from pynchy.store.models import TurnRow
@@ -46,26 +46,29 @@ def enqueue(
         # Two transactions must not both read the same max(seq); this lock lasts until commit.
         # (SQLite transactions begin IMMEDIATE, so writers already take turns there.)
         session.execute(select(func.pg_advisory_xact_lock(SEQ_LOCK_KEY)))
-    seq = (session.scalar(select(func.max(TurnRow.seq))) or 0) + 1
-    row = TurnRow(
-        id=turn_id or new_turn_id(),
-        namespace=namespace,
-        group=group,
-        run=run,
-        prompt=prompt,
-        sender=sender,
-        source=source,
-        state=QUEUED,
-        seq=seq,
-        created_at=datetime.now(UTC),
-        reply_channel=reply_channel,
-        reply_channel_id=reply_channel_id,
-        reply_thread=reply_thread,
-        message_id=message_id,
-    )
-    session.add(row)
-    session.flush()
-    return row
+    turns = TurnRow.__table__
+    # Core statements: this runs for every message, and the ORM's unit of work costs more than the SQL.
+    seq = (session.execute(select(func.max(turns.c.seq))).scalar() or 0) + 1
+    values = {
+        "id": turn_id or new_turn_id(),
+        "namespace": namespace,
+        "group": group,
+        "run": run,
+        "prompt": prompt,
+        "sender": sender,
+        "source": source,
+        "state": QUEUED,
+        "attempts": 0,
+        "is_error": False,
+        "seq": seq,
+        "created_at": datetime.now(UTC),
+        "reply_channel": reply_channel,
+        "reply_channel_id": reply_channel_id,
+        "reply_thread": reply_thread,
+        "message_id": message_id,
+    }
+    session.execute(insert(turns).values(**values))
+    return TurnRow(**values)  # a detached copy for the caller; the row is in the transaction
 
 
 def claim_next(session: Session, namespace: str, group: str, run: str, *, bound_only: bool) -> TurnRow | None:
@@ -166,11 +169,10 @@ def cancel_open(session: Session, namespace: str, group: str, reason: str) -> li
 
 def has_running(session: Session, namespace: str, group: str) -> bool:
     """Is a turn of the Group with a run right now (so a new message is a follow-up)?"""
-    found = session.scalar(
-        select(TurnRow.id)
-        .where(TurnRow.namespace == namespace, TurnRow.group == group, TurnRow.state == DELIVERED)
-        .limit(1)
-    )
+    t = TurnRow.__table__.c
+    found = session.execute(
+        select(t.id).where(t.namespace == namespace, t.group == group, t.state == DELIVERED).limit(1)
+    ).scalar()
     return found is not None
 
 

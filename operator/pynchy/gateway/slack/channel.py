@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import aiohttp
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_sdk.errors import SlackApiError
 
@@ -82,6 +83,7 @@ class SlackChannel:
             background=self._background,
         )
         self._socket: AsyncSocketModeHandler | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._auth_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -116,6 +118,11 @@ class SlackChannel:
     async def start(self) -> None:
         """A refused token fails the start with a clear message. Slack being unreachable does not:
         the gateway serves its other channels, and this one connects when Slack answers."""
+        # One HTTP session for every Web API call: slack_sdk opens a new session (and connection)
+        # per call otherwise, which costs more than the call itself at a message rate.
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        for client in (self.client, self.stream_client):
+            client.session = self._http
         try:
             await self.whoami()
         except RuntimeError:
@@ -155,6 +162,9 @@ class SlackChannel:
         if self._socket is not None:
             await self._socket.close_async()
             self._socket = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     def _background(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
