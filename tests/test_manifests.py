@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -26,30 +27,35 @@ def kubectl_bin() -> Path:
     return ensure_binaries() / "kubectl"
 
 
-def kustomize(path: Path) -> list[dict[str, Any]]:
-    """`kubectl kustomize path` as objects."""
+@cache
+def _kustomize_output(path: Path) -> str:
     proc = subprocess.run(
         [str(kubectl_bin()), "kustomize", str(path)], capture_output=True, text=True, timeout=120, check=False
     )
     assert proc.returncode == 0, f"kubectl kustomize {path}:\n{proc.stderr}"
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return proc.stdout
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize path` as objects (fresh ones on every call; kubectl runs once per path)."""
+    return [d for d in yaml.safe_load_all(_kustomize_output(path)) if d]
+
+
+def _dirs_of_kind(kind: str) -> list[Path]:
+    return [
+        f.parent
+        for f in sorted(MANIFESTS.rglob("kustomization.yaml"))
+        if yaml.safe_load(f.read_text()).get("kind", "Kustomization") == kind
+    ]
 
 
 def kustomizations() -> list[Path]:
     """Every Kustomization under manifests/ (Components are rendered through a wrapper below)."""
-    found = []
-    for f in sorted(MANIFESTS.rglob("kustomization.yaml")):
-        if yaml.safe_load(f.read_text()).get("kind", "Kustomization") == "Kustomization":
-            found.append(f.parent)
-    return found
+    return _dirs_of_kind("Kustomization")
 
 
 def components() -> list[Path]:
-    return [
-        f.parent
-        for f in sorted(MANIFESTS.rglob("kustomization.yaml"))
-        if yaml.safe_load(f.read_text()).get("kind") == "Component"
-    ]
+    return _dirs_of_kind("Component")
 
 
 def rel(p: Path) -> str:
@@ -60,21 +66,18 @@ def render_component(component: Path, tmp_path: Path) -> list[dict[str, Any]]:
     """A Component on top of what it extends: the base, or for the Argo CD health check an argocd-cm."""
     wrapper = tmp_path / "wrapper"
     wrapper.mkdir()
-    resources = [os.path.relpath(MANIFESTS / "base", wrapper)]  # kustomize takes relative paths only
+    wrapper_spec: dict[str, Any] = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(MANIFESTS / "base", wrapper)],  # kustomize takes relative paths only
+        "components": [os.path.relpath(component, wrapper)],
+    }
     if component.name == "health":
         (wrapper / "argocd-cm.yaml").write_text(
             # As in Argo CD's install.yaml: no namespace; the installing kustomization sets it.
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: argocd-cm\ndata:\n  url: https://argocd.example.com\n"
         )
-        resources = ["argocd-cm.yaml"]
-    wrapper_spec: dict[str, Any] = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": resources,
-        "components": [os.path.relpath(component, wrapper)],
-    }
-    if component.name == "health":
-        wrapper_spec["namespace"] = "argocd"
+        wrapper_spec.update(resources=["argocd-cm.yaml"], namespace="argocd")
     (wrapper / "kustomization.yaml").write_text(yaml.safe_dump(wrapper_spec))
     return kustomize(wrapper)
 

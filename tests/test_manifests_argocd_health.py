@@ -60,13 +60,16 @@ end
 """
 
 
+def sandboxed(script: str, obj: dict[str, Any]) -> Any:
+    """What `script` returns in the sandbox, with `obj` as the global `obj`."""
+    lua = lua51.LuaRuntime(register_eval=False, register_builtins=False)
+    return lua.eval(RUNNER)(script, lua.table_from(obj, recursive=True), lua.table_from(BASE))
+
+
 def health(obj: dict[str, Any]) -> dict[str, Any]:
     """The script's verdict for `obj`, as Argo CD would read it (status, message)."""
-    lua = lua51.LuaRuntime(register_eval=False, register_builtins=False)
-    run = lua.eval(RUNNER)
     # JSON first: what Argo CD decodes is JSON (no YAML timestamps or other Python types).
-    plain = json.loads(json.dumps(obj, default=str))
-    result = run(SCRIPT, lua.table_from(plain, recursive=True), lua.table_from(BASE))
+    result = sandboxed(SCRIPT, json.loads(json.dumps(obj, default=str)))
     assert lua51.lua_type(result) == "table", f"the script returned {result!r}, not a table"
     return {"status": result["status"], "message": result["message"]}
 
@@ -96,10 +99,8 @@ def test_every_sample_is_a_valid_object() -> None:
 
 def test_a_script_error_is_an_error_here_too() -> None:
     # The sandbox is strict: string methods do not exist, as in Argo CD.
-    lua = lua51.LuaRuntime(register_eval=False, register_builtins=False)
-    run = lua.eval(RUNNER)
     with pytest.raises(lua51.LuaError):
-        run('return {status = ("x"):upper()}', lua.table_from({}), lua.table_from(BASE))
+        sandboxed('return {status = ("x"):upper()}', {})
 
 
 @pytest.mark.usefixtures("operator")

@@ -41,6 +41,8 @@ IMAGE_INPUTS: dict[str, tuple[str, ...]] = {
         "agent-image/pynchy_agent",
     ),
 }
+# One build context for both images: the union of their inputs.
+CONTEXT_INPUTS = tuple(sorted({p for paths in IMAGE_INPUTS.values() for p in paths}))
 DOCKERFILES = {"pynchy": "Dockerfile", "agent": "agent-image/Dockerfile"}
 IMAGE_NAMES = {"pynchy": "localhost/pynchy", "agent": "localhost/pynchy-agent"}
 
@@ -92,8 +94,7 @@ def digest(entries: dict[str, bytes]) -> str:
 
 
 def build_context() -> bytes:
-    """One context for both images: the union of their inputs."""
-    return tarball(collect(sorted({p for paths in IMAGE_INPUTS.values() for p in paths})))
+    return tarball(collect(CONTEXT_INPUTS))
 
 
 def image_refs(built: bool = True) -> dict[str, str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pyinfra import host
+
 # k3s, pinned by version and checksum. To upgrade, change all four in group_data/ (the values come
 # from the release's sha256sum-<arch>.txt and the install.sh at the release tag) and run the
 # install deploy again. Architectures without pins here must be pinned in group_data/.
@@ -57,3 +59,8 @@ DEFAULTS: dict[str, Any] = {
     # Uninstall: also remove k3s and everything in it.
     "pynchy_uninstall_k3s": False,
 }
+
+
+def data(key: str) -> Any:
+    """Host data `key`, else its default above (a @deploy's data_defaults supply it only inside one)."""
+    return host.data.get(key, DEFAULTS[key])

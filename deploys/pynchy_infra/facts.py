@@ -9,6 +9,20 @@ from pyinfra.api import FactBase
 # k3s's own binaries; the kubectl and ctr symlinks may be missing or shadowed by other installs.
 KUBECTL = "k3s kubectl"
 CTR = "k3s ctr --namespace k8s.io"
+# The image builders the deploys use, in order of preference.
+BUILDERS = ("buildah", "nerdctl", "docker")
+
+
+class _Flag(FactBase[bool]):
+    """A yes/no fact: False when the command prints nothing, else what `process` makes of the
+    output (by default: True)."""
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+    def process(self, output: list[str]) -> bool:
+        return any(line.strip() for line in output)
 
 
 class K3sVersion(FactBase[str | None]):
@@ -33,36 +47,25 @@ class Stamp(FactBase[str | None]):
         return output[0].strip() or None
 
 
-class ContainerdImage(FactBase[bool]):
+class ContainerdImage(_Flag):
     """Whether k3s's containerd (namespace k8s.io, the one the kubelet uses) holds the image `ref`."""
-
-    @staticmethod
-    def default() -> bool:
-        return False
 
     def command(self, ref: str) -> str:
         return f"{CTR} images list --quiet name=={shlex.quote(ref)} 2>/dev/null || true"
-
-    def process(self, output: list[str]) -> bool:
-        return any(line.strip() for line in output)
 
 
 class ImageBuilder(FactBase[str | None]):
     """The first image builder the host has: buildah, nerdctl or docker (None if none)."""
 
     def command(self) -> str:
-        return "for b in buildah nerdctl docker; do command -v $b >/dev/null 2>&1 && { echo $b; break; }; done; true"
+        return f"for b in {' '.join(BUILDERS)}; do command -v $b >/dev/null 2>&1 && {{ echo $b; break; }}; done; true"
 
     def process(self, output: list[str]) -> str | None:
         return output[0].strip() or None
 
 
-class KubeObject(FactBase[bool]):
+class KubeObject(_Flag):
     """Whether the k3s cluster on the host has the object `kind/object_name` in `namespace`."""
-
-    @staticmethod
-    def default() -> bool:
-        return False
 
     def command(self, kind: str, object_name: str, namespace: str) -> str:
         return (
@@ -70,16 +73,9 @@ class KubeObject(FactBase[bool]):
             " --output name 2>/dev/null || true"
         )
 
-    def process(self, output: list[str]) -> bool:
-        return any(line.strip() for line in output)
 
-
-class ApiReady(FactBase[bool]):
+class ApiReady(_Flag):
     """Whether the k3s API server on the host answers /readyz."""
-
-    @staticmethod
-    def default() -> bool:
-        return False
 
     def command(self) -> str:
         return f"{KUBECTL} get --raw=/readyz 2>/dev/null || true"
@@ -88,12 +84,8 @@ class ApiReady(FactBase[bool]):
         return output[0].strip() == "ok"
 
 
-class RolloutsAvailable(FactBase[bool]):
+class RolloutsAvailable(_Flag):
     """Whether every named Deployment in `namespace` has all its replicas updated and available."""
-
-    @staticmethod
-    def default() -> bool:
-        return False
 
     def command(self, namespace: str, names: tuple[str, ...]) -> str:
         template = (
@@ -118,12 +110,8 @@ class RolloutsAvailable(FactBase[bool]):
         return seen > 0
 
 
-class SameContent(FactBase[bool]):
+class SameContent(_Flag):
     """Whether the output of `command` equals the file at `path` byte for byte (cmp)."""
-
-    @staticmethod
-    def default() -> bool:
-        return False
 
     def command(self, command: str, path: str) -> str:
         return f"( {command} ) 2>/dev/null | cmp -s - {shlex.quote(path)} && echo same || true"

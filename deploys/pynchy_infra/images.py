@@ -9,16 +9,14 @@ from io import BytesIO
 from typing import Any
 
 from deploys.pynchy_infra import bundle
-from deploys.pynchy_infra.defaults import DEFAULTS
-from deploys.pynchy_infra.facts import CTR, ContainerdImage, ImageBuilder
+from deploys.pynchy_infra.defaults import DEFAULTS, data
+from deploys.pynchy_infra.facts import BUILDERS, CTR, ContainerdImage, ImageBuilder
 from deploys.pynchy_infra.k3s import local_sha256
 from deploys.pynchy_infra.ops import stamped
 from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.api.exceptions import OperationError
 from pyinfra.operations import files
-
-BUILDERS = ("buildah", "nerdctl", "docker")
 
 
 def build_commands(builder: str, dockerfile: str, context: str, ref: str, archive: str) -> list[str]:
@@ -62,8 +60,8 @@ def image_built(
 @deploy("Pynchy: images", data_defaults=DEFAULTS)
 def images() -> dict[str, str]:
     """Returns the image references the manifests should use."""
-    state_dir = host.data.get("pynchy_state_dir", DEFAULTS["pynchy_state_dir"])
-    archives = host.data.get("pynchy_image_archives")
+    state_dir = data("pynchy_state_dir")
+    archives = data("pynchy_image_archives")
     files.directory(name="Image work directory", path=f"{state_dir}/images", mode="700")
     if archives:
         refs = bundle.image_refs(built=False)
@@ -89,6 +87,6 @@ def images() -> dict[str, str]:
             dockerfile=bundle.DOCKERFILES[image],
             context_tar=context_tar,
             work_dir=f"{state_dir}/images/{image}",
-            builder=host.data.get("pynchy_image_builder", DEFAULTS["pynchy_image_builder"]),
+            builder=data("pynchy_image_builder"),
         )
     return refs

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 import yaml
-from deploys.pynchy_infra.defaults import DEFAULTS
+from deploys.pynchy_infra.defaults import DEFAULTS, data
 from deploys.pynchy_infra.ops import api_ready, command_output_file, local_mode, stamped
 from pyinfra import host
 from pyinfra.api import deploy
@@ -41,10 +41,6 @@ CONFIG_DEFAULTS: dict[str, Any] = {
 
 _ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm"}
 _BINARY_NAMES = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf"}
-
-
-def data(key: str) -> Any:
-    return host.data.get(key, DEFAULTS[key])
 
 
 def arch() -> str:

@@ -14,7 +14,7 @@ from collections.abc import Generator
 from io import BytesIO
 from typing import Any
 
-from deploys.pynchy_infra.facts import ApiReady, KubeObject, RolloutsAvailable, SameContent, Stamp
+from deploys.pynchy_infra.facts import KUBECTL, ApiReady, KubeObject, RolloutsAvailable, SameContent, Stamp
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 from pyinfra.facts.files import Sha256File
@@ -74,7 +74,7 @@ def api_ready(timeout_seconds: int = 300) -> Generator[Any, None, None]:
     if host.get_fact(ApiReady):
         host.noop("the Kubernetes API is ready")
         return
-    yield (f"timeout {timeout_seconds} sh -c 'until k3s kubectl get --raw=/readyz >/dev/null 2>&1; do sleep 2; done'")
+    yield f"timeout {timeout_seconds} sh -c 'until {KUBECTL} get --raw=/readyz >/dev/null 2>&1; do sleep 2; done'"
 
 
 @operation()
@@ -85,7 +85,7 @@ def rollouts_available(namespace: str, names: list[str], timeout_seconds: int = 
         return
     for name in names:
         yield (
-            f"k3s kubectl rollout status --namespace {shlex.quote(namespace)} deployment/{shlex.quote(name)}"
+            f"{KUBECTL} rollout status --namespace {shlex.quote(namespace)} deployment/{shlex.quote(name)}"
             f" --timeout={timeout_seconds}s"
         )
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from io import StringIO
 
-from deploys.pynchy_infra.defaults import DEFAULTS
+from deploys.pynchy_infra.defaults import DEFAULTS, data
+from deploys.pynchy_infra.facts import BUILDERS
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
@@ -48,14 +49,14 @@ def sysctl_conf() -> str:
 
 def wants_buildah() -> bool:
     """Install buildah when the host has no image builder and none is named in host data."""
-    builder = host.data.get("pynchy_image_builder", DEFAULTS["pynchy_image_builder"])
-    if host.data.get("pynchy_image_archives"):
+    builder = data("pynchy_image_builder")
+    if data("pynchy_image_archives"):
         return False
     if builder == "buildah":
         return True
     if builder != "auto":
         return False
-    return not any(host.get_fact(Which, command=b) for b in ("buildah", "nerdctl", "docker"))
+    return not any(host.get_fact(Which, command=b) for b in BUILDERS)
 
 
 @deploy("Pynchy: OS packages", data_defaults=DEFAULTS)
@@ -70,7 +71,7 @@ def packages() -> None:
     if not missing:
         host.noop("OS packages are installed")
         return
-    if host.data.get("k3s_airgap"):
+    if data("k3s_airgap"):
         # No package lists to refresh without a network: bring them from your local mirror first.
         raise DeployError(f"air-gapped host lacks the packages {', '.join(missing)}; install them first")
     # Refresh the package lists only when something is missing: a second run changes nothing.

@@ -11,7 +11,7 @@ from io import BytesIO
 from typing import Any
 
 from deploys.pynchy_infra import bundle, secrets
-from deploys.pynchy_infra.defaults import DEFAULTS
+from deploys.pynchy_infra.defaults import DEFAULTS, data
 from deploys.pynchy_infra.facts import KUBECTL, Stamp
 from deploys.pynchy_infra.ops import generated_secret, private_file, rollouts_available, stamped
 from pyinfra import host
@@ -21,10 +21,6 @@ from pyinfra.operations import files
 NAMESPACE = "pynchy-system"
 DEPLOYMENTS = ["pynchy-operator", "pynchy-gateway"]
 FIELD_MANAGER = "pynchy-deploy"
-
-
-def data(key: str) -> Any:
-    return host.data.get(key, DEFAULTS[key])
 
 
 @deploy("Pynchy: manifests", data_defaults=DEFAULTS)
@@ -82,12 +78,27 @@ def _random_secret(name: str, keys: dict[str, str]) -> list[str]:
     return ["sh -c " + shlex.quote("; ".join(script))]
 
 
+def _secret_from_values(secret: str, values: dict[str, str], file_label: str, restart: list[str]) -> None:
+    """Secret `secret` holding `values` (read on this machine): a root-only patch file on the host,
+    merged into the Secret when its content changed, then the Deployments in `restart` restarted."""
+    state_dir = data("pynchy_state_dir")
+    patch_file = f"{state_dir}/secrets/{secret}.json"
+    content = secrets.merge_patch(values)
+    private_file(name=file_label, dest=patch_file, content=content)
+    secret_applied(
+        name=f"Secret {secret}",
+        secret=secret,
+        patch_file=patch_file,
+        content_sha256=hashlib.sha256(content).hexdigest(),
+        stamp=f"{state_dir}/stamps/secret-{secret}",
+        restart=restart,
+    )
+
+
 @deploy("Pynchy: secrets", data_defaults=DEFAULTS)
 def secret_values() -> None:
-    state_dir = data("pynchy_state_dir")
     files_map = dict(data("pynchy_secret_files"))
-    secret_dir = f"{state_dir}/secrets"
-    files.directory(name="Secret files directory (root only)", path=secret_dir, mode="700")
+    files.directory(name="Secret files directory (root only)", path=f"{data('pynchy_state_dir')}/secrets", mode="700")
 
     run_token = secrets.run_token_value(files_map, os.environ)
     if run_token is None:
@@ -98,36 +109,17 @@ def secret_values() -> None:
             create=_random_secret("pynchy-run-token", {secrets.RUN_TOKEN_KEY: "%s"}),
         )
     else:
-        content = secrets.merge_patch({secrets.RUN_TOKEN_KEY: run_token})
-        private_file(
-            name="Run-token key file (value not shown)",
-            dest=f"{secret_dir}/pynchy-run-token.json",
-            content=content,
-        )
-        secret_applied(
-            name="Secret pynchy-run-token",
-            secret="pynchy-run-token",
-            patch_file=f"{secret_dir}/pynchy-run-token.json",
-            content_sha256=hashlib.sha256(content).hexdigest(),
-            stamp=f"{state_dir}/stamps/secret-pynchy-run-token",
-            restart=DEPLOYMENTS,
+        _secret_from_values(
+            "pynchy-run-token", {secrets.RUN_TOKEN_KEY: run_token}, "Run-token key file (value not shown)", DEPLOYMENTS
         )
 
     values = secrets.gateway_values(files_map, os.environ)
     if values:
-        content = secrets.merge_patch(values)
-        private_file(
-            name=f"Gateway credentials file ({', '.join(sorted(values))}; values not shown)",
-            dest=f"{secret_dir}/pynchy-gateway.json",
-            content=content,
-        )
-        secret_applied(
-            name="Secret pynchy-gateway",
-            secret="pynchy-gateway",
-            patch_file=f"{secret_dir}/pynchy-gateway.json",
-            content_sha256=hashlib.sha256(content).hexdigest(),
-            stamp=f"{state_dir}/stamps/secret-pynchy-gateway",
-            restart=["pynchy-gateway"],
+        _secret_from_values(
+            "pynchy-gateway",
+            values,
+            f"Gateway credentials file ({', '.join(sorted(values))}; values not shown)",
+            ["pynchy-gateway"],
         )
     else:
         # Nothing in this environment: keep what the Secret has (a run without your variables

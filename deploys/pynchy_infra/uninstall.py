@@ -10,16 +10,12 @@ from collections.abc import Generator
 from typing import Any
 
 from deploys.pynchy_infra import k3s, prereqs
-from deploys.pynchy_infra.defaults import DEFAULTS
+from deploys.pynchy_infra.defaults import DEFAULTS, data
 from deploys.pynchy_infra.facts import CTR, KUBECTL, K3sVersion, PynchyImages
 from pyinfra import host
 from pyinfra.api import FunctionCommand, deploy, operation
 from pyinfra.facts.files import File
 from pyinfra.operations import files
-
-
-def data(key: str) -> Any:
-    return host.data.get(key, DEFAULTS[key])
 
 
 @operation()

@@ -21,7 +21,7 @@ def repo_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from deploys.pynchy_infra import bundle
 
     snapshot = tmp_path_factory.mktemp("checkout")
-    for rel in sorted({p for paths in bundle.IMAGE_INPUTS.values() for p in paths} | {"manifests"}):
+    for rel in sorted({*bundle.CONTEXT_INPUTS, "manifests"}):
         src, dest = REPO / rel, snapshot / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():

@@ -18,18 +18,26 @@ from io import IOBase
 from pathlib import Path
 from typing import Any
 
-from pyinfra.api import Config, Inventory, State
+from pyinfra.api import Config, Host, Inventory, State
 from pyinfra.api.connect import connect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.operations import run_ops
 from pyinfra.connectors.fake import FakeConnector
+
+# A fresh Debian host: apt, no k3s, nothing of ours. (Its image builder is whatever the
+# prerequisites installed: buildah.)
+FRESH = {
+    "uname -m": "x86_64",
+    "uname -s": "Linux",
+    "command -v apt-get": "/usr/bin/apt-get",
+    "for b in buildah nerdctl docker": "buildah",
+}
 
 
 @dataclass
 class Run:
     """What one deploy run did on one fake host."""
 
-    state: State
     commands: list[str]
     uploads: dict[str, bytes]
     changed: list[str]  # names of operations that changed something
@@ -63,16 +71,17 @@ def recording_uploads() -> Iterator[dict[str, bytes]]:
         FakeConnector.put_file = original  # type: ignore[method-assign]
 
 
-def run_deploy(deploy: Callable[..., Any], host_data: dict[str, Any], *args: Any) -> Run:
+def deploy_on(
+    target: str, deploy: Callable[..., Any], host_data: dict[str, Any], *args: Any
+) -> tuple[Host, list[str], list[str]]:
     """Prepare (with change detection, as the CLI does without -y) and execute `deploy` on one
-    fake host."""
-    data = {"fake_delay": 0, "fake_delay_jitter": 0, **host_data}
-    inventory = Inventory(([("@fake/node", data)], {}))
+    host, `target` ("@fake/node", "@chroot/<root>"). Returns the host and the names of the
+    operations that changed something and of those that failed."""
+    inventory = Inventory(([(target, host_data)], {}))
     state = State(inventory=inventory, config=Config())
-    with recording_uploads() as uploads:
-        connect_all(state)
-        add_deploy(state, deploy, *args)
-        run_ops(state)
+    connect_all(state)
+    add_deploy(state, deploy, *args)
+    run_ops(state)
     (host,) = list(inventory)
     changed, failed = [], []
     for op_hash in host.op_hash_order:
@@ -84,7 +93,15 @@ def run_deploy(deploy: Callable[..., Any], host_data: dict[str, Any], *args: Any
             failed.append(name)
         elif result.did_change():
             changed.append(name)
-    return Run(state, list(host.connector.executed_commands), dict(uploads), changed, failed)
+    return host, changed, failed
+
+
+def run_deploy(deploy: Callable[..., Any], host_data: dict[str, Any], *args: Any) -> Run:
+    """`deploy` on one fake host, with the commands it ran and the files it uploaded."""
+    data = {"fake_delay": 0, "fake_delay_jitter": 0, **host_data}
+    with recording_uploads() as uploads:
+        host, changed, failed = deploy_on("@fake/node", deploy, data, *args)
+    return Run(list(host.connector.executed_commands), dict(uploads), changed, failed)
 
 
 # -- the host after an installation -----------------------------------------------------------------

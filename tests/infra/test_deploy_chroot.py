@@ -20,10 +20,9 @@ from typing import Any
 import pytest
 from deploys.pynchy_infra import k3s, prereqs, secrets
 from deploys.pynchy_infra.ops import private_file
-from pyinfra.api import Config, Inventory, State, deploy
-from pyinfra.api.connect import connect_all
-from pyinfra.api.deploy import add_deploy
-from pyinfra.api.operations import run_ops
+from pyinfra.api import deploy
+
+from infra.deploy_harness import deploy_on
 
 CACHE = Path(os.environ.get("PYNCHY_DEBOOTSTRAP_CACHE", Path.home() / ".cache" / "pynchy" / "debootstrap"))
 SUITE = "bookworm"
@@ -77,20 +76,9 @@ def file_parts() -> None:
 
 def run(root: Path, data: dict[str, Any]) -> list[str]:
     """Run file_parts in the chroot; return the names of the operations that changed something."""
-    inventory = Inventory(([f"@chroot/{root}"], {}), override_data=data)
-    state = State(inventory=inventory, config=Config())
-    connect_all(state)
-    add_deploy(state, file_parts)
-    run_ops(state)
-    (host,) = list(inventory)
-    changed = []
-    for op_hash in host.op_hash_order:
-        result = state.get_op_data_for_host(host, op_hash).operation_meta
-        assert result.is_complete(), sorted(state.get_op_meta(op_hash).names)
-        assert result.did_succeed(), sorted(state.get_op_meta(op_hash).names)
-        if result.did_change():
-            changed.append(sorted(state.get_op_meta(op_hash).names)[0].rsplit(" | ", 1)[-1])
-    return changed
+    _, changed, failed = deploy_on(f"@chroot/{root}", file_parts, data)
+    assert failed == []
+    return [name.rsplit(" | ", 1)[-1] for name in changed]
 
 
 @pytest.fixture(scope="module")

@@ -11,24 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from infra.deploy_harness import FRESH
+
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).with_name("pyinfra")
 
 INVENTORY = """
-pynchy_nodes = [
-    (
-        "@fake/node",
-        {{
-            "fake_responses": {{
-                "uname -m": "x86_64",
-                "uname -s": "Linux",
-                "command -v apt-get": "/usr/bin/apt-get",
-                "for b in buildah nerdctl docker": "buildah",
-            }},
-            "k3s_kubeconfig_dest": "{kube}/{{host}}.yaml",
-        }},
-    )
-]
+pynchy_nodes = [("@fake/node", {{"fake_responses": {fresh!r}, "k3s_kubeconfig_dest": "{kube}/{{host}}.yaml"}})]
 """
 
 
@@ -36,7 +25,7 @@ def pyinfra(
     tmp_path: Path, deploy: str, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     inventory = tmp_path / "inventory_fake.py"
-    inventory.write_text(INVENTORY.format(kube=tmp_path / "kube"))
+    inventory.write_text(INVENTORY.format(fresh=FRESH, kube=tmp_path / "kube"))
     return subprocess.run(
         [str(PYINFRA), str(inventory), deploy, *extra],
         cwd=REPO,

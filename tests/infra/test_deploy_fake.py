@@ -17,22 +17,13 @@ from deploys.pynchy_infra import bundle, prereqs
 from deploys.pynchy_infra.defaults import K3S_SHA256, K3S_VERSION
 from deploys.pynchy_infra.install import install
 
-from infra.deploy_harness import FakeHostState, Run, run_deploy
+from infra.deploy_harness import FRESH, FakeHostState, Run, run_deploy
 
 SECRETS = {
     "PYNCHY_ANTHROPIC_API_KEY": "sk-ant-test-0123456789abcdef",
     "PYNCHY_SLACK_BOT_TOKEN": "xoxb-test-bot-token-9876",
     "PYNCHY_SLACK_APP_TOKEN": "xapp-test-app-token-5432",
     "PYNCHY_OWNER": "U0OWNER123",
-}
-
-# A fresh Debian host: apt, no k3s, nothing of ours. (Its image builder is whatever the
-# prerequisites installed: buildah.)
-FRESH = {
-    "uname -m": "x86_64",
-    "uname -s": "Linux",
-    "command -v apt-get": "/usr/bin/apt-get",
-    "for b in buildah nerdctl docker": "buildah",
 }
 
 
@@ -50,6 +41,11 @@ def secrets_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return SECRETS
 
 
+def dpkg(packages: list[str]) -> dict[str, list[str]]:
+    """The answer of `dpkg -l` on a host with `packages` installed."""
+    return {"dpkg -l": [f"ii  {p}  1.0-1  amd64  package {p}" for p in packages]}
+
+
 def host_data(tmp_path: Path, responses: dict[Any, Any], **extra: Any) -> dict[str, Any]:
     return {"fake_responses": responses, "k3s_kubeconfig_dest": str(tmp_path / "kube" / "{host}.yaml"), **extra}
 
@@ -64,10 +60,7 @@ def installed_state(first: Run, tmp_path: Path) -> FakeHostState:
         if m := re.fullmatch(r"mkdir -p (\S+)", command):
             state.dirs.setdefault(m.group(1), "755")
         if m := re.fullmatch(r"chmod (\d+) (\S+)", command):
-            if m.group(2) in first.uploads or m.group(2) in (
-                "/usr/local/bin/k3s",
-                "/var/lib/pynchy-deploy/k3s-install.sh",
-            ):
+            if m.group(2) in first.uploads or m.group(2) in DOWNLOADS:
                 state.file_modes[m.group(2)] = m.group(1)
             else:
                 state.dirs[m.group(2)] = m.group(1)
@@ -94,11 +87,10 @@ def installed_state(first: Run, tmp_path: Path) -> FakeHostState:
     state.sha1["/var/lib/pynchy-deploy/kubeconfig.yaml"] = hashlib.sha1(kubeconfig.read_bytes()).hexdigest()
 
     refs = bundle.image_refs(built=True)
-    packages = [*prereqs.PACKAGES, "buildah"]
     state.answers.update(
         {
             **FRESH,
-            "dpkg -l": [f"ii  {p}  1.0-1  amd64  package {p}" for p in packages],
+            **dpkg([*prereqs.PACKAGES, "buildah"]),
             "/proc/modules": [f"{m} 16384 0 - Live 0x0000000000000000" for m in prereqs.KERNEL_MODULES],
             **{f"sysctl {k} ": f"{k} = {v}" for k, v in prereqs.SYSCTLS.items()},
             "k3s --version": f"k3s version {K3S_VERSION} (0123abcd)",
@@ -294,8 +286,7 @@ def airgap_files(tmp_path: Path) -> dict[str, Any]:
 def test_air_gapped_install_downloads_nothing(
     tmp_path: Path, secrets_env: dict[str, str], airgap_files: dict[str, Any]
 ) -> None:
-    packages = {"dpkg -l": [f"ii  {p}  1.0-1  amd64  package {p}" for p in prereqs.PACKAGES]}
-    run = run_deploy(install, host_data(tmp_path, {**FRESH, **packages}, **airgap_files))
+    run = run_deploy(install, host_data(tmp_path, {**FRESH, **dpkg(prereqs.PACKAGES)}, **airgap_files))
     assert run.failed == []
     assert not run.executed(r"^(curl|wget|buildah|apt-get)\b|github\.com")
     assert run.uploads["/usr/local/bin/k3s"] == b"k3s binary stand-in"
@@ -312,9 +303,8 @@ def test_air_gapped_files_that_do_not_match_their_pins_are_refused(
     tmp_path: Path, secrets_env: dict[str, str], airgap_files: dict[str, Any]
 ) -> None:
     Path(airgap_files["k3s_airgap"]["binary"]).write_bytes(b"tampered")
-    packages = {"dpkg -l": [f"ii  {p}  1.0-1  amd64  package {p}" for p in prereqs.PACKAGES]}
     with pytest.raises(Exception, match="does not match its pinned sha256"):
-        run_deploy(install, host_data(tmp_path, {**FRESH, **packages}, **airgap_files))
+        run_deploy(install, host_data(tmp_path, {**FRESH, **dpkg(prereqs.PACKAGES)}, **airgap_files))
 
 
 def test_an_air_gapped_host_without_its_packages_is_told_which(

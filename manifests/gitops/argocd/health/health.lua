@@ -17,7 +17,7 @@ local function find(conditions, wanted)
   return nil
 end
 
--- The operator's message, else its CamelCase reason.
+-- The operator's message, else its CamelCase reason (of a condition, or an AgentRun's status).
 local function explain(c)
   if c.message ~= nil and c.message ~= "" then
     return c.message
@@ -56,10 +56,7 @@ end
 
 if obj.kind == "AgentRun" then
   local phase = status.phase
-  local message = status.message
-  if message == nil or message == "" then
-    message = status.reason
-  end
+  local message = explain(status)
   if phase == "Succeeded" then
     return result("Healthy", message)
   end
