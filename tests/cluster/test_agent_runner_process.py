@@ -33,7 +33,7 @@ from pynchy.gateway.runs import run_over
 from pynchy.gateway.turns import TurnWatch
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.runtoken import RunClaims, issue
-from pynchy.store import records
+from pynchy.store import outbound, records
 from pynchy.store import turns as turn_store
 from pynchy.store.models import GroupSessionRow, TurnRow
 from pynchy_agent.protocol import Event, TextDelta, ToolUse, TurnFailed, TurnResult
@@ -397,8 +397,8 @@ def test_a_turn_runs_tools_streams_text_reports_usage_and_the_pod_exits_when_idl
     # The gateway recorded the turn, delivered the reply, metered the calls and reported the run.
     row = t1.row()
     assert (row.state, row.reply, row.delivered_to, row.sender) == (turn_store.DONE, final, pod.name, "alice")
-    outbound = cluster.store(records.outbound, cluster.namespace, GROUP)
-    assert [(o.text, o.turn_id) for o in outbound] == [(final, t1.id)]
+    ledger = cluster.store(outbound.for_group, cluster.namespace, GROUP)
+    assert [(o.text, o.turn_id) for o in ledger] == [(final, t1.id)]
     answered_calls = [r for r in model.message_requests if r.step is None or r.step.error is None]
     expected_in = sum((r.step.usage if r.step else model.default_usage).input_tokens for r in answered_calls)
     expected_out = sum((r.step.usage if r.step else model.default_usage).output_tokens for r in answered_calls)
@@ -449,8 +449,8 @@ def test_pynchy_tools_call_the_gateway_and_a_refusal_reaches_the_model(pod: Pod)
     assert f"refused: group {GROUP} is not an admin group" in seen["mcp__pynchy__schedule_task"].text
     assert get(cluster.plane, "scheduledtask", "daily", cluster.namespace) is None
     # The message went out before the reply; both calls are audited with what the runner sent.
-    outbound = cluster.store(records.outbound, cluster.namespace, GROUP)
-    assert [(o.text, o.turn_id) for o in outbound] == [("Dinner at 7", None), (result.text, t1.id)]
+    ledger = cluster.store(outbound.for_group, cluster.namespace, GROUP)
+    assert [(o.text, o.turn_id) for o in ledger] == [("Dinner at 7", None), (result.text, t1.id)]
     audit = cluster.store(records.audit_log, cluster.namespace, GROUP)
     assert [(a.action, a.allowed, a.target_group, a.run) for a in audit] == [
         ("send_message", True, GROUP, pod.name),
@@ -583,8 +583,8 @@ def test_a_follow_up_that_arrives_mid_turn_is_answered_after_it(pod: Pod) -> Non
     assert t1.text() == "Slow answer."
     assert t2.text() == "Quick answer."
     assert r1.session_id == r2.session_id
-    outbound = cluster.store(records.outbound, cluster.namespace, GROUP)
-    assert [(o.text, o.turn_id) for o in outbound] == [("Slow answer.", t1.id), ("Quick answer.", t2.id)]
+    ledger = cluster.store(outbound.for_group, cluster.namespace, GROUP)
+    assert [(o.text, o.turn_id) for o in ledger] == [("Slow answer.", t1.id), ("Quick answer.", t2.id)]
 
 
 def test_a_follow_up_taken_into_a_running_tool_turn_finishes_both_turns(pod: Pod) -> None:
@@ -617,8 +617,8 @@ def test_a_follow_up_taken_into_a_running_tool_turn_finishes_both_turns(pod: Pod
     assert recalled.text.startswith("- cat: The cat is called Ziggy.")
     # Both turns are done in the gateway; only t1 has a reply to deliver.
     assert (t1.row().state, t2.row().state) == (turn_store.DONE, turn_store.DONE)
-    outbound = cluster.store(records.outbound, cluster.namespace, GROUP)
-    assert [(o.text, o.turn_id) for o in outbound] == [(r1.text, t1.id)]
+    ledger = cluster.store(outbound.for_group, cluster.namespace, GROUP)
+    assert [(o.text, o.turn_id) for o in ledger] == [(r1.text, t1.id)]
 
 
 def test_sigterm_fails_the_running_turn_and_exits_0(pod: Pod) -> None:

@@ -16,7 +16,7 @@ from conftest import RUN_TOKEN_KEY, make_gateway
 from pynchy.gateway.run import EmbeddedGateway
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.runtoken import RunClaims, issue
-from pynchy.store import records
+from pynchy.store import outbound, records
 from pynchy_agent.protocol import TurnResult
 
 GROUP = """
@@ -123,7 +123,7 @@ def test_turn_round_trip_reports_usage_and_reply(control_plane: ControlPlane, na
     result = gateway.call(_done(watch))
     assert isinstance(result, TurnResult)
     assert result.text == "hi, owner"
-    out = gateway.call(gw.db.call(records.outbound, namespace, "alpha"))
+    out = gateway.call(gw.db.call(outbound.for_group, namespace, "alpha"))
     assert [o.text for o in out] == ["hi, owner"]
     runs = control_plane.kubectl("get", "agentruns", "-n", namespace, "-o", "name").stdout.split()
     assert runs == ["agentrun.pynchy.dev/alpha-run-1"]

@@ -42,10 +42,10 @@ def test_a_replayed_event_is_a_duplicate(tx: Callable[..., Any]) -> None:
 
 
 def test_outcome_and_outbound_records(tx: Callable[..., Any]) -> None:
-    msg, _ = tx(messages.record_inbound, **inbound("slack:Ev1", namespace=NS, group=GROUP))
-    tx(messages.set_outcome, msg.id, "queued", "turn-1")
+    msg, _ = tx(
+        messages.record_inbound, **inbound("slack:Ev1", namespace=NS, group=GROUP, outcome="queued", turn_id="turn-1")
+    )
     assert (tx(messages.get, msg.id).outcome, tx(messages.get, msg.id).turn_id) == ("queued", "turn-1")
-    tx(messages.set_outcome, 10**6, "ignored")  # unknown id: nothing happens
 
     # Outbound records carry no dedupe key: any number of them (NULLs do not collide).
     for text in ("one", "two"):

@@ -170,8 +170,8 @@ class Gateway:
         try:
             await self.runs.ensure_run(namespace, group)
         except Exception as exc:
-            # The turn stays queued; the next message, a run ending, or a restart tries again.
-            log.warning("could not start a run for a queued turn", namespace=namespace, group=group, error=str(exc))
+            # The turns stay queued; the next message, a run ending, or a restart tries again.
+            log.warning("could not start a run for queued turns", namespace=namespace, group=group, error=str(exc))
 
     def turn_started(self, turn: TurnRow) -> None:
         """A run claimed the turn: the channel shows progress and streams it."""
@@ -201,8 +201,7 @@ class Gateway:
         """A message from the agent (send_message) to the Group's first channel, through the ledger."""
         entry = self.directory.get(namespace, group)
         channel, channel_id = entry.default_channel() if entry is not None else (None, None)
-        await self.db.call(
-            outbound.add,
+        await self._to_ledger(
             key=f"send:{uuid.uuid4().hex}",
             namespace=namespace,
             group=group,
@@ -211,6 +210,9 @@ class Gateway:
             channel_id=channel_id,
             turn_id=turn_id,
         )
+
+    async def _to_ledger(self, **row: Any) -> None:
+        await self.db.call(outbound.add, **row)
         self.delivery.kick()
 
     async def run_command(self, entry: GroupEntry, inbound: Inbound, command: Command) -> str:
@@ -223,8 +225,7 @@ class Gateway:
             reply = await self._stop_group(entry, inbound.sender)
         else:
             reply = await self._pending_text(ns, group)
-        await self.db.call(
-            outbound.add,
+        await self._to_ledger(
             key=f"cmd:{inbound.dedupe_key}",
             namespace=ns,
             group=group,
@@ -233,7 +234,6 @@ class Gateway:
             channel_id=inbound.channel_id,
             thread=entry.reply_thread(inbound),
         )
-        self.delivery.kick()
         log.info("command", namespace=ns, group=group, command=command.value, sender=inbound.sender)
         await self.db.call(
             records.audit,
@@ -313,16 +313,13 @@ class Gateway:
         if group and any(r.state == turn_store.QUEUED for r in requeued):
             log.info("run ended with unanswered turns; requeued", namespace=namespace, run=name, turns=len(requeued))
         if group and serves_group_turns(run) and await self.db.call(turn_store.has_queued, namespace, group):
-            try:
-                await self.runs.ensure_run(namespace, group)
-            except Exception as exc:
-                log.warning("could not start a run for queued turns", group=group, error=str(exc))
+            await self._ensure_run(namespace, group)
 
     async def _restart_pending_groups(self) -> None:
         for g in self.groups.items():
             ns, name = g["metadata"]["namespace"], g["metadata"]["name"]
             if await self.db.call(turn_store.has_queued, ns, name):
-                self.background(self.runs.ensure_run(ns, name))
+                self.background(self._ensure_run(ns, name))
 
 
 def _mark_reset(session: Any, namespace: str, group: str) -> None:

@@ -35,7 +35,6 @@ class Delivery:
         self.started_at = datetime.now(UTC)
         self._missing_logged: set[str] = set()
         self._task: asyncio.Task[None] | None = None
-        self.passes = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="delivery")
@@ -63,7 +62,6 @@ class Delivery:
 
     async def deliver_pending(self) -> None:
         """One pass: everything pending that a registered channel can take now."""
-        self.passes += 1
         rows = await self.db.call(outbound.pending, None, 500)
         by_conversation: dict[Conversation, list[OutboundRow]] = defaultdict(list)
         now = time.monotonic()
@@ -83,7 +81,7 @@ class Delivery:
     async def _deliver_in_order(self, conv: Conversation, rows: list[OutboundRow]) -> None:
         channel = self.channels[conv[0]]
         for row in rows:
-            maybe_sent = row.attempts > 0 or _aware(row.created_at) < self.started_at
+            maybe_sent = row.attempts > 0 or row.created_at < self.started_at
             try:
                 external_id = await channel.deliver(row, maybe_sent=maybe_sent)
             except DeliveryError as exc:
@@ -103,8 +101,3 @@ class Delivery:
                 return
             await self.db.call(outbound.mark_sent, row.id, external_id)
         self._not_before.pop(conv, None)
-
-
-def _aware(at: datetime) -> datetime:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

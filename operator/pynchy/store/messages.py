@@ -62,13 +62,6 @@ def record_inbound(
     return row, True
 
 
-def set_outcome(session: Session, message_id: int, outcome: str, turn_id: str | None = None) -> None:
-    row = session.get(MessageRow, message_id)
-    if row is not None:
-        row.outcome = outcome
-        row.turn_id = turn_id
-
-
 def record_outbound(
     session: Session,
     *,

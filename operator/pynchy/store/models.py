@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint, func
+from sqlalchemy import Boolean, DateTime, Dialect, Float, Index, Integer, String, Text, UniqueConstraint, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that always comes back aware, in UTC: SQLite keeps no zone (the store writes UTC),
+    PostgreSQL answers in the server's zone. Callers compare times without caring which."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -34,9 +49,9 @@ class TurnRow(Base):
     delivered_to: Mapped[str | None] = mapped_column(String(253), default=None)
     reply: Mapped[str | None] = mapped_column(Text, default=None)
     is_error: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
     # Monotonic order within the store (created_at can tie).
     seq: Mapped[int] = mapped_column(Integer, default=0)
     # Where the reply goes: a channel kind ('slack' | 'local'), its conversation, and thread.
@@ -70,7 +85,7 @@ class UsageRow(Base):
     cache_read_input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cache_creation_input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
     __table_args__ = (Index("ix_usage_group", "namespace", "group", "at"),)
 
@@ -84,7 +99,7 @@ class MemoryRow(Base):
     group: Mapped[str] = mapped_column(String(63), primary_key=True)
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     content: Mapped[str] = mapped_column(Text)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class GroupSessionRow(Base):
@@ -96,7 +111,7 @@ class GroupSessionRow(Base):
     group: Mapped[str] = mapped_column(String(63), primary_key=True)
     session_id: Mapped[str | None] = mapped_column(String(128), default=None)
     reset_pending: Mapped[bool] = mapped_column(Boolean, default=False)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class MessageRow(Base):
@@ -121,7 +136,7 @@ class MessageRow(Base):
     # What became of an inbound message: queued | command | ignored; outbound: sent.
     outcome: Mapped[str] = mapped_column(String(16), default="")
     turn_id: Mapped[str | None] = mapped_column(String(64), default=None)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
     __table_args__ = (
         UniqueConstraint("dedupe_key", name="uq_messages_dedupe_key"),
@@ -151,8 +166,8 @@ class OutboundRow(Base):
     external_id: Mapped[str | None] = mapped_column(String(64), default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 
     __table_args__ = (
         UniqueConstraint("key", name="uq_outbound_key"),
@@ -167,7 +182,7 @@ class AuditRow(Base):
     __tablename__ = "audit"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
     namespace: Mapped[str] = mapped_column(String(63))
     group: Mapped[str] = mapped_column(String(63))
     run: Mapped[str] = mapped_column(String(253))

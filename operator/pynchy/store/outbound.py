@@ -7,8 +7,9 @@ nothing shows twice."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -73,7 +74,7 @@ def get(session: Session, row_id: int) -> OutboundRow | None:
 
 
 def pending(session: Session, channel: str | None = None, limit: int = 100) -> list[OutboundRow]:
-    """Rows still to send, oldest first (replies keep their order)."""
+    """Rows still to send, oldest first (replies keep their order); optionally of one channel kind."""
     stmt = select(OutboundRow).where(OutboundRow.state == PENDING)
     if channel is not None:
         stmt = stmt.where(OutboundRow.channel == channel)
@@ -161,25 +162,23 @@ def mark_attempt_failed(session: Session, row_id: int, error: str, *, permanent:
 
 
 def for_group(session: Session, namespace: str, group: str, after_id: int = 0, limit: int = 500) -> list[OutboundRow]:
-    return list(
-        session.scalars(
-            select(OutboundRow)
-            .where(OutboundRow.namespace == namespace, OutboundRow.group == group, OutboundRow.id > after_id)
-            .order_by(OutboundRow.id)
-            .limit(limit)
-        )
-    )
+    """Everything the Group's agent sent or replied, in order."""
+    return _after(session, (OutboundRow.namespace == namespace, OutboundRow.group == group), after_id, limit)
 
 
 def for_channel(
     session: Session, channel: str, channel_id: str, after_id: int = 0, limit: int = 500
 ) -> list[OutboundRow]:
     """A channel's messages after a cursor (the local channel reads its replies this way)."""
-    return list(
-        session.scalars(
-            select(OutboundRow)
-            .where(OutboundRow.channel == channel, OutboundRow.channel_id == channel_id, OutboundRow.id > after_id)
-            .order_by(OutboundRow.id)
-            .limit(limit)
-        )
-    )
+    return _after(session, (OutboundRow.channel == channel, OutboundRow.channel_id == channel_id), after_id, limit)
+
+
+def _after(session: Session, where: tuple[Any, ...], after_id: int, limit: int) -> list[OutboundRow]:
+    stmt = select(OutboundRow).where(*where, OutboundRow.id > after_id).order_by(OutboundRow.id).limit(limit)
+    return list(session.scalars(stmt))
+
+
+def latest_id(session: Session, channel: str, channel_id: str) -> int:
+    """Id of a channel's newest message, 0 when it has none (a cursor that shows nothing older)."""
+    stmt = select(func.max(OutboundRow.id)).where(OutboundRow.channel == channel, OutboundRow.channel_id == channel_id)
+    return session.scalar(stmt) or 0

@@ -1,4 +1,4 @@
-"""Usage, memories, audit, outbound messages and per-Group session state."""
+"""Usage, memories, audit and per-Group session state."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pynchy.store import outbound as outbound_store
-from pynchy.store.models import AuditRow, GroupSessionRow, MemoryRow, OutboundRow, UsageRow
+from pynchy.store.models import AuditRow, GroupSessionRow, MemoryRow, UsageRow
 
 
 def record_usage(session: Session, row: UsageRow) -> None:
@@ -91,11 +90,6 @@ def audit_log(session: Session, namespace: str, group: str | None = None) -> lis
     if group is not None:
         stmt = stmt.where(AuditRow.group == group)
     return list(session.scalars(stmt.order_by(AuditRow.id)))
-
-
-def outbound(session: Session, namespace: str, group: str) -> list[OutboundRow]:
-    """Everything the Group's agent sent or replied, in order (the ledger)."""
-    return outbound_store.for_group(session, namespace, group)
 
 
 def group_session(session: Session, namespace: str, group: str) -> GroupSessionRow:
