@@ -128,9 +128,8 @@ class TurnPrinter:
 
 def message_block(message: ChatMessage, style: Style) -> tuple[str, str]:
     """(header, body) of a message that arrived in the channel (not an answer being streamed)."""
-    label = {"reply": "reply", "command": "command", "message": "message"}[message.kind]
     when = message.at.astimezone().strftime("%H:%M") if isinstance(message.at, datetime) else "--:--"
-    header = style.dim(f"[{when}] {label}")
+    header = style.dim(f"[{when}] {message.kind}")
     body = message.text.rstrip("\n")
     if message.is_error:
         body = style.red("error: ") + body

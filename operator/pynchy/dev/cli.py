@@ -10,8 +10,12 @@ import click
 
 from pynchy.dev import config
 
-_DATA_DIR_HELP = (
-    "State directory (etcd data, store, volumes, keys, logs). [default: $PYNCHY_DATA_DIR or ~/.local/share/pynchy/dev]"
+_data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="State directory (etcd data, store, volumes, keys, logs). "
+    "[default: $PYNCHY_DATA_DIR or ~/.local/share/pynchy/dev]",
 )
 
 
@@ -20,7 +24,7 @@ def _data_dir(value: Path | None) -> Path:
 
 
 @click.group("dev", invoke_without_command=True)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=_DATA_DIR_HELP)
+@_data_dir_option
 @click.option(
     "--apiserver-port",
     type=click.IntRange(1, 65535),
@@ -75,7 +79,7 @@ def dev(
 
 
 @dev.command("status")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=_DATA_DIR_HELP)
+@_data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.pass_context
 def status(ctx: click.Context, data_dir: Path | None, as_json: bool) -> None:

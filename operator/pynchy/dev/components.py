@@ -4,7 +4,6 @@ with its output in a log file that the terminal stream tails."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime as dt
 import json
 import os
@@ -17,19 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, Any, TextIO
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _own_group_dying_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # A SIGKILLed supervisor must not leave a gateway or dev node behind: the kernel sends
-    # this child SIGKILL when its parent dies (an orphan has no one to wait for a graceful
-    # stop). Its own process group keeps the terminal's Ctrl-C away from it (the supervisor
-    # stops children in order) and lets the supervisor signal everything the child started.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    os.setpgrp()
+# The control plane's own: SIGKILL when the parent dies (a SIGKILLed supervisor leaves no gateway
+# or dev node behind), and a process group of its own (the terminal's Ctrl-C does not reach it: the
+# supervisor stops children in order, and signals everything a child started).
+from pynchy.kube.processes import _die_with_parent
 
 
 @dataclass
@@ -106,7 +98,7 @@ class Child:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self.spec.env,
-            preexec_fn=_own_group_dying_with_parent,
+            preexec_fn=_die_with_parent,
         )
         self.started_at = time.monotonic()
         self.started_wall = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -175,29 +167,35 @@ def tail(path: Path, lines: int = 20) -> str:
 
 KLOG = re.compile(r"^([IWEF])(\d{4} \d{2}:\d{2}:\d{2})\.\d+\s+\d+\s+\S+\]\s?(.*)$")
 KLOG_LEVELS = {"I": "info", "W": "warning", "E": "error", "F": "fatal"}
-_SKIP_KEYS = {"timestamp", "level", "event", "logger", "ts", "msg", "caller", "time"}
+_SKIP_KEYS = {"timestamp", "level", "event", "logger", "ts", "msg", "caller", "time", "exception"}
 # Routine success lines that say nothing a person watching needs (they stay in the log files).
 _ROUTINE = re.compile(r"^(Handler|Activity) '[^']+' succeeded\.$")
 _ROUTINE_LOGGERS = {"aiohttp.access"}
 
 
-def render_line(line: str) -> str | None:
+def _record(line: str) -> dict[str, Any] | None:
+    """A JSON log record (structlog, zap), or None for any other line."""
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def render_line(line: str, record: dict[str, Any] | None = None) -> str | None:
     """One log line made readable: structlog/zap JSON → `HH:MM:SS level event k=v`, klog → `HH:MM:SS W msg`.
-    None for lines that are neither (shown as they are)."""
+    None for lines that are neither (shown as they are). `record`: the line already parsed."""
     line = line.rstrip("\r\n")
-    if line.startswith("{"):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return None
-        if not isinstance(record, dict):
-            return None
+    record = record if record is not None else _record(line)
+    if record is not None:
         stamp = str(record.get("timestamp") or record.get("ts") or record.get("time") or "")
         clock = stamp[11:19] if len(stamp) >= 19 else ""
         level = str(record.get("level", "")).lower()
         event = str(record.get("event") or record.get("msg") or "")
         extras = []
-        exception = record.pop("exception", None)
+        exception = record.get("exception")
         for key, value in record.items():
             if key in _SKIP_KEYS:
                 continue
@@ -216,15 +214,11 @@ def render_line(line: str) -> str | None:
     return None
 
 
-def is_routine(line: str) -> bool:
-    """A line the terminal skips unless --verbose: debug records, access logs, kopf's per-handler successes."""
-    if not line.startswith("{"):
-        return False
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return False
-    if not isinstance(record, dict):
+def is_routine(line: str, record: dict[str, Any] | None = None) -> bool:
+    """A line the terminal skips unless --verbose: debug records, access logs, kopf's per-handler successes.
+    `record`: the line already parsed."""
+    record = record if record is not None else _record(line)
+    if record is None:
         return False
     if str(record.get("level", "")).lower() == "debug" or record.get("logger") in _ROUTINE_LOGGERS:
         return True
@@ -307,9 +301,12 @@ class LogStream:
                 f.partial = chunks.pop()
                 for raw in chunks:
                     line = raw.decode(errors="replace").rstrip("\r")
-                    if not line.strip() or (not self.verbose and is_routine(line)):
+                    if not line.strip():
                         continue
-                    self.out.write(self._prefix(f.prefix) + (render_line(line) or line) + "\n")
+                    record = _record(line)  # parsed once for both
+                    if not self.verbose and is_routine(line, record):
+                        continue
+                    self.out.write(self._prefix(f.prefix) + (render_line(line, record) or line) + "\n")
             self.out.flush()
 
     def _prefix(self, name: str) -> str:

@@ -35,12 +35,6 @@ def default_data_dir() -> Path:
     return Path(value).expanduser() if value else DEFAULT_DATA_DIR
 
 
-def user_chat_config() -> Path:
-    """Where `pynchy chat` looks for its gateway URL and token."""
-    value = os.environ.get("PYNCHY_CONFIG")
-    return Path(value).expanduser() if value else Path.home() / ".config" / "pynchy" / "chat.yaml"
-
-
 @dataclass(frozen=True)
 class DevPaths:
     """Everything lives in one directory; a restart with the same directory reuses it all."""
@@ -97,9 +91,7 @@ def _persistent_secret(path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.parent.chmod(0o700)
     value = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
+    write_private(path, value + "\n")
     return value
 
 

@@ -11,16 +11,15 @@ from typing import Any
 from pynchy.dev.components import same_process
 from pynchy.dev.config import DevPaths
 from pynchy.dev.preflight import http_ok, read_pid, read_state, supervisor_alive
+from pynchy.operator.conditions import condition
 
 # Exit codes, as `systemctl status` uses them.
 HEALTHY, DEGRADED, NOT_RUNNING = 0, 1, 3
 
 
-def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == kind:
-            return dict(cond)
-    return {}
+def condition_of(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The object's condition of that type, {} when it has none."""
+    return condition((obj.get("status") or {}).get("conditions"), kind) or {}
 
 
 def _age(stamp: str | None, now: dt.datetime) -> str:
@@ -62,7 +61,7 @@ def _cluster(state: dict[str, Any]) -> dict[str, Any]:
             client.close()
     out_groups = []
     for g in sorted(groups, key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"])):
-        ready = _condition(g, "Ready")
+        ready = condition_of(g, "Ready")
         status = g.get("status") or {}
         current = status.get("observedGeneration") == g["metadata"].get("generation")
         out_groups.append(
@@ -91,7 +90,7 @@ def _cluster(state: dict[str, Any]) -> dict[str, Any]:
                 "message": status.get("message") or "",
             }
         )
-    ready = _condition(node, "Ready")
+    ready = condition_of(node, "Ready")
     beat = ready.get("lastHeartbeatTime")
     fresh = bool(beat) and (now - dt.datetime.fromisoformat(beat.replace("Z", "+00:00"))).total_seconds() < 60
     return {

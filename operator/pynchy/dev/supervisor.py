@@ -29,10 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from pynchy.chat.config import config_path
 from pynchy.dev import config
 from pynchy.dev.components import Child, LogStream, Spec, pynchy_argv, stop_children
 from pynchy.dev.config import DevPaths
 from pynchy.dev.preflight import DevError, PidLock, Port, check_ports, http_ok, stale_report
+from pynchy.dev.status import condition_of
 from pynchy.paths import CRDS_DIR
 
 STABLE_SECONDS = 60.0
@@ -338,11 +340,11 @@ class Supervisor:
         proc = self._kubectl("get", "node", config.NODE_NAME, "-o", "json", check=False)
         if proc.returncode != 0:
             return False
-        for cond in json.loads(proc.stdout).get("status", {}).get("conditions", []):
-            if cond.get("type") == "Ready" and cond.get("status") == "True":
-                beat = dt.datetime.fromisoformat(cond["lastHeartbeatTime"].replace("Z", "+00:00"))
-                return beat.timestamp() >= int(since)
-        return False
+        ready = condition_of(json.loads(proc.stdout), "Ready")
+        if ready.get("status") != "True":
+            return False
+        beat = dt.datetime.fromisoformat(ready["lastHeartbeatTime"].replace("Z", "+00:00"))
+        return beat.timestamp() >= int(since)
 
     def _wait_ready(self) -> None:
         waiting = dict(self.children)
@@ -377,11 +379,11 @@ class Supervisor:
         while time.monotonic() < deadline:
             self._stop_requested()
             obj = json.loads(self._kubectl("get", "groups.pynchy.dev", "demo", "-n", ns, "-o", "json").stdout)
-            for cond in (obj.get("status") or {}).get("conditions", []):
-                if cond.get("type") == "Ready":
-                    if cond.get("status") == "True":
-                        return
-                    message = cond.get("message") or cond.get("reason") or ""
+            ready = condition_of(obj, "Ready")
+            if ready.get("status") == "True":
+                return
+            if ready:
+                message = ready.get("message") or ready.get("reason") or ""
             time.sleep(0.3)
         self.say(
             f"WARNING: Group {ns}/demo is not Ready yet: {message or 'no status'}; see `kubectl describe group demo`"
@@ -392,7 +394,7 @@ class Supervisor:
         config.write_private(self.paths.chat_config, text)
         self.chat_env = f"PYNCHY_CONFIG={self.paths.chat_config} "
         if self.paths.root == DevPaths.at(config.DEFAULT_DATA_DIR).root:
-            user = config.user_chat_config()
+            user = config_path()  # where `pynchy chat` looks
             if config.may_overwrite_chat_config(user):
                 config.write_private(user, text)
                 self.chat_env = ""

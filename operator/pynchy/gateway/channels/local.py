@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pynchy.api.validation import format_errors
@@ -64,8 +63,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 KEEP_FINISHED_FEEDS = 256  # finished turns whose events stay replayable from memory
+ENDED = (turn_store.DONE, turn_store.FAILED)
 MESSAGES_PER_POLL = 200
-SET_TOKEN = "set PYNCHY_CHAT_TOKEN"
 CLIENT_HINT = (
     "`pynchy chat` reads the token from ~/.config/pynchy/chat.yaml (key `token`), --token or $PYNCHY_CHAT_TOKEN"
 )
@@ -149,7 +148,7 @@ class TurnFeed:
     def finish_from(self, row: TurnRow) -> None:
         """The store says the turn ended: events the watch still holds first, then (if the final
         event never came through it) the final result as the store has it."""
-        if row.state not in (turn_store.DONE, turn_store.FAILED) or self.finished:
+        if row.state not in ENDED or self.finished:
             return
         self._drain()
         if not self.finished:
@@ -168,6 +167,11 @@ def final_event(row: TurnRow) -> TurnResult | TurnFailed:
     if row.is_error or row.state == turn_store.FAILED:
         return TurnFailed(message=row.reply or "the turn failed")
     return TurnResult(text=row.reply or "")
+
+
+def _running(row: TurnRow) -> Status:
+    """A run took the turn: each attempt says so (after a run died mid-turn, the answer starts again)."""
+    return Status(attempt=max(1, row.attempts))
 
 
 def _state(row: TurnRow) -> TurnState:
@@ -229,8 +233,7 @@ class LocalChannel:
 
     async def turn_started(self, turn: TurnRow, watch: TurnWatch) -> None:
         feed = self._feed(turn.id, watch)  # an existing feed keeps its own watch (it sees the same events)
-        # Each attempt says so: after a run died mid-turn, the answer starts again.
-        feed.add(Status(attempt=max(1, turn.attempts)))
+        feed.add(_running(turn))
 
     async def turn_ended(self, turn: TurnRow, ok: bool) -> None:
         feed = self._feeds.get(turn.id)
@@ -245,28 +248,27 @@ class LocalChannel:
             return feed
         feed = TurnFeed(turn_id)
         feed.follow(watch if watch is not None else self.gw.watch(turn_id))
-        self._feeds[turn_id] = feed
-        self._forget_old_feeds()
-        return feed
+        return self._keep(feed)
 
-    def _forget_old_feeds(self) -> None:
+    def _keep(self, feed: TurnFeed) -> TurnFeed:
+        """Add a feed, forgetting the oldest finished ones beyond KEEP_FINISHED_FEEDS."""
+        self._feeds[feed.turn_id] = feed
         finished = [tid for tid, f in self._feeds.items() if f.finished]
         for tid in finished[: max(0, len(finished) - KEEP_FINISHED_FEEDS)]:
             self._feeds.pop(tid).close()
+        return feed
 
     async def _feed_for(self, row: TurnRow) -> TurnFeed:
         feed = self._feeds.get(row.id)
         if feed is not None:
             return feed
-        if row.state in (turn_store.DONE, turn_store.FAILED):
+        if row.state in ENDED:
             feed = TurnFeed(row.id)
             feed.add(final_event(row))
-            self._feeds[row.id] = feed
-            self._forget_old_feeds()
-            return feed
+            return self._keep(feed)
         feed = self._feed(row.id)  # watching from now on...
         if row.state == turn_store.DELIVERED:
-            feed.add(Status(attempt=max(1, row.attempts)))
+            feed.add(_running(row))
         # ...and the turn may have ended between the first read and the watch.
         fresh = await self.gw.db.call(turn_store.get, row.id)
         if fresh is not None:
@@ -310,19 +312,19 @@ class LocalChannel:
                 **challenge,
             )
 
+    def _summary(self, name: str) -> ChannelSummary | None:
+        entry = self.gw.directory.lookup("local", name)
+        return None if entry is None else ChannelSummary(channel=name, namespace=entry.namespace, group=entry.name)
+
     def _channels(self) -> list[ChannelSummary]:
-        out = []
-        for name in self.gw.directory.local_channels():
-            entry = self.gw.directory.lookup("local", name)
-            if entry is not None:
-                out.append(ChannelSummary(channel=name, namespace=entry.namespace, group=entry.name))
-        return out
+        summaries = (self._summary(name) for name in self.gw.directory.local_channels())
+        return [s for s in summaries if s is not None]
 
     def _channel(self, request: web.Request) -> ChannelSummary:
         self._authorize(request)
         name = request.match_info["channel"]
-        entry = self.gw.directory.lookup("local", name)
-        if entry is None:
+        summary = self._summary(name)
+        if summary is None:
             known = self.gw.directory.local_channels()
             listing = (
                 f"local channels: {', '.join(known)}"
@@ -330,7 +332,7 @@ class LocalChannel:
                 else "no Group has one yet; add `channels: [{local: {name: " + name + "}}]` to a Group's spec"
             )
             raise _fail(404, f"no local channel {name!r} ({listing})")
-        return ChannelSummary(channel=name, namespace=entry.namespace, group=entry.name)
+        return summary
 
     @staticmethod
     def _query(model: type[Any], request: web.Request) -> Any:
@@ -345,7 +347,7 @@ class LocalChannel:
 
     async def channel_info(self, request: web.Request) -> web.Response:
         ch = self._channel(request)
-        cursor = await self.gw.db.call(_latest_id, ch.channel)
+        cursor = await self.gw.db.call(outbound.latest_id, "local", ch.channel)
         return _json(ChannelInfo(**ch.model_dump(), cursor=cursor))
 
     async def post_message(self, request: web.Request) -> web.Response:
@@ -469,11 +471,6 @@ async def _read_body(request: web.Request) -> bytes:
 
 
 # -- store reads (one transaction each, through Gateway.db.call) ------------------------------
-
-
-def _latest_id(session: Session, channel: str) -> int:
-    stmt = select(func.max(OutboundRow.id)).where(OutboundRow.channel == "local", OutboundRow.channel_id == channel)
-    return session.scalar(stmt) or 0
 
 
 def _messages_after(session: Session, channel: str, after: int) -> MessageBatch:
