@@ -23,7 +23,6 @@ from pynchy.devnode.pathmap import MountPathError, PathMap, map_path, normalize_
 from pynchy.devnode.status import (
     Conditions,
     ContainerRecord,
-    describe_exit,
     exit_code,
     node_selector_matches,
     set_pod_conditions,
@@ -293,7 +292,6 @@ def test_exit_codes() -> None:
     assert exit_code(3) == 3
     assert exit_code(-15) == 143
     assert exit_code(-9) == 137
-    assert describe_exit(137) == "exit code 137 (SIGKILL)"
 
 
 def test_container_record_states() -> None:

@@ -8,7 +8,8 @@ import datetime as dt
 from typing import Any
 
 from pynchy.api.resources import ScheduledTask
-from pynchy.operator.build.scheduledtask import parse_timestamp, scheduled_run, timestamp
+from pynchy.operator.build.common import parse_timestamp, timestamp
+from pynchy.operator.build.scheduledtask import scheduled_run
 from pynchy.operator.conditions import Cond
 from pynchy.operator.reconcile_scheduledtask import (
     DELETED_UNFINISHED,

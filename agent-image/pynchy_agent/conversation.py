@@ -215,11 +215,7 @@ class Conversation:
         """Stop now: every running turn fails with `message` (the CLI is stopped, the session stays)."""
         if self._reader is not None:
             self._reader.cancel()
-        entries = list(self.in_flight)
-        self.in_flight.clear()
-        for entry in entries:
-            self._spawn(entry.sink.close(TurnFailed(message=message)))
-        self._went_idle()
+        self._fail_running(message)
         async with self._lock:
             await self._disconnect_locked()
         await self.settle()
@@ -278,10 +274,14 @@ class Conversation:
             self._client = None
             self._reader = None
             self._spawn(_quietly(client.disconnect()))
+        self._fail_running(problem)
+
+    def _fail_running(self, message: str) -> None:
+        """Every running turn ends with TurnFailed(message)."""
         entries = list(self.in_flight)
         self.in_flight.clear()
         for entry in entries:
-            self._spawn(entry.sink.close(TurnFailed(message=problem)))
+            self._spawn(entry.sink.close(TurnFailed(message=message)))
         self._went_idle()
 
     def _on_message(self, message: Any) -> None:

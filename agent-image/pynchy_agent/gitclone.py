@@ -99,6 +99,11 @@ def _git(
     return proc.stdout
 
 
+def _has_ref(ref: str, repo: Path) -> bool:
+    probe = ["git", "rev-parse", "--verify", "--quiet", ref]
+    return subprocess.run(probe, cwd=repo, capture_output=True, check=False).returncode == 0
+
+
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """An exclusive lock on the workspace folder itself: Groups sharing a Workspace prepare it in turn."""
@@ -154,23 +159,11 @@ def group_worktree(settings: RunnerSettings, env: dict[str, str]) -> Path:
         exclude.write_text(existing + ("" if existing.endswith("\n") or not existing else "\n") + f"/{WORKTREES}/\n")
     _git(["worktree", "prune"], env, secrets, cwd=workspace)
     branch = f"pynchy/{group}"
-    has_branch = (
-        subprocess.run(
-            ["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
-            cwd=workspace,
-            capture_output=True,
-            check=False,
-        ).returncode
-        == 0
-    )
-    if has_branch:
+    if _has_ref(f"refs/heads/{branch}", workspace):
         _git(["worktree", "add", str(path), branch], env, secrets, cwd=workspace)
     else:
         start = f"origin/{settings.git_branch}"
-        probe = subprocess.run(
-            ["git", "rev-parse", "--verify", "--quiet", start], cwd=workspace, capture_output=True, check=False
-        )
-        if probe.returncode != 0:
+        if not _has_ref(start, workspace):
             start = "HEAD"
         _git(["worktree", "add", "-b", branch, str(path), start], env, secrets, cwd=workspace)
     log.info("group worktree created", extra={"path": str(path), "branch": branch})

@@ -23,7 +23,7 @@ from cluster.test_operator import apply, group, settle
 from conftest import OPERATOR_USER
 from doubles.clock import TestClock
 from pynchy.kube.controlplane import ControlPlane
-from pynchy.operator.build.scheduledtask import parse_timestamp, timestamp
+from pynchy.operator.build.common import parse_timestamp, timestamp
 from pynchy.operator.reconcile_scheduledtask import MAX_WAIT
 from pynchy.schedule import run_name
 

@@ -56,6 +56,12 @@ def pod_path(namespace: str, name: str, sub: str = "") -> str:
     return f"/api/v1/namespaces/{q(namespace)}/pods/{q(name)}" + (f"/{sub}" if sub else "")
 
 
+def config_object_path(namespace: str, kind: str, name: str) -> str:
+    """The path of a Secret (kind "Secret") or else a ConfigMap."""
+    plural = "secrets" if kind == "Secret" else "configmaps"
+    return f"/api/v1/namespaces/{q(namespace)}/{plural}/{q(name)}"
+
+
 class Kube:
     """One aiohttp session against the cluster of a kubeconfig; open() inside the event loop."""
 

@@ -94,14 +94,18 @@ def env_references(container: Mapping[str, Any]) -> set[ObjectKey]:
     return refs
 
 
-def object_data(obj: Mapping[str, Any]) -> dict[str, str]:
-    """A Secret's (base64-decoded) or ConfigMap's data as text; binary bytes survive as surrogates."""
+def object_bytes(obj: Mapping[str, Any]) -> dict[str, bytes]:
+    """A Secret's or ConfigMap's data as bytes (Secret values and binaryData decoded)."""
     if obj.get("kind") == SECRET:
-        return {k: base64.b64decode(v).decode("utf-8", "surrogateescape") for k, v in (obj.get("data") or {}).items()}
-    data = dict(obj.get("data") or {})
-    for k, v in (obj.get("binaryData") or {}).items():
-        data.setdefault(k, base64.b64decode(v).decode("utf-8", "surrogateescape"))
+        return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+    data = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+    data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
     return data
+
+
+def object_data(obj: Mapping[str, Any]) -> dict[str, str]:
+    """A Secret's or ConfigMap's data as text; binary bytes survive as surrogates."""
+    return {k: v.decode("utf-8", "surrogateescape") for k, v in object_bytes(obj).items()}
 
 
 _LABEL_FIELD = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")

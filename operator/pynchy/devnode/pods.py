@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from pynchy.devnode import process
-from pynchy.devnode.client import ApiError, Kube, pod_path, q
+from pynchy.devnode.client import ApiError, Kube, config_object_path, pod_path
 from pynchy.devnode.envvars import EnvError, container_env, env_references, expand, object_data
 from pynchy.devnode.pathmap import MountPathError, PathMap, normalize_container_path, plan_links
 from pynchy.devnode.status import (
     DEADLINE_MESSAGE,
     DEADLINE_REASON,
-    LOOPBACK,
     LOST_MESSAGE,
     LOST_REASON,
     SHUTDOWN_MESSAGE,
@@ -37,6 +36,7 @@ from pynchy.devnode.status import (
     exit_code,
     now,
     phase_from_exit,
+    pod_addresses,
     set_pod_conditions,
     termination_message,
 )
@@ -383,8 +383,7 @@ class PodWorker:
         refs = env_references(c)
         objects: dict[tuple[str, str], dict[str, str] | None] = {}
         for kind, name in refs:
-            plural = "secrets" if kind == "Secret" else "configmaps"
-            obj = await self.ctx.kube.get(f"/api/v1/namespaces/{q(self.ns)}/{plural}/{q(name)}")
+            obj = await self.ctx.kube.get(config_object_path(self.ns, kind, name))
             objects[(kind, name)] = None if obj is None else object_data(obj)
         pod_env = container_env(self.pod_view(), c, objects, self.ctx.service_env, self.ctx.allocatable)
 
@@ -569,14 +568,7 @@ class PodWorker:
 
     def pod_view(self) -> dict[str, Any]:
         """The pod with the addresses this node assigns, whether or not the watch has shown our write yet."""
-        status = {
-            **(self.pod.get("status") or {}),
-            "hostIP": LOOPBACK,
-            "hostIPs": [{"ip": LOOPBACK}],
-            "podIP": LOOPBACK,
-            "podIPs": [{"ip": LOOPBACK}],
-        }
-        return {**self.pod, "status": status}
+        return {**self.pod, "status": {**(self.pod.get("status") or {}), **pod_addresses()}}
 
     def compose(self) -> dict[str, Any]:
         set_pod_conditions(
@@ -587,10 +579,7 @@ class PodWorker:
         return {
             "phase": self.phase,
             "conditions": self.conds.to_list(),
-            "hostIP": LOOPBACK,
-            "hostIPs": [{"ip": LOOPBACK}],
-            "podIP": LOOPBACK,
-            "podIPs": [{"ip": LOOPBACK}],
+            **pod_addresses(),
             "startTime": self.start_time,
             "initContainerStatuses": [r.to_status() for r in self.init] or None,
             "containerStatuses": [r.to_status() for r in self.main],
@@ -645,12 +634,11 @@ class PodWorker:
         await asyncio.to_thread(self.cleanup)
 
     def cleanup(self) -> None:
-        """Remove the pod root and its local volumes (emptyDir, secrets...); container logs stay."""
-        for sub in ("root", "volumes"):
-            shutil.rmtree(self.dir / sub, ignore_errors=True)
+        remove_pod_files(self.ctx.data_dir, self.ns, self.name, self.uid)
 
 
 def remove_pod_files(data_dir: Path, namespace: str, name: str, uid: str) -> None:
+    """Remove the pod root and its local volumes (emptyDir, secrets...); container logs stay."""
     d = pod_dir(data_dir, namespace, name, uid)
     for sub in ("root", "volumes"):
         shutil.rmtree(d / sub, ignore_errors=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +33,9 @@ def micro_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_time(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+def pod_addresses() -> dict[str, Any]:
+    """The status address fields of every dev node pod: it runs on the host's network."""
+    return {"hostIP": LOOPBACK, "hostIPs": [{"ip": LOOPBACK}], "podIP": LOOPBACK, "podIPs": [{"ip": LOOPBACK}]}
 
 
 def exit_code(returncode: int) -> int:
@@ -45,15 +45,6 @@ def exit_code(returncode: int) -> int:
 
 def terminated_reason(code: int) -> str:
     return "Completed" if code == 0 else "Error"
-
-
-def describe_exit(code: int) -> str:
-    if code > 128:
-        try:
-            return f"exit code {code} ({signal.Signals(code - 128).name})"
-        except ValueError:
-            pass
-    return f"exit code {code}"
 
 
 @dataclass

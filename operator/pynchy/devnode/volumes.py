@@ -26,15 +26,14 @@ the pod waits in ContainerCreating, like the kubelet.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pynchy.devnode.client import ApiError, Kube, q
-from pynchy.devnode.envvars import EnvError, field_value, resource_value
+from pynchy.devnode.client import ApiError, Kube, config_object_path, q
+from pynchy.devnode.envvars import EnvError, field_value, object_bytes, resource_value
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
@@ -102,14 +101,8 @@ def _mode(item_mode: int | None, default: int) -> int:
 
 
 def config_data(obj: Mapping[str, Any] | None) -> dict[str, bytes] | None:
-    """A ConfigMap's or Secret's data as bytes (Secret values and binaryData decoded)."""
-    if obj is None:
-        return None
-    if obj.get("kind") == "Secret":
-        return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
-    data = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
-    data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
-    return data
+    """A ConfigMap's or Secret's data as bytes; None when the object does not exist."""
+    return None if obj is None else object_bytes(obj)
 
 
 def write_files(directory: Path, files: list[File]) -> None:
@@ -174,17 +167,8 @@ class VolumePreparer:
         if "hostPath" in volume:
             return host_path(volume["hostPath"])
         if "configMap" in volume or "secret" in volume:
-            kind = "ConfigMap" if "configMap" in volume else "Secret"
             src = volume.get("configMap") or volume.get("secret") or {}
-            obj_name = src.get("name") or src.get("secretName") or ""
-            files = projection_files(
-                config_data(await self._object(kind, obj_name)),
-                src.get("items"),
-                src.get("defaultMode"),
-                optional=bool(src.get("optional")),
-                kind=kind,
-                name=obj_name,
-            )
+            files = await self._config_files(volume, src.get("defaultMode"))
             await asyncio.to_thread(_replace_dir, local, files)
             return local
         if "projected" in volume:
@@ -207,22 +191,19 @@ class VolumePreparer:
             permanent=True,
         )
 
-    async def _object(self, kind: str, name: str) -> dict[str, Any] | None:
-        plural = "configmaps" if kind == "ConfigMap" else "secrets"
-        return await self.kube.get(f"/api/v1/namespaces/{q(self.ns)}/{plural}/{q(name)}")
+    async def _config_files(self, source: Mapping[str, Any], default_mode: int | None) -> list[File]:
+        """The files of a configMap or secret source: a volume's, or one of a projected volume."""
+        kind = "ConfigMap" if "configMap" in source else "Secret"
+        src = source.get("configMap") or source.get("secret") or {}
+        name = src.get("name") or src.get("secretName") or ""  # a secret volume names it secretName
+        obj = await self.kube.get(config_object_path(self.ns, kind, name))
+        return projection_files(
+            config_data(obj), src.get("items"), default_mode, optional=bool(src.get("optional")), kind=kind, name=name
+        )
 
     async def _projected_source(self, source: Mapping[str, Any], default_mode: int | None) -> list[File]:
         if "configMap" in source or "secret" in source:
-            kind = "ConfigMap" if "configMap" in source else "Secret"
-            src = source.get("configMap") or source.get("secret") or {}
-            return projection_files(
-                config_data(await self._object(kind, src.get("name", ""))),
-                src.get("items"),
-                default_mode,
-                optional=bool(src.get("optional")),
-                kind=kind,
-                name=src.get("name", ""),
-            )
+            return await self._config_files(source, default_mode)
         if "downwardAPI" in source:
             return self._downward_files(source["downwardAPI"].get("items"), default_mode)
         if "serviceAccountToken" in source:

@@ -72,15 +72,21 @@ class Controller:
 
     # -- events -----------------------------------------------------------------------
 
+    def _track(self, key: Key, event_type: str | None) -> bool:
+        """Record whether `key` exists; True when it was deleted (its pending work is dropped)."""
+        if event_type == "DELETED":
+            self.known.discard(key)
+            self.queue.forget(key)
+            return True
+        self.known.add(key)
+        return False
+
     def on_owner_event(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         key: Key = (kind, meta["namespace"], meta["name"])
-        if event_type == "DELETED":
-            self.known.discard(key)
+        if self._track(key, event_type):
             self._set_refs(key, set())
-            self.queue.forget(key)
         else:
-            self.known.add(key)
             self.queue.add(key)
         # Groups that use this Workspace re-check readiness when it changes.
         self._wake_dependents(kind, meta["namespace"], meta["name"])
@@ -100,23 +106,16 @@ class Controller:
     def on_task_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         key: Key = ("ScheduledTask", meta["namespace"], meta["name"])
-        if event_type == "DELETED":
-            self.known.discard(key)
-            self.queue.forget(key)
-        else:
-            self.known.add(key)
+        self._track(key, event_type)
         if self.tasks.on_task_event(event_type, body):
             self.queue.add(key)
 
     def on_run_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         key: Key = ("AgentRun", meta["namespace"], meta["name"])
-        if event_type == "DELETED":
-            self.known.discard(key)
-            self.queue.forget(key)
+        if self._track(key, event_type):
             self.runs.forget_run((meta["namespace"], meta["name"]))
         else:
-            self.known.add(key)
             self.runs.observe_run(body)
             self.queue.add(key)
         task = self.tasks.on_run_event(event_type, body)
@@ -170,32 +169,29 @@ class Controller:
     # -- reconcile --------------------------------------------------------------------
 
     async def reconcile(self, key: Key) -> float | None:
+        try:
+            return await self._reconcile(key)
+        except KubeError as exc:
+            if not exc.gone:
+                raise
+            # Deleted (or its namespace is terminating) while we worked: nothing left to do.
+            log.debug("object went away during reconcile", key=str(key), error=exc.message)
+            self._set_refs(key, set())
+            return None
+
+    async def _reconcile(self, key: Key) -> float | None:
         kind, namespace, name = key
         if kind == "ScheduledTask":
-            try:
-                return await self.tasks.reconcile(key)
-            except KubeError as exc:
-                if exc.gone:
-                    log.debug("object went away during reconcile", key=str(key), error=exc.message)
-                    return None
-                raise
+            return await self.tasks.reconcile(key)
         raw = await self.api.get(kind, namespace, name)
         if raw is None or raw["metadata"].get("deletionTimestamp"):
             self._set_refs(key, set())
             return None
-        try:
-            if kind == "AgentRun":
-                return await self._run_reconciler.reconcile(raw)
-            if kind == "Group":
-                checks = await reconcile_group(self.api, raw, self.settings)
-            else:
-                checks = await reconcile_workspace(self.api, raw)
-        except KubeError as exc:
-            if exc.gone:
-                # Deleted (or its namespace is terminating) while we worked: nothing left to do.
-                log.debug("object went away during reconcile", key=str(key), error=exc.message)
-                self._set_refs(key, set())
-                return None
-            raise
+        if kind == "AgentRun":
+            return await self._run_reconciler.reconcile(raw)
+        if kind == "Group":
+            checks = await reconcile_group(self.api, raw, self.settings)
+        else:
+            checks = await reconcile_workspace(self.api, raw)
         self._set_refs(key, checks.refs)
         return None

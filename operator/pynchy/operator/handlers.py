@@ -18,6 +18,8 @@ from typing import Any
 import kopf
 
 from pynchy.logs import get_logger
+from pynchy.operator.admission import AGENT_POD_SELECTOR
+from pynchy.operator.build.common import LABEL_MANAGED_BY, MANAGED_BY
 from pynchy.operator.controller import Controller
 from pynchy.operator.kubeapi import KubeApi, load_client
 from pynchy.operator.settings import OperatorSettings
@@ -94,11 +96,10 @@ async def agentrun_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo
     memo.controller.on_run_event(event.get("type"), dict(body))
 
 
-_MANAGED = {"app.kubernetes.io/managed-by": "pynchy-operator"}
-_AGENT_PODS = {**_MANAGED, "app.kubernetes.io/component": "agent"}
+_MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
 
 
-@kopf.on.event("v1", "pods", labels=_AGENT_PODS)
+@kopf.on.event("v1", "pods", labels=AGENT_POD_SELECTOR)
 async def pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_pod_event(event.get("type"), dict(body))
 

@@ -29,16 +29,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from pynchy.api.resources import ScheduledTask
-from pynchy.api.validation import format_errors
 from pynchy.logs import get_logger
 from pynchy.operator.admission import FINISHED_PHASES
-from pynchy.operator.build.common import LABEL_SCHEDULED_TASK
-from pynchy.operator.build.scheduledtask import parse_timestamp, scheduled_run, timestamp
+from pynchy.operator.build.common import LABEL_SCHEDULED_TASK, parse_timestamp, timestamp
+from pynchy.operator.build.scheduledtask import scheduled_run
 from pynchy.operator.conditions import Cond
 from pynchy.operator.events import record_event
 from pynchy.operator.kubeapi import KubeApi, KubeError
 from pynchy.operator.settings import OperatorSettings
-from pynchy.operator.status import NOT_ACCEPTED, publish, status_fields
+from pynchy.operator.status import NOT_ACCEPTED, invalid_spec_fields, publish, status_fields
 from pynchy.schedule import Decision, Done, Fire, Invalid, Missed, Skip, Suspended, TaskState, decide, run_name
 from pynchy.schedule.validate import validate_schedule
 
@@ -146,15 +145,19 @@ def last_handled(status: dict[str, Any], runs: Iterable[TaskRun]) -> dt.datetime
     return max(parsed, default=None)
 
 
+def _latest(recorded: str | None, candidates: Iterable[str | None]) -> str | None:
+    """`recorded`, or the latest of `candidates` when one is later (the text as it was written)."""
+    best, best_time = recorded, _parse(recorded)
+    for value in candidates:
+        when = _parse(value)
+        if when is not None and (best_time is None or when > best_time):
+            best, best_time = value, when
+    return best
+
+
 def latest_schedule(status: dict[str, Any], runs: Iterable[TaskRun]) -> str | None:
     """status.lastScheduleTime, or the due time of a newer run (created before a crash lost the write)."""
-    best = status.get("lastScheduleTime")
-    best_time = _parse(best)
-    for run in runs:
-        when = _parse(run.scheduled_time)
-        if when is not None and (best_time is None or when > best_time):
-            best, best_time = run.scheduled_time, when
-    return best
+    return _latest(status.get("lastScheduleTime"), (run.scheduled_time for run in runs))
 
 
 def run_record(run: TaskRun, *, gone: bool = False) -> dict[str, Any]:
@@ -237,13 +240,7 @@ def excess_runs(runs: Iterable[TaskRun], successful_limit: int, failed_limit: in
 
 
 def last_success(status: dict[str, Any], runs: Iterable[TaskRun]) -> str | None:
-    best = status.get("lastSuccessfulTime")
-    best_time = _parse(best)
-    for run in runs:
-        when = _parse(run.finish_time) if run.outcome == "Succeeded" else None
-        if when is not None and (best_time is None or when > best_time):
-            best, best_time = run.finish_time, when
-    return best
+    return _latest(status.get("lastSuccessfulTime"), (run.finish_time for run in runs if run.outcome == "Succeeded"))
 
 
 def task_status(
@@ -542,8 +539,7 @@ class TaskReconciler:
         try:
             task = ScheduledTask.from_k8s(raw)
         except ValidationError as exc:
-            accepted = Cond("Accepted", False, "InvalidSpec", "; ".join(format_errors(exc)))
-            written = await publish(self.api, raw, status_fields(raw, accepted, NOT_ACCEPTED))
+            written = await publish(self.api, raw, invalid_spec_fields(raw, exc)[0])
             return Fresh((written or raw)["metadata"].get("resourceVersion", ""), None)
         spec = task.spec
         group = spec.group_ref.name
@@ -567,17 +563,17 @@ class TaskReconciler:
             accepted = Cond("Accepted", True, "Accepted", ACCEPTED_MESSAGE.format(group=group))
 
         ready = NOT_ACCEPTED
-        last_schedule = latest_schedule(status, [*self.runs.of(tkey, uid), *self.runs.gone_of(tkey, uid)])
+        runs, gone = self.runs.of(tkey, uid), self.runs.gone_of(tkey, uid)
+        last_schedule = latest_schedule(status, [*runs, *gone])
         next_time: dt.datetime | None = None
         next_check: dt.datetime | None = None
         added: list[dict[str, Any]] = []
         events: list[tuple[str, str, str]] = []
         if accepted.status:
-            runs = self.runs.of(tkey, uid)
             state = TaskState.from_spec(
                 spec,
                 created_at=created_at,
-                last_scheduled=last_handled(status, [*runs, *self.runs.gone_of(tkey, uid)]),
+                last_scheduled=last_handled(status, [*runs, *gone]),
                 active=[r.name for r in runs if not r.finished],
             )
             decision = decide(now, state)

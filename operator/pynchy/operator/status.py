@@ -71,8 +71,14 @@ async def publish(api: KubeApi, raw: dict[str, Any], new_fields: dict[str, Any])
 NOT_ACCEPTED = Cond("Ready", False, "NotAccepted", "The spec is not accepted; see the Accepted condition.")
 
 
-async def publish_invalid_spec(api: KubeApi, raw: dict[str, Any], exc: ValidationError) -> CheckResult:
-    """A stored object our models reject (for example written under an older schema): report, never crash."""
+def invalid_spec_fields(raw: dict[str, Any], exc: ValidationError) -> tuple[dict[str, Any], Problem]:
+    """The status of a stored object our models reject (for example written under an older schema)."""
     problem = Problem("InvalidSpec", "; ".join(format_errors(exc)))
-    await publish(api, raw, status_fields(raw, acceptance([problem]), NOT_ACCEPTED))
+    return status_fields(raw, acceptance([problem]), NOT_ACCEPTED), problem
+
+
+async def publish_invalid_spec(api: KubeApi, raw: dict[str, Any], exc: ValidationError) -> CheckResult:
+    """Report a spec our models reject, never crash."""
+    fields, problem = invalid_spec_fields(raw, exc)
+    await publish(api, raw, fields)
     return CheckResult(problems=[problem])

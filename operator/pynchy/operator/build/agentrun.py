@@ -22,8 +22,10 @@ from pynchy.operator.build.common import (
     group_sa_name,
     group_state_claim_name,
     metadata,
+    parse_timestamp,
     run_pod_name,
     run_token_secret_name,
+    timestamp,
     workspace_claim_name,
 )
 from pynchy.operator.settings import OperatorSettings
@@ -65,11 +67,11 @@ class RunInputs:
 
 def parse_time(value: str) -> int:
     """Unix seconds of an RFC 3339 timestamp as the API server writes them."""
-    return int(dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    return int(parse_timestamp(value).timestamp())
 
 
 def rfc3339(seconds: int) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat().replace("+00:00", "Z")
+    return timestamp(dt.datetime.fromtimestamp(seconds, dt.UTC))
 
 
 def run_token(run: dict[str, Any], g: Group, settings: OperatorSettings, issued_at: int) -> str:

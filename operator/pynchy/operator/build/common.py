@@ -1,7 +1,8 @@
-"""Names, labels and owner references shared by every child manifest."""
+"""Names, labels, owner references and timestamps shared by every child manifest."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from typing import Any
@@ -77,6 +78,52 @@ def metadata(
     # No owner means "keep this when the parent goes" (deletionPolicy Retain).
     meta["ownerReferences"] = [owner_reference(owner)] if owner is not None else []
     return meta
+
+
+def volume_claim(
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    owner: dict[str, Any],
+    *,
+    size: str,
+    storage_class_name: str | None,
+    deletion_policy: str,
+    access_mode: str = "ReadWriteOnce",
+) -> dict[str, Any]:
+    """A filesystem PVC. With deletionPolicy Retain it has no owner, so deleting `owner` keeps it."""
+    spec: dict[str, Any] = {
+        "accessModes": [access_mode],
+        "resources": {"requests": {"storage": size}},
+        "volumeMode": "Filesystem",
+    }
+    if storage_class_name:
+        spec["storageClassName"] = storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(
+            name,
+            namespace,
+            labels,
+            owner if deletion_policy == "Delete" else None,
+            {ANNOTATION_DELETION_POLICY: deletion_policy},
+        ),
+        "spec": spec,
+    }
+
+
+def timestamp(when: dt.datetime) -> str:
+    """RFC 3339 in UTC with a Z, lossless (microseconds kept when there are any)."""
+    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_timestamp(value: str) -> dt.datetime:
+    """An RFC 3339 timestamp (as the API server or ``timestamp`` writes it) as an aware datetime."""
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp {value!r} has no time zone offset")
+    return parsed
 
 
 def content_hash(value: Any) -> str:

@@ -9,7 +9,6 @@ from typing import Any
 from pynchy.api.resources import Group
 from pynchy.operator.build.common import (
     ANNOTATION_CONFIG_HASH,
-    ANNOTATION_DELETION_POLICY,
     LABEL_COMPONENT,
     LABEL_GROUP,
     base_labels,
@@ -19,6 +18,7 @@ from pynchy.operator.build.common import (
     group_sa_name,
     group_state_claim_name,
     metadata,
+    volume_claim,
 )
 from pynchy.operator.settings import OperatorSettings
 
@@ -56,25 +56,15 @@ def service_account(g: Group, raw: dict[str, Any]) -> dict[str, Any]:
 def state_claim(g: Group, raw: dict[str, Any]) -> dict[str, Any]:
     state = g.spec.state
     name = g.metadata.name
-    spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": state.size}},
-        "volumeMode": "Filesystem",
-    }
-    if state.storage_class_name:
-        spec["storageClassName"] = state.storage_class_name
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": metadata(
-            group_state_claim_name(name),
-            str(g.metadata.namespace),
-            _labels(name, "agent-state"),
-            raw if state.deletion_policy == "Delete" else None,
-            {ANNOTATION_DELETION_POLICY: state.deletion_policy},
-        ),
-        "spec": spec,
-    }
+    return volume_claim(
+        group_state_claim_name(name),
+        str(g.metadata.namespace),
+        _labels(name, "agent-state"),
+        raw,
+        size=state.size,
+        storage_class_name=state.storage_class_name,
+        deletion_policy=state.deletion_policy,
+    )
 
 
 def agent_config(g: Group, inputs: GroupInputs, settings: OperatorSettings) -> dict[str, Any]:

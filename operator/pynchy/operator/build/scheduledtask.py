@@ -11,21 +11,8 @@ from typing import Any
 
 from pynchy.api.base import GROUP_VERSION
 from pynchy.api.resources import ScheduledTask
-from pynchy.operator.build.common import LABEL_GROUP, LABEL_SCHEDULED_TASK, owner_reference
+from pynchy.operator.build.common import LABEL_GROUP, LABEL_SCHEDULED_TASK, owner_reference, timestamp
 from pynchy.schedule import run_name
-
-
-def timestamp(when: dt.datetime) -> str:
-    """RFC 3339 in UTC with a Z, lossless (microseconds kept when there are any)."""
-    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def parse_timestamp(value: str) -> dt.datetime:
-    """An RFC 3339 timestamp (as the API server or ``timestamp`` writes it) as an aware datetime."""
-    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        raise ValueError(f"timestamp {value!r} has no time zone offset")
-    return parsed
 
 
 def scheduled_run(task: ScheduledTask, raw: dict[str, Any], scheduled_time: dt.datetime) -> dict[str, Any]:
