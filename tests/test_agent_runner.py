@@ -486,8 +486,6 @@ def test_event_sink_coalesces_text_and_posts_at_most_every_interval() -> None:
         TurnResult(text="Hello, world!"),
     ]
     assert len(posts) == 2  # close() does not wait out the interval
-    times = [t for t, _ in posts]
-    assert all(b - a >= 0 for a, b in itertools.pairwise(times))
 
 
 def test_event_sink_spaces_posts_by_the_interval_and_survives_post_failures() -> None:
@@ -510,7 +508,7 @@ def test_event_sink_spaces_posts_by_the_interval_and_survives_post_failures() ->
     asyncio.run(scenario())
     gaps = [b - a for a, b in itertools.pairwise(times[:-1])]  # the last post (close) does not wait
     assert all(gap >= 0.045 for gap in gaps), gaps
-    assert 3 <= len(times) <= 7
+    assert len(times) >= 3  # posting went on after the failed second post (how many more is timing)
 
 
 # -- conversation: which turns a result answers ---------------------------------------------------
