@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +15,7 @@ import pytest
 from slack_sdk.errors import SlackApiError
 from structlog.testing import capture_logs
 
+from conftest import RUN_TOKEN_KEY
 from doubles.slack import APP_TOKEN, BOT_TOKEN, BOT_USER, SIGNING_SECRET, SlackDouble, wait_until
 from pynchy.gateway.channels.base import Accepted, DeliveryError, Inbound, Outcome
 from pynchy.gateway.db import Db
@@ -21,6 +23,7 @@ from pynchy.gateway.settings import GatewaySettings
 from pynchy.gateway.slack.channel import SlackChannel
 from pynchy.gateway.slack.client import SlackApi, make_client
 from pynchy.gateway.slack.errors import to_delivery_error
+from pynchy.gateway.slack.inbound import dedupe_key
 from pynchy.gateway.slack.replies import ERROR_PREFIX
 from pynchy.gateway.slack.stream import PLACEHOLDER
 from pynchy.gateway.turns import TurnWatch
@@ -31,7 +34,6 @@ from pynchy_agent.protocol import TextDelta, ToolUse, TurnResult
 
 T = TypeVar("T")
 CHANNEL = "C0PYNCHY001"
-RUN_TOKEN_KEY = "slack-double-test-run-token-key-0123456789"
 
 
 @pytest.fixture
@@ -138,8 +140,6 @@ class Harness:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.db = Db(f"sqlite:///{tmp}/gateway.db")
-        self.core = Core(self.db)
         values: dict[str, Any] = {
             "run_token_key": RUN_TOKEN_KEY,
             "database_url": f"sqlite:///{tmp}/gateway.db",
@@ -148,24 +148,33 @@ class Harness:
             "slack_api_url": double.api_url,
         }
         self.settings = GatewaySettings(**(values | settings))
-        self.channel: SlackChannel = self.call(self._make())
+        self.db = Db(self.settings.database_url)
+        self.core = Core(self.db)
+        try:
+            self.channel: SlackChannel = self.call(self._make())
+        except BaseException:
+            self._stop_loop()
+            raise
 
     async def _make(self) -> SlackChannel:
         channel = SlackChannel(self.settings, self.core, update_interval=0.05)
         await channel.start()
         return channel
 
-    def call(self, coro: Awaitable[T], timeout: float = 60) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
-
-    def soon(self, coro: Awaitable[T]) -> Any:
+    def soon(self, coro: Awaitable[T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+
+    def call(self, coro: Awaitable[T], timeout: float = 60) -> T:
+        return self.soon(coro).result(timeout)
 
     def store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return self.call(self.db.call(fn, *args, **kwargs))
 
     def close(self) -> None:
         self.call(self.channel.stop())
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.db.close()
@@ -177,7 +186,7 @@ class Harness:
         message = self.double.user_message(CHANNEL, text, thread_ts=thread)
         row, _ = self.store(
             messages.record_inbound,
-            dedupe_key=f"slack:{CHANNEL}:{message['ts']}",
+            dedupe_key=dedupe_key(CHANNEL, message["ts"]),
             channel="slack",
             channel_id=CHANNEL,
             text=text,
@@ -284,7 +293,7 @@ def test_placeholder_deleted_meanwhile_reply_is_posted_anew(harness: Harness, do
     assert [m["text"] for m in double.thread(CHANNEL, message["ts"])] == ["final"]
 
 
-def stream_some(harness: Harness, turn: TurnRow, watch: TurnWatch) -> Any:
+def stream_some(harness: Harness, turn: TurnRow, watch: TurnWatch) -> Future[None]:
     return harness.soon(harness.channel.turn_started(turn, watch))
 
 

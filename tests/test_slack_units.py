@@ -15,7 +15,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from structlog.testing import capture_logs
 
-from doubles.slack import BOT_ID, BOT_TOKEN, BOT_USER, SIGNING_SECRET, SlackDouble, signed_headers
+from doubles.slack import BOT_ID, BOT_TOKEN, BOT_USER, SIGNING_SECRET, signed_headers
 from pynchy.gateway.channels.base import Accepted, Inbound, Outcome
 from pynchy.gateway.channels.text import split_message
 from pynchy.gateway.slack.client import carries_key, metadata
@@ -273,21 +273,24 @@ class Recorder:
         self.replies.append((channel, thread, text))
 
 
+# The receiver makes no Web API calls (who it is comes from whoami(), replies go through reply()).
+NO_API = "http://127.0.0.1:9/api/"
+
+
 async def whoami() -> Identity:
     return ME
 
 
-async def _with_receiver(double: SlackDouble, scenario: Any) -> Any:
+async def _with_receiver(scenario: Any, overrides: dict[str, Any]) -> Any:
     recorder = Recorder()
     tasks: list[asyncio.Future[Any]] = []
+    parts: dict[str, Any] = {"accept": recorder.accept, "whoami": whoami, "reply": recorder.reply} | overrides
     receiver = EventReceiver(
         BOT_TOKEN,
-        double.api_url,
+        NO_API,
         signing_secret=SIGNING_SECRET,
-        accept=recorder.accept,
-        whoami=whoami,
-        reply=recorder.reply,
         background=lambda coro: tasks.append(asyncio.ensure_future(coro)),
+        **parts,
     )
     app = web.Application()
     app.router.add_post(EVENTS_PATH, receiver.handle_http)
@@ -297,20 +300,25 @@ async def _with_receiver(double: SlackDouble, scenario: Any) -> Any:
     return result, recorder
 
 
-def run_receiver(scenario: Any) -> Any:
-    with SlackDouble() as double:
-        return asyncio.run(_with_receiver(double, scenario))
+def run_receiver(scenario: Any, **overrides: Any) -> Any:
+    """Run `scenario(client, recorder)` against an EventReceiver behind /slack/events; `overrides`
+    replace its accept/whoami/reply. Returns (the scenario's result, the recorder)."""
+    return asyncio.run(_with_receiver(scenario, overrides))
 
 
 def body_of(event: dict[str, Any], event_id: str = "Ev0001") -> str:
     return json.dumps(envelope(event, event_id))
 
 
+async def post_signed(client: TestClient, body: str) -> int:
+    """POST `body` to /slack/events, signed with the right secret; the HTTP status."""
+    r = await client.post(EVENTS_PATH, data=body, headers=signed_headers(body))
+    return r.status
+
+
 def test_signed_event_is_accepted_and_acked() -> None:
     async def scenario(client: TestClient, rec: Recorder) -> int:
-        body = body_of(msg(text=f"<@{BOT_USER}> hi", channel_type="channel"))
-        r = await client.post(EVENTS_PATH, data=body, headers=signed_headers(body))
-        return r.status
+        return await post_signed(client, body_of(msg(text=f"<@{BOT_USER}> hi", channel_type="channel")))
 
     status, rec = run_receiver(scenario)
     assert status == 200
@@ -372,9 +380,7 @@ def test_unknown_event_type_is_acked_and_ignored() -> None:
     async def scenario(client: TestClient, rec: Recorder) -> list[int]:
         statuses = []
         for i, event in enumerate([{"type": "reaction_added", "user": "U1"}, {"type": "reaction_added"}]):
-            body = body_of(event, f"Ev{i}")
-            r = await client.post(EVENTS_PATH, data=body, headers=signed_headers(body))
-            statuses.append(r.status)
+            statuses.append(await post_signed(client, body_of(event, f"Ev{i}")))
         return statuses
 
     with capture_logs() as logs:
@@ -387,9 +393,9 @@ def test_unknown_event_type_is_acked_and_ignored() -> None:
 
 def test_unsupported_payload_type_gets_400() -> None:
     async def scenario(client: TestClient, rec: Recorder) -> int:
-        body = json.dumps({"type": "app_rate_limited", "team_id": "T1", "minute_rate_limited": 1})
-        r = await client.post(EVENTS_PATH, data=body, headers=signed_headers(body))
-        return r.status
+        return await post_signed(
+            client, json.dumps({"type": "app_rate_limited", "team_id": "T1", "minute_rate_limited": 1})
+        )
 
     status, _ = run_receiver(scenario)
     assert status == 400
@@ -398,9 +404,7 @@ def test_unsupported_payload_type_gets_400() -> None:
 def test_oversized_message_is_refused_with_a_reply_in_its_thread() -> None:
     async def scenario(client: TestClient, rec: Recorder) -> int:
         text = f"<@{BOT_USER}> " + "x" * (MAX_INBOUND_CHARS + 1)
-        body = body_of(msg(type="app_mention", text=text, ts="200.000001"))
-        r = await client.post(EVENTS_PATH, data=body, headers=signed_headers(body))
-        return r.status
+        return await post_signed(client, body_of(msg(type="app_mention", text=text, ts="200.000001")))
 
     with capture_logs() as logs:
         status, rec = run_receiver(scenario)
@@ -435,22 +439,8 @@ def test_failures_before_storing_are_not_acked_so_slack_retries(broken_part: str
     async def broken(*args: Any) -> Any:
         raise RuntimeError("down")
 
-    async def main(double: SlackDouble) -> int:
-        receiver = EventReceiver(
-            BOT_TOKEN,
-            double.api_url,
-            signing_secret=SIGNING_SECRET,
-            accept=broken if broken_part == "accept" else Recorder().accept,
-            whoami=broken if broken_part == "whoami" else whoami,
-            reply=Recorder().reply,
-            background=lambda coro: None,
-        )
-        app = web.Application()
-        app.router.add_post(EVENTS_PATH, receiver.handle_http)
-        async with TestClient(TestServer(app)) as client:
-            body = body_of(msg(text="hi"))
-            r = await client.post(EVENTS_PATH, data=body, headers=signed_headers(body))
-            return r.status
+    async def scenario(client: TestClient, rec: Recorder) -> int:
+        return await post_signed(client, body_of(msg(text="hi")))
 
-    with SlackDouble() as double:
-        assert asyncio.run(main(double)) == 500
+    status, _ = run_receiver(scenario, **{broken_part: broken})
+    assert status == 500

@@ -3,17 +3,18 @@ Events API requests in, the test playing the agent pod over the run API, replies
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
+from cluster.helpers import wait_for
 from cluster.test_gateway import agent, make_run, token_for, wait_gateway_sees
 from conftest import make_gateway
-from doubles.slack import BOT_TOKEN, BOT_USER, OWNER, SIGNING_SECRET, SlackDouble, post_event, wait_until
+from doubles.slack import BOT_TOKEN, BOT_USER, OWNER, SIGNING_SECRET, SlackDouble, post_event
 from pynchy.gateway.run import EmbeddedGateway
 from pynchy.gateway.slack.replies import ERROR_PREFIX
 from pynchy.gateway.slack.stream import PLACEHOLDER
@@ -21,6 +22,7 @@ from pynchy.kube.controlplane import ControlPlane
 from pynchy.store import outbound
 from pynchy.store import turns as turn_store
 
+T = TypeVar("T")
 CHANNEL = "C0SLACKGW01"
 GROUP = """
 apiVersion: pynchy.dev/v1alpha1
@@ -53,10 +55,14 @@ class World:
             assert r.status_code == 200, r.text
         return message
 
-    def open_turns(self) -> list[Any]:
+    def store(self, fn: Callable[..., T], *args: Any) -> T:
+        """A read of the gateway's store, in one transaction."""
         gw = self.gateway.gateway
         assert gw is not None
-        return self.gateway.call(gw.db.call(turn_store.open_turns, self.namespace, self.group))
+        return self.gateway.call(gw.db.call(fn, *args))
+
+    def open_turns(self) -> list[Any]:
+        return self.store(turn_store.open_turns, self.namespace, self.group)
 
     def pod(self) -> httpx.Client:
         """The test as the Group's agent pod, on a run the gateway reuses (it is live)."""
@@ -87,7 +93,8 @@ def world(control_plane: ControlPlane, namespace: str, gateway_kubeconfig: Path,
             )
             wait_gateway_sees(gw, namespace, "group", w.group)
             assert gw.gateway is not None
-            wait_until(lambda: gw.gateway.directory.lookup("slack", CHANNEL), what="the channel is routed")  # type: ignore[union-attr]
+            directory = gw.gateway.directory
+            wait_for(lambda: directory.lookup("slack", CHANNEL), what="the channel is routed")
             yield w
         finally:
             gw.stop()
@@ -114,23 +121,21 @@ def test_mention_is_one_turn_answered_in_its_thread_with_status_reactions(world:
     (turn,) = world.open_turns()
     assert turn.prompt == "what is **new**?"  # the bot's mention is not part of it
     assert turn.reply_thread == thread
-    wait_until(lambda: world.slack.reactions(CHANNEL, thread) == ["eyes"], what="'received' reaction")
+    wait_for(lambda: world.slack.reactions(CHANNEL, thread) == ["eyes"], what="'received' reaction")
 
     claimed = pod.get("/v1/run/turns/next", params={"wait": 5}).json()
     assert claimed["id"] == turn.id
-    wait_until(lambda: world.slack.bot_messages(CHANNEL), what="placeholder in the thread")
-    wait_until(lambda: "hourglass_flowing_sand" in world.slack.reactions(CHANNEL, thread), what="'working'")
+    wait_for(lambda: world.slack.bot_messages(CHANNEL), what="placeholder in the thread")
+    wait_for(lambda: "hourglass_flowing_sand" in world.slack.reactions(CHANNEL, thread), what="'working'")
     (placeholder,) = world.slack.thread(CHANNEL, thread)
     assert placeholder["text"] == PLACEHOLDER
 
     events(pod, turn.id, {"type": "text_delta", "text": "Nothing much, "})
-    wait_until(lambda: world.slack.thread(CHANNEL, thread)[0]["text"] == "Nothing much,", what="streamed text in place")
+    wait_for(lambda: world.slack.thread(CHANNEL, thread)[0]["text"] == "Nothing much,", what="streamed text in place")
     events(pod, turn.id, {"type": "text_delta", "text": "**all quiet**."}, result("Nothing much, **all quiet**."))
 
-    wait_until(
-        lambda: world.slack.thread(CHANNEL, thread)[0]["text"] == "Nothing much, *all quiet*.", what="final reply"
-    )
-    wait_until(lambda: world.slack.reactions(CHANNEL, thread) == ["eyes", "white_check_mark"], what="'done'")
+    wait_for(lambda: world.slack.thread(CHANNEL, thread)[0]["text"] == "Nothing much, *all quiet*.", what="final reply")
+    wait_for(lambda: world.slack.reactions(CHANNEL, thread) == ["eyes", "white_check_mark"], what="'done'")
     replies = world.slack.thread(CHANNEL, thread)
     assert len(replies) == 1  # the placeholder became the reply: nothing posted twice
     assert replies[0]["ts"] == placeholder["ts"]
@@ -143,7 +148,7 @@ def test_long_reply_is_split_and_rate_limits_are_waited_out(world: World) -> Non
     pod = world.pod()
     asked = world.ask("write a lot")
     turn = pod.get("/v1/run/turns/next", params={"wait": 5}).json()
-    wait_until(lambda: world.slack.bot_messages(CHANNEL), what="placeholder")
+    wait_for(lambda: world.slack.bot_messages(CHANNEL), what="placeholder")
     # Slack answers 429 to the next three posts: slack_sdk retries twice after Retry-After, then the
     # delivery loop waits the Retry-After it reports and sends again.
     world.slack.rate_limit("chat.postMessage", times=3, retry_after=1)
@@ -153,7 +158,7 @@ def test_long_reply_is_split_and_rate_limits_are_waited_out(world: World) -> Non
     def parts() -> list[dict[str, Any]]:
         return world.slack.thread(CHANNEL, asked["ts"])
 
-    wait_until(lambda: len(parts()) >= 3 and not parts()[0]["text"].startswith("_"), timeout=60, what="all parts")
+    wait_for(lambda: len(parts()) >= 3 and not parts()[0]["text"].startswith("_"), timeout=60, what="all parts")
     texts = [m["text"] for m in parts()]
     assert all(len(t) <= 4000 for t in texts)
     assert " ".join(" ".join(texts).split()) == " ".join(long_reply.split())
@@ -162,14 +167,9 @@ def test_long_reply_is_split_and_rate_limits_are_waited_out(world: World) -> Non
     statuses = [c.status for c in world.slack.calls_to("chat.postMessage")]
     assert statuses.count(429) == 3
     assert statuses[-1] == 200
-    gw = world.gateway.gateway
-    assert gw is not None
-    rows = world.gateway.call(gw.db.call(outbound.for_group, world.namespace, world.group))
-    wait_until(
-        lambda: all(
-            r.state == outbound.SENT
-            for r in world.gateway.call(gw.db.call(outbound.for_group, world.namespace, world.group))
-        ),
+    rows = world.store(outbound.for_group, world.namespace, world.group)
+    wait_for(
+        lambda: all(r.state == outbound.SENT for r in world.store(outbound.for_group, world.namespace, world.group)),
         what="every part marked sent",
     )
     assert len(rows) == len(keys)
@@ -197,7 +197,7 @@ def test_oversized_message_gets_a_short_reply_and_no_turn(world: World) -> None:
     message = world.slack.user_message(CHANNEL, f"<@{BOT_USER}> " + "y" * 40_001)
     r = post_event(world.events_url, world.slack.event(CHANNEL, message, kind="app_mention"))
     assert r.status_code == 200
-    wait_until(lambda: world.slack.thread(CHANNEL, message["ts"]), what="the refusal in the thread")
+    wait_for(lambda: world.slack.thread(CHANNEL, message["ts"]), what="the refusal in the thread")
     (reply,) = world.slack.thread(CHANNEL, message["ts"])
     assert "too long" in reply["text"]
     assert world.open_turns() == []
@@ -207,14 +207,12 @@ def test_failed_run_gets_a_short_failure_reply(world: World) -> None:
     pod = world.pod()
     asked = world.ask("do the impossible")
     turn = pod.get("/v1/run/turns/next", params={"wait": 5}).json()
-    wait_until(lambda: world.slack.bot_messages(CHANNEL), what="placeholder")
+    wait_for(lambda: world.slack.bot_messages(CHANNEL), what="placeholder")
     events(pod, turn["id"], {"type": "error", "message": "the model API is unreachable"})
-    wait_until(
-        lambda: world.slack.thread(CHANNEL, asked["ts"])[0]["text"].startswith(ERROR_PREFIX), what="failure reply"
-    )
+    wait_for(lambda: world.slack.thread(CHANNEL, asked["ts"])[0]["text"].startswith(ERROR_PREFIX), what="failure reply")
     (reply,) = world.slack.thread(CHANNEL, asked["ts"])
     assert reply["text"] == ERROR_PREFIX + "the model API is unreachable"
-    wait_until(lambda: world.slack.reactions(CHANNEL, asked["ts"]) == ["eyes", "x"], what="'failed' reaction")
+    wait_for(lambda: world.slack.reactions(CHANNEL, asked["ts"]) == ["eyes", "x"], what="'failed' reaction")
 
 
 def test_messages_not_for_the_agent_are_left_alone(world: World) -> None:

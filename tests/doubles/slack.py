@@ -51,10 +51,12 @@ class _Injected:
     retry_after: int | None = None  # HTTP 429 with this Retry-After
 
 
-@dataclass
-class _Socket:
-    ws: web.WebSocketResponse
-    acks: dict[str, dict[str, Any]] = field(default_factory=dict)
+class _ApiError(Exception):
+    """Raised by an _api_* method: Slack answers `{"ok": false, "error": error}`."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def _truthy(value: Any) -> bool:
@@ -68,12 +70,11 @@ class SlackDouble(ThreadedServer):
         super().__init__()
         self.calls: list[Call] = []
         self.messages: dict[str, list[dict[str, Any]]] = {}
-        self.archived: set[str] = set()
         self._injected: dict[str, list[_Injected]] = {}
         self._ts = itertools.count(1)
         self._ts_base = int(time.time())
         self._event_ids = itertools.count(1)
-        self._sockets: list[_Socket] = []
+        self._sockets: list[web.WebSocketResponse] = []
         self._holds: dict[str, threading.Event] = {}
         self._holds_after: dict[str, threading.Event] = {}
         self.acks: dict[str, dict[str, Any]] = {}
@@ -178,7 +179,7 @@ class SlackDouble(ThreadedServer):
     @property
     def socket_connected(self) -> bool:
         with self._lock:
-            return any(not s.ws.closed for s in self._sockets)
+            return any(not ws.closed for ws in self._sockets)
 
     def socket_send(self, body: dict[str, Any], *, retry_attempt: int = 0) -> str:
         """Send an events_api envelope to the connected app; returns its envelope id."""
@@ -192,18 +193,17 @@ class SlackDouble(ThreadedServer):
             "payload": body,
         }
         with self._lock:
-            sockets = [s for s in self._sockets if not s.ws.closed]
+            sockets = [ws for ws in self._sockets if not ws.closed]
         if not sockets or self._loop is None:
             raise RuntimeError("no Socket Mode connection")
-        asyncio.run_coroutine_threadsafe(sockets[-1].ws.send_json(envelope), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(sockets[-1].send_json(envelope), self._loop).result(10)
         return envelope_id
 
     async def _socket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
-        sock = _Socket(ws)
         with self._lock:
-            self._sockets.append(sock)
+            self._sockets.append(ws)
         await ws.send_json(
             {
                 "type": "hello",
@@ -262,7 +262,10 @@ class SlackDouble(ThreadedServer):
             call.error = "unknown_method"
             return web.json_response({"ok": False, "error": "unknown_method"}, status=404)
         with self._lock:
-            answer = handler(params)
+            try:
+                answer = handler(params)
+            except _ApiError as refused:
+                answer = {"ok": False, "error": refused.error}
             hold_after = self._holds_after.get(method)
         if hold_after is not None:
             await self._wait_for(hold_after)
@@ -281,7 +284,7 @@ class SlackDouble(ThreadedServer):
             queue.pop(0)
         return head
 
-    # Each _api_* runs under self._lock.
+    # Each _api_* runs under self._lock, and raises _ApiError for a logical failure.
 
     def _api_auth_test(self, p: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -301,7 +304,7 @@ class SlackDouble(ThreadedServer):
     def _api_users_info(self, p: dict[str, Any]) -> dict[str, Any]:
         user = str(p.get("user", ""))
         if not user.startswith(("U", "W")):
-            return {"ok": False, "error": "user_not_found"}
+            raise _ApiError("user_not_found")
         name = "owner" if user == OWNER else user.lower()
         return {
             "ok": True,
@@ -315,15 +318,25 @@ class SlackDouble(ThreadedServer):
             },
         }
 
-    def _channel_error(self, channel: Any) -> dict[str, Any] | None:
+    @staticmethod
+    def _channel(p: dict[str, Any]) -> str:
+        channel = p.get("channel")
         if not isinstance(channel, str) or channel[:1] not in ("C", "G", "D"):
-            return {"ok": False, "error": "channel_not_found"}
-        if channel in self.archived:
-            return {"ok": False, "error": "is_archived"}
-        return None
+            raise _ApiError("channel_not_found")
+        return channel
 
     def _find(self, channel: str, ts: Any) -> dict[str, Any] | None:
         return next((m for m in self.messages.get(channel, []) if m["ts"] == ts), None)
+
+    def _target(self, p: dict[str, Any], ts_param: str = "ts", *, not_ours: str | None = None) -> dict[str, Any]:
+        """The message a call names. With `not_ours`, only the bot's own messages qualify (that
+        error for anyone else's)."""
+        msg = self._find(self._channel(p), p.get(ts_param))
+        if msg is None:
+            raise _ApiError("message_not_found")
+        if not_ours is not None and msg.get("bot_id") != BOT_ID:
+            raise _ApiError(not_ours)
+        return msg
 
     @staticmethod
     def _metadata(value: Any) -> dict[str, Any] | None:
@@ -332,14 +345,12 @@ class SlackDouble(ThreadedServer):
         return json.loads(value) if isinstance(value, str) else dict(value)
 
     def _api_chat_postMessage(self, p: dict[str, Any]) -> dict[str, Any]:
-        channel = p.get("channel")
-        if (err := self._channel_error(channel)) is not None:
-            return err
+        channel = self._channel(p)
         text = p.get("text") or ""
         if not text and not p.get("blocks"):
-            return {"ok": False, "error": "no_text"}
+            raise _ApiError("no_text")
         if len(text) > MAX_TEXT:
-            return {"ok": False, "error": "msg_too_long"}
+            raise _ApiError("msg_too_long")
         msg: dict[str, Any] = {
             "type": "message",
             "subtype": "bot_message",
@@ -362,58 +373,36 @@ class SlackDouble(ThreadedServer):
         return {"ok": True, "channel": channel, "ts": msg["ts"], "message": dict(msg)}
 
     def _api_chat_update(self, p: dict[str, Any]) -> dict[str, Any]:
-        channel = p.get("channel")
-        if (err := self._channel_error(channel)) is not None:
-            return err
-        msg = self._find(channel, p.get("ts"))
-        if msg is None:
-            return {"ok": False, "error": "message_not_found"}
-        if msg.get("bot_id") != BOT_ID:
-            return {"ok": False, "error": "cant_update_message"}
+        msg = self._target(p, not_ours="cant_update_message")
         text = p.get("text") or ""
         if len(text) > MAX_TEXT:
-            return {"ok": False, "error": "msg_too_long"}
+            raise _ApiError("msg_too_long")
         msg.setdefault("edits", []).append(msg["text"])
         msg["text"] = text
         if (meta := self._metadata(p.get("metadata"))) is not None:
             msg["metadata"] = meta
-        return {"ok": True, "channel": channel, "ts": msg["ts"], "text": text, "message": dict(msg)}
+        return {"ok": True, "channel": p["channel"], "ts": msg["ts"], "text": text, "message": dict(msg)}
 
     def _api_chat_delete(self, p: dict[str, Any]) -> dict[str, Any]:
-        channel = p.get("channel")
-        if (err := self._channel_error(channel)) is not None:
-            return err
-        msg = self._find(channel, p.get("ts"))
-        if msg is None:
-            return {"ok": False, "error": "message_not_found"}
-        if msg.get("bot_id") != BOT_ID:
-            return {"ok": False, "error": "cant_delete_message"}
-        self.messages[channel].remove(msg)
-        return {"ok": True, "channel": channel, "ts": msg["ts"]}
+        msg = self._target(p, not_ours="cant_delete_message")
+        self.messages[p["channel"]].remove(msg)
+        return {"ok": True, "channel": p["channel"], "ts": msg["ts"]}
 
     def _api_reactions_add(self, p: dict[str, Any]) -> dict[str, Any]:
-        channel, name = p.get("channel"), p.get("name")
-        if (err := self._channel_error(channel)) is not None:
-            return err
-        msg = self._find(channel, p.get("timestamp"))
-        if msg is None:
-            return {"ok": False, "error": "message_not_found"}
+        name = p.get("name")
+        msg = self._target(p, "timestamp")
         reactions = msg.setdefault("reactions", [])
         if any(r["name"] == name for r in reactions):
-            return {"ok": False, "error": "already_reacted"}
+            raise _ApiError("already_reacted")
         reactions.append({"name": name, "users": [BOT_USER], "count": 1})
         return {"ok": True}
 
     def _api_reactions_remove(self, p: dict[str, Any]) -> dict[str, Any]:
-        channel, name = p.get("channel"), p.get("name")
-        if (err := self._channel_error(channel)) is not None:
-            return err
-        msg = self._find(channel, p.get("timestamp"))
-        if msg is None:
-            return {"ok": False, "error": "message_not_found"}
+        name = p.get("name")
+        msg = self._target(p, "timestamp")
         reactions = msg.get("reactions", [])
         if not any(r["name"] == name for r in reactions):
-            return {"ok": False, "error": "no_reaction"}
+            raise _ApiError("no_reaction")
         msg["reactions"] = [r for r in reactions if r["name"] != name]
         return {"ok": True}
 
@@ -432,9 +421,7 @@ class SlackDouble(ThreadedServer):
         }
 
     def _api_conversations_history(self, p: dict[str, Any]) -> dict[str, Any]:
-        channel = p.get("channel")
-        if (err := self._channel_error(channel)) is not None:
-            return err
+        channel = self._channel(p)
         oldest = float(p.get("oldest") or 0)
         latest = float(p.get("latest") or "inf")
         top = [
@@ -445,12 +432,10 @@ class SlackDouble(ThreadedServer):
         return self._page(p, sorted(top, key=lambda m: float(m["ts"]), reverse=True))
 
     def _api_conversations_replies(self, p: dict[str, Any]) -> dict[str, Any]:
-        channel, ts = p.get("channel"), p.get("ts")
-        if (err := self._channel_error(channel)) is not None:
-            return err
+        channel, ts = self._channel(p), p.get("ts")
         in_thread = [m for m in self.messages.get(channel, []) if m["ts"] == ts or m.get("thread_ts") == ts]
         if not in_thread:
-            return {"ok": False, "error": "thread_not_found"}
+            raise _ApiError("thread_not_found")
         return self._page(p, sorted(in_thread, key=lambda m: float(m["ts"])))
 
 

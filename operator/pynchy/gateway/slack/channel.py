@@ -19,7 +19,7 @@ from slack_sdk.errors import SlackApiError
 from pynchy.gateway.channels.base import Accepted, ChannelKind, Inbound
 from pynchy.gateway.settings import GatewaySettings
 from pynchy.gateway.slack.client import SlackApi, make_client
-from pynchy.gateway.slack.errors import error_code
+from pynchy.gateway.slack.errors import describe, error_code
 from pynchy.gateway.slack.events import EVENTS_PATH, EventReceiver
 from pynchy.gateway.slack.inbound import Identity
 from pynchy.gateway.slack.reactions import Reactions
@@ -142,14 +142,12 @@ class SlackChannel:
         for attempt in itertools.count():
             try:
                 await handler.connect_async()
-            except SlackApiError as exc:
-                code = error_code(exc)
+            except Exception as exc:
+                code = describe(exc)
                 if code in ("invalid_auth", "not_authed", "not_allowed_token_type", "token_revoked"):
                     log.error("slack refused the app token; no Socket Mode (check PYNCHY_SLACK_APP_TOKEN)", error=code)
                     return
                 log.warning("slack socket mode connection failed; retrying", error=code)
-            except Exception as exc:
-                log.warning("slack socket mode connection failed; retrying", error=repr(exc))
             else:
                 log.info("slack socket mode connected")
                 return

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -16,7 +15,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from pynchy.gateway.slack.errors import error_code
+from pynchy.gateway.slack.errors import describe
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
@@ -28,19 +27,15 @@ FIND_PAGE_SIZE = 200
 FIND_SLACK_SECONDS = 300.0
 
 
-def retry_handlers() -> list[AsyncRetryHandler]:
-    """Connection errors and 5xx retried once or twice; 429 retried after its Retry-After."""
-    return [
+def make_client(token: str, base_url: str, *, rate_limit_retries: bool = True) -> AsyncWebClient:
+    """Connection errors and 5xx retried twice; 429 retried twice after its Retry-After (unless
+    `rate_limit_retries` is off)."""
+    handlers: list[AsyncRetryHandler] = [
         AsyncConnectionErrorRetryHandler(max_retry_count=2),
         AsyncServerErrorRetryHandler(max_retry_count=2),
-        AsyncRateLimitErrorRetryHandler(max_retry_count=2),
     ]
-
-
-def make_client(token: str, base_url: str, *, rate_limit_retries: bool = True) -> AsyncWebClient:
-    handlers = retry_handlers()
-    if not rate_limit_retries:
-        handlers = [h for h in handlers if not isinstance(h, AsyncRateLimitErrorRetryHandler)]
+    if rate_limit_retries:
+        handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=2))
     return AsyncWebClient(token=token, base_url=base_url, timeout=30, retry_handlers=handlers)
 
 
@@ -112,15 +107,12 @@ class SlackApi:
                 await self.client.reactions_remove(channel=channel, timestamp=ts, name=name)
             else:
                 await self.client.reactions_add(channel=channel, timestamp=ts, name=name)
-        except SlackApiError as exc:
-            code = error_code(exc)
+        except Exception as exc:
+            code = describe(exc)
             # Already there (a replayed hook) or already gone: expected, so only at debug level.
             benign = code in ("already_reacted", "no_reaction")
             (log.debug if benign else log.warning)(
                 "slack reaction failed", reaction=name, remove=remove, channel=channel, error=code
             )
-            return False
-        except Exception as exc:
-            log.warning("slack reaction failed", reaction=name, remove=remove, channel=channel, error=repr(exc))
             return False
         return True

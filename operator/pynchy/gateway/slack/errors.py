@@ -42,6 +42,11 @@ def error_code(exc: SlackApiError) -> str:
     return "ratelimited" if status == 429 else f"http_{status}"
 
 
+def describe(exc: BaseException) -> str:
+    """A failure for the log: Slack's error code, or the exception itself."""
+    return error_code(exc) if isinstance(exc, SlackApiError) else repr(exc)
+
+
 def retry_after(exc: SlackApiError) -> float | None:
     headers = getattr(exc.response, "headers", None) or {}
     for name, value in headers.items():

@@ -9,7 +9,6 @@ hooks and by the delivery loop."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,7 +23,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from pynchy.gateway.channels.base import Accepted, Inbound, Outcome
-from pynchy.gateway.slack.inbound import Identity, Skip, parse, reply_target
+from pynchy.gateway.slack.inbound import Identity, Skip, parse
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
@@ -158,10 +157,11 @@ class EventReceiver:
                 chars=len(parsed.text),
                 limit=MAX_INBOUND_CHARS,
             )
-            target = reply_target(body)
-            if target is not None and (parsed.mentioned or parsed.direct):
+            if parsed.mentioned or parsed.direct:
                 text = TOO_LONG_REPLY.format(length=len(parsed.text), limit=MAX_INBOUND_CHARS)
-                self._background(self._reply(target[0], target[1], text))
+                thread = parsed.thread or parsed.external_id
+                assert thread is not None  # parse() always sets the message's ts
+                self._background(self._reply(parsed.channel_id, thread, text))
             return
         accepted = await self._accept(parsed)
         log_fn = log.debug if accepted.outcome in (Outcome.IGNORED, Outcome.DUPLICATE) else log.info
@@ -194,4 +194,4 @@ def _header(request: AsyncBoltRequest, name: str) -> str | None:
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.Response(status=status, text=json.dumps({"error": message}), content_type="application/json")
+    return web.json_response({"error": message}, status=status)

@@ -108,15 +108,3 @@ def parse(body: dict[str, Any], me: Identity) -> Inbound | Skip:
         mentioned=mentioned or kind == "app_mention",
         direct=direct,
     )
-
-
-def reply_target(body: dict[str, Any]) -> tuple[str, str] | None:
-    """(channel, thread ts) where an answer to this event's message would go, if it has one."""
-    event = body.get("event")
-    if not isinstance(event, dict):
-        return None
-    channel, ts = event.get("channel"), event.get("ts")
-    if not isinstance(channel, str) or not isinstance(ts, str):
-        return None
-    thread = event.get("thread_ts")
-    return channel, thread if isinstance(thread, str) else ts

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from slack_sdk.errors import SlackApiError
@@ -39,14 +38,6 @@ def render(text: str, is_error: bool) -> str:
     return ERROR_PREFIX + body if is_error else body
 
 
-def _unix(moment: datetime | None) -> float | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:  # SQLite hands back naive datetimes; the store writes UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
 class Replies:
     def __init__(self, db: Db, api: SlackApi, locks: KeyLocks) -> None:
         self.db = db
@@ -73,7 +64,7 @@ class Replies:
                         return updated
                 elif maybe_sent:
                     method = "conversations.replies" if row.thread else "conversations.history"
-                    found = await self.api.find(row.channel_id, row.thread, row.key, _unix(row.created_at))
+                    found = await self.api.find(row.channel_id, row.thread, row.key, row.created_at.timestamp())
                     if found is not None:
                         log.info("slack reply found from an earlier attempt; adopted", key=row.key)
                         ts = str(found["ts"])

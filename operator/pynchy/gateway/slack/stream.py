@@ -16,10 +16,8 @@ import asyncio
 import weakref
 from typing import TYPE_CHECKING
 
-from slack_sdk.errors import SlackApiError
-
 from pynchy.gateway.slack.client import SlackApi
-from pynchy.gateway.slack.errors import error_code
+from pynchy.gateway.slack.errors import describe
 from pynchy.gateway.slack.mrkdwn import to_mrkdwn
 from pynchy.logs import get_logger
 from pynchy.store import outbound
@@ -120,7 +118,7 @@ class Streamer:
             try:
                 await self.api.delete(row.channel_id, row.external_id)
             except Exception as exc:
-                log.info("slack placeholder not deleted", key=key, error=_describe(exc))
+                log.info("slack placeholder not deleted", key=key, error=describe(exc))
 
     async def _placeholder(self, key: str) -> str | None:
         async with self.locks(key):
@@ -134,17 +132,19 @@ class Streamer:
                 ts = await self.api.post(row.channel_id, PLACEHOLDER, thread=row.thread, key=key)
             except Exception as exc:
                 # No placeholder: the final reply is posted as a new message instead.
-                log.warning("slack placeholder not posted", key=key, error=_describe(exc))
+                log.warning("slack placeholder not posted", key=key, error=describe(exc))
                 return None
             await self.db.call(outbound.set_external_id, row.id, ts)
             return ts
 
     async def _follow(self, key: str, channel: str, ts: str, watch: TurnWatch) -> None:
         text, tool, shown = "", None, PLACEHOLDER
+        # Text or tool changed since the placeholder was last updated; the preview (a markdown
+        # render of all the text so far) is made only when an update is due, not per event.
+        changed = False
         next_update = self._now()
         while True:
-            dirty = preview(text, tool, self.limit) != shown
-            timeout = max(0.0, next_update - self._now()) if dirty else None
+            timeout = max(0.0, next_update - self._now()) if changed else None
             if watch.done.done() and watch.events.empty():
                 return
             try:
@@ -156,17 +156,23 @@ class Streamer:
             if isinstance(event, TextDelta):
                 text += event.text
                 tool = None
+                changed = True
             elif isinstance(event, ToolUse):
                 tool = event.name
-            if self._now() < next_update:
+                changed = True
+            if not changed or self._now() < next_update:
                 continue
             wanted = preview(text, tool, self.limit)
+            changed = False
             if wanted == shown:
                 continue
             outcome = await self._update(key, channel, ts, wanted)
             if outcome is None:
                 return  # the row is final now (or the message gone): stop streaming
-            shown = wanted if outcome else shown
+            if outcome:
+                shown = wanted
+            else:
+                changed = True  # try again at the next update
             next_update = self._now() + self.interval
 
     async def _update(self, key: str, channel: str, ts: str, text: str) -> bool | None:
@@ -179,7 +185,7 @@ class Streamer:
             try:
                 await self.api.update(channel, ts, text, key=key)
             except Exception as exc:
-                code = _describe(exc)
+                code = describe(exc)
                 log.info("slack streaming update skipped", key=key, error=code)
                 return None if code in ("message_not_found", "cant_update_message", "channel_not_found") else False
             return True
@@ -202,7 +208,3 @@ async def _next_event(watch: TurnWatch) -> object:
         return getter.result()
     getter.cancel()
     return _DONE if watch.events.empty() else watch.events.get_nowait()
-
-
-def _describe(exc: BaseException) -> str:
-    return error_code(exc) if isinstance(exc, SlackApiError) else repr(exc)
