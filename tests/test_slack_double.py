@@ -203,6 +203,7 @@ class Harness:
             reply_channel_id=CHANNEL,
             reply_thread=thread or message["ts"],
             message_id=row.id,
+            message_ref=message["ts"],
         )
         return message, turn
 

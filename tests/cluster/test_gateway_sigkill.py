@@ -16,9 +16,9 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select
 
-from cluster.helpers import get
+from cluster.helpers import get, wait_for
 from cluster.test_gateway import token_for
-from doubles.slack import BOT_TOKEN, OWNER, SIGNING_SECRET, SlackDouble, post_event, wait_until
+from doubles.slack import BOT_TOKEN, OWNER, SIGNING_SECRET, SlackDouble, post_event
 from gatewayproc import GatewayProcess
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.store.models import MessageRow, OutboundRow, TurnRow
@@ -96,10 +96,10 @@ def test_sigkill_mid_conversation_loses_nothing_and_duplicates_nothing(
             )
 
         # 1. The first question is being answered (its placeholder is up) and the second is queued.
-        assert wait_until(lambda: send(gw, e1) == 200, what="the gateway knows the Group") is True
+        assert wait_for(lambda: send(gw, e1) == 200, what="the gateway knows the Group") is True
         t1 = next_turn(pod(gw))
         assert t1["prompt"] == "first question"
-        wait_until(lambda: slack.thread(CHANNEL, root), what="the streamed placeholder")
+        wait_for(lambda: slack.thread(CHANNEL, root), what="the streamed placeholder")
         assert send(gw, e2) == 200
 
         # 2. SIGKILL. A third question arrives while the gateway is down: Slack gets no answer.
@@ -114,14 +114,14 @@ def test_sigkill_mid_conversation_loses_nothing_and_duplicates_nothing(
         assert [send(gw, e, retry=1) for e in (e1, e2, e3)] == [200, 200, 200]
         # The agent pod lived on: it delivers the first answer to the new process.
         answer(pod(gw), t1["id"], "answer one")
-        wait_until(lambda: "answer one" in [m["text"] for m in slack.thread(CHANNEL, root)], what="answer one")
+        wait_for(lambda: "answer one" in [m["text"] for m in slack.thread(CHANNEL, root)], what="answer one")
         # Every message the agent's answer goes into was the streamed placeholder: finished in place.
 
         # 4. The second answer is posted, but the gateway dies before hearing Slack took it.
         held = slack.hold_answer("chat.postMessage")
         t2 = next_turn(pod(gw))
         assert t2["prompt"] == "second question"
-        wait_until(lambda: len(slack.calls_to("chat.postMessage")) >= 2, what="the second placeholder posted")
+        wait_for(lambda: len(slack.calls_to("chat.postMessage")) >= 2, what="the second placeholder posted")
         gw.kill()
         held.set()
 
@@ -136,7 +136,7 @@ def test_sigkill_mid_conversation_loses_nothing_and_duplicates_nothing(
             return [m["text"] for m in slack.thread(CHANNEL, root) if m.get("bot_id")]
 
         try:
-            wait_until(lambda: replies() == ["answer one", "answer two", "answer three"], what="three answers")
+            wait_for(lambda: replies() == ["answer one", "answer two", "answer three"], what="three answers")
         except AssertionError:
             raise AssertionError(f"the thread shows {slack.thread(CHANNEL, root)}") from None
         engine = create_engine(f"sqlite:///{tmp_path}/gateway.db")

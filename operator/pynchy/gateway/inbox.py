@@ -74,6 +74,7 @@ def store_inbound(session: Session, inbound: Inbound, entry: GroupEntry | None, 
         reply_channel_id=inbound.channel_id,
         reply_thread=entry.reply_thread(inbound),
         message_id=message.id,
+        message_ref=inbound.external_id,
     )
     return Stored(message, True, turn, follow_up=running)
 

@@ -61,6 +61,8 @@ class TurnRow(Base):
     reply_thread: Mapped[str | None] = mapped_column(String(64), default=None)
     # The inbound message this turn answers (for status reactions on it).
     message_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    # That message's id in its channel (Slack ts), so status reactions need no lookup.
+    message_ref: Mapped[str | None] = mapped_column(String(64), default=None)
 
     __table_args__ = (
         Index("ix_turns_group_state", "namespace", "group", "state", "seq"),

@@ -102,12 +102,17 @@ def set_text(session: Session, key: str, text: str, is_error: bool = False) -> O
     return row
 
 
+def reply_key(turn_id: str, part: int = 0) -> str:
+    """The ledger key of a turn's reply part (part 0 is what a streamed placeholder becomes)."""
+    return f"turn:{turn_id}:{part}"
+
+
 def add_reply(session: Session, turn: TurnRow, parts: list[str], *, is_error: bool = False) -> list[OutboundRow]:
     """A turn's reply, split into `parts`, in the ledger: part 0 finishes a streamed placeholder if
     one was posted; the rest are new messages. Idempotent (a retried result writes nothing new)."""
     rows: list[OutboundRow] = []
     for index, text in enumerate(parts):
-        key = f"turn:{turn.id}:{index}"
+        key = reply_key(turn.id, index)
         row = set_text(session, key, text, is_error) if index == 0 else None
         if row is None:
             row, _ = add(

@@ -34,6 +34,7 @@ def enqueue(
     reply_channel_id: str | None = None,
     reply_thread: str | None = None,
     message_id: int | None = None,
+    message_ref: str | None = None,
     fresh: bool = False,
 ) -> TurnRow:
     """Queue a turn (idempotent for a given turn_id: the existing row is returned). `fresh`: the
@@ -66,6 +67,7 @@ def enqueue(
         "reply_channel_id": reply_channel_id,
         "reply_thread": reply_thread,
         "message_id": message_id,
+        "message_ref": message_ref,
     }
     session.execute(insert(turns).values(**values))
     return TurnRow(**values)  # a detached copy for the caller; the row is in the transaction

@@ -8,7 +8,6 @@ shown while the agent works. See docs/slack.md.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,7 +18,7 @@ from slack_sdk.errors import SlackApiError
 from pynchy.gateway.channels.base import Accepted, ChannelKind, Inbound
 from pynchy.gateway.settings import GatewaySettings
 from pynchy.gateway.slack.client import SlackApi, make_client
-from pynchy.gateway.slack.errors import describe, error_code
+from pynchy.gateway.slack.errors import error_code
 from pynchy.gateway.slack.events import EVENTS_PATH, EventReceiver
 from pynchy.gateway.slack.inbound import Identity
 from pynchy.gateway.slack.reactions import Reactions
@@ -39,7 +38,6 @@ log = get_logger(__name__)
 # Slack takes up to 40,000 characters but advises keeping messages under 4,000 (longer ones are
 # hard to read and may be truncated); mrkdwn escaping adds a little, so split below that.
 MAX_MESSAGE_CHARS = 3800
-SOCKET_RETRY_SECONDS = (1, 2, 5, 10, 30, 60)
 
 
 class Core(Protocol):
@@ -71,7 +69,7 @@ class SlackChannel:
         self.streamer = Streamer(
             gateway.db, SlackApi(self.stream_client), locks, self.max_message_chars, interval=update_interval
         )
-        self.reactions = Reactions(gateway.db, self.api)
+        self.reactions = Reactions(self.api)
         secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
         self.events = EventReceiver(
             token,
@@ -126,6 +124,8 @@ class SlackChannel:
         try:
             await self.whoami()
         except RuntimeError:
+            await self._http.close()  # a refused token ends the start; leave nothing open
+            self._http = None
             raise
         except Exception as exc:
             log.warning("slack unreachable at start; retrying in the background", error=repr(exc))
@@ -137,21 +137,10 @@ class SlackChannel:
             self._background(self._connect_socket(self._socket))
 
     async def _connect_socket(self, handler: AsyncSocketModeHandler) -> None:
-        """Open the Socket Mode connection, retrying until Slack takes it (slack_sdk reconnects
-        by itself after that)."""
-        for attempt in itertools.count():
-            try:
-                await handler.connect_async()
-            except Exception as exc:
-                code = describe(exc)
-                if code in ("invalid_auth", "not_authed", "not_allowed_token_type", "token_revoked"):
-                    log.error("slack refused the app token; no Socket Mode (check PYNCHY_SLACK_APP_TOKEN)", error=code)
-                    return
-                log.warning("slack socket mode connection failed; retrying", error=code)
-            else:
-                log.info("slack socket mode connected")
-                return
-            await asyncio.sleep(SOCKET_RETRY_SECONDS[min(attempt, len(SOCKET_RETRY_SECONDS) - 1)])
+        """Open the Socket Mode connection. slack_sdk retries by itself (every 10 s, logging why)
+        until Slack takes it, and reconnects after that, so there is no loop of ours around it."""
+        await handler.connect_async()
+        log.info("slack socket mode connected")
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -11,10 +11,8 @@ from typing import TYPE_CHECKING
 from pynchy.gateway.slack.client import SlackApi
 from pynchy.gateway.slack.stream import KeyLocks
 from pynchy.logs import get_logger
-from pynchy.store import messages
 
 if TYPE_CHECKING:
-    from pynchy.gateway.db import Db
     from pynchy.store.models import TurnRow
 
 log = get_logger(__name__)
@@ -25,41 +23,30 @@ DONE = "white_check_mark"
 FAILED = "x"
 
 
+def target(turn: TurnRow) -> tuple[str, str] | None:
+    """(channel, ts) of the Slack message the turn answers; None for turns no Slack message asked."""
+    if turn.reply_channel == "slack" and turn.reply_channel_id and turn.message_ref:
+        return (turn.reply_channel_id, turn.message_ref)
+    return None
+
+
 class Reactions:
-    def __init__(self, db: Db, api: SlackApi) -> None:
-        self.db = db
+    def __init__(self, api: SlackApi) -> None:
         self.api = api
         self._locks = KeyLocks()
-        self._targets: dict[str, tuple[str, str] | None] = {}
-
-    async def _target(self, turn: TurnRow) -> tuple[str, str] | None:
-        """(channel, ts) of the message the turn answers; None for turns no Slack message asked."""
-        if turn.id in self._targets:
-            return self._targets[turn.id]
-        target = None
-        if turn.message_id is not None:
-            row = await self.db.call(messages.get, turn.message_id)
-            if row is not None and row.channel == "slack" and row.external_id:
-                target = (row.channel_id, row.external_id)
-        self._targets[turn.id] = target
-        return target
 
     async def queued(self, turn: TurnRow) -> None:
         async with self._locks(turn.id):
-            target = await self._target(turn)
-            if target is not None:
-                await self.api.react(*target, RECEIVED)
+            if (where := target(turn)) is not None:
+                await self.api.react(*where, RECEIVED)
 
     async def started(self, turn: TurnRow) -> None:
         async with self._locks(turn.id):
-            target = await self._target(turn)
-            if target is not None:
-                await self.api.react(*target, WORKING)
+            if (where := target(turn)) is not None:
+                await self.api.react(*where, WORKING)
 
     async def ended(self, turn: TurnRow, ok: bool) -> None:
         async with self._locks(turn.id):
-            target = await self._target(turn)
-            self._targets.pop(turn.id, None)
-            if target is not None:
-                await self.api.react(*target, WORKING, remove=True)
-                await self.api.react(*target, DONE if ok else FAILED)
+            if (where := target(turn)) is not None:
+                await self.api.react(*where, WORKING, remove=True)
+                await self.api.react(*where, DONE if ok else FAILED)

@@ -48,10 +48,6 @@ class KeyLocks:
         return lock
 
 
-def first_part_key(turn_id: str) -> str:
-    return f"turn:{turn_id}:0"
-
-
 def preview(text: str, tool: str | None, limit: int) -> str:
     """What the placeholder shows while the agent works: its text so far (cut to one message),
     and the tool it is using."""
@@ -87,7 +83,7 @@ class Streamer:
         """Stream the turn's reply until its final event."""
         if turn.reply_channel != "slack" or not turn.reply_channel_id:
             return
-        key = first_part_key(turn.id)
+        key = outbound.reply_key(turn.id)
         row, _ = await self.db.call(
             outbound.add,
             key=key,
@@ -110,7 +106,7 @@ class Streamer:
     async def drop_unanswered(self, turn: TurnRow) -> None:
         """The turn ended without reply text (the agent said nothing, or only through
         send_message): its placeholder would say "working…" forever, so it goes."""
-        key = first_part_key(turn.id)
+        key = outbound.reply_key(turn.id)
         async with self.locks(key):
             row = await self.db.call(outbound.by_key, key)
             if row is None or row.state != outbound.STREAMING or not row.external_id or not row.channel_id:

@@ -116,6 +116,7 @@ def upgrade() -> None:
         sa.Column("reply_channel_id", sa.String(length=63), nullable=True),
         sa.Column("reply_thread", sa.String(length=64), nullable=True),
         sa.Column("message_id", sa.Integer(), nullable=True),
+        sa.Column("message_ref", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_turns_group_state", "turns", ["namespace", "group", "state", "seq"], unique=False)
