@@ -1,10 +1,13 @@
-"""An aiohttp server on 127.0.0.1 (port 0) in a background thread with its own event loop."""
+"""An aiohttp server in a background thread with its own event loop: 127.0.0.1 on a free port unless
+told otherwise (a real node's pods reach the host only at its link address)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
+from pathlib import Path
 from typing import Any, Self
 
 from aiohttp import web
@@ -16,6 +19,8 @@ class ThreadedServer:
     name = "test-server"
 
     def __init__(self) -> None:
+        self.host = "127.0.0.1"
+        self.ssl_context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -25,7 +30,7 @@ class ThreadedServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raise NotImplementedError
@@ -40,10 +45,21 @@ class ThreadedServer:
             await asyncio.sleep(0.01)
         return event.is_set()
 
+    def listen_on(self, host: str, port: int = 0) -> Self:
+        """Bind to `host`:`port` instead of a free loopback port (call before start)."""
+        self.host, self.port = host, port
+        return self
+
+    def with_tls(self, cert: Path, key: Path) -> Self:
+        """Serve HTTPS with this certificate (call before start)."""
+        self.ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ssl_context.load_cert_chain(cert, key)
+        return self
+
     def start(self) -> Self:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         started = threading.Event()
         failure: list[BaseException] = []
@@ -75,7 +91,7 @@ class ThreadedServer:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
         await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        await web.SockSite(self._runner, sock, ssl_context=self.ssl_context).start()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -29,6 +29,7 @@ from pynchy.logs import get_logger
 log = get_logger(__name__)
 LOOPBACK = "127.0.0.1"
 SERVICE_CIDR = "10.0.0.0/24"
+KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of SERVICE_CIDR
 
 # Log every request that changes state (and nothing else) so tests can count writes.
 AUDIT_POLICY = {
@@ -53,9 +54,9 @@ class KubectlError(subprocess.CalledProcessError):
         return f"{super().__str__()}\nstdout: {self.stdout}\nstderr: {self.stderr}"
 
 
-def free_port() -> int:
+def free_port(host: str = LOOPBACK) -> int:
     with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -77,9 +78,17 @@ class ControlPlane:
         *,
         controller_manager: bool = True,
         apiserver_port: int | None = None,
+        bind_address: str = LOOPBACK,
+        nodes: bool = False,
         start_timeout: float = 90.0,
     ) -> None:
         self.bin_dir = bin_dir
+        # Where the API server listens (and what the `kubernetes` Service points at). Loopback
+        # unless a real node's pods must reach it (pynchy.kube.node binds it to the node's link).
+        self.bind_address = bind_address
+        # Real kubelets register: Node authorizer + NodeRestriction, and client certificates for
+        # the API server's calls to kubelets (logs, exec, port-forward).
+        self.nodes = nodes
         self.data_dir = data_dir.resolve()
         self.controller_manager = controller_manager
         self.apiserver_port = apiserver_port
@@ -118,10 +127,10 @@ class ControlPlane:
             "kube-apiserver",
             server=True,
             dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
-            ip_addresses=(LOOPBACK, "10.0.0.1"),
+            ip_addresses=tuple(dict.fromkeys((LOOPBACK, self.bind_address, KUBERNETES_SERVICE_IP))),
         )
-        port = self.apiserver_port or free_port()
-        self.server = f"https://{LOOPBACK}:{port}"
+        port = self.apiserver_port or free_port(self.bind_address)
+        self.server = f"https://{self.bind_address}:{port}"
         self.write_kubeconfig(self.kubeconfig, "pynchy-admin", ("system:masters",), ca=ca)
 
         etcd_port, peer_port = free_port(), free_port()
@@ -152,13 +161,13 @@ class ControlPlane:
             [
                 str(self.bin_dir / "kube-apiserver"),
                 f"--etcd-servers={etcd_url}",
-                f"--bind-address={LOOPBACK}",
-                f"--advertise-address={LOOPBACK}",
+                f"--bind-address={self.bind_address}",
+                f"--advertise-address={self.bind_address}",
                 f"--secure-port={port}",
                 f"--tls-cert-file={serving.cert}",
                 f"--tls-private-key-file={serving.key}",
                 f"--client-ca-file={ca.cert_path}",
-                "--authorization-mode=RBAC",
+                "--authorization-mode=Node,RBAC" if self.nodes else "--authorization-mode=RBAC",
                 "--allow-privileged=true",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--service-account-issuer=https://kubernetes.default.svc",
@@ -170,6 +179,7 @@ class ControlPlane:
                 "--audit-log-mode=blocking",
                 "--profiling=false",
                 *([] if self.controller_manager else ["--disable-admission-plugins=ServiceAccount"]),
+                *(self._node_flags(ca) if self.nodes else []),
             ],
             self.logs_dir / "kube-apiserver.log",
         )
@@ -200,6 +210,16 @@ class ControlPlane:
             seconds=round(time.monotonic() - started, 1),
             kubeconfig=str(self.kubeconfig),
         )
+
+    def _node_flags(self, ca: CertificateAuthority) -> list[str]:
+        client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", organizations=("kubelets",))
+        return [
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={client.cert}",
+            f"--kubelet-client-key={client.key}",
+            # The node's name is not in any DNS: the API server dials kubelets by their InternalIP.
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+        ]
 
     def stop(self) -> None:
         for proc in reversed(self.processes):

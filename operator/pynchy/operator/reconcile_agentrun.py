@@ -64,6 +64,12 @@ def _agent_state(status: dict[str, Any]) -> dict[str, Any]:
     return agent.get("state") or {}
 
 
+def _memory_limit(pod: dict[str, Any]) -> str:
+    containers = (pod.get("spec") or {}).get("containers") or []
+    agent = next((c for c in containers if c.get("name") == "agent"), containers[0] if containers else {})
+    return str(((agent.get("resources") or {}).get("limits") or {}).get("memory") or "no limit set")
+
+
 def pod_outcome(pod: dict[str, Any], now: str) -> Outcome:
     """What the agent pod says about the run (`now` stands in for a missing finish time)."""
     status = pod.get("status") or {}
@@ -84,6 +90,9 @@ def pod_outcome(pod: dict[str, Any], now: str) -> Outcome:
             code = terminated.get("exitCode")
             reason = _reason(terminated.get("reason")) or f"ExitCode{code}"
             message = (terminated.get("message") or "").strip() or f"exit code {code}"
+            if reason == "OOMKilled":
+                # The termination message is whatever the runner last said; say first what happened.
+                message = f"OOMKilled: the agent used more than its memory limit ({_memory_limit(pod)}). {message}"
         else:
             reason = _reason(status.get("reason")) or "PodFailed"
             message = status.get("message") or f"agent pod {name} failed"

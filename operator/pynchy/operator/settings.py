@@ -56,6 +56,17 @@ class OperatorSettings(BaseSettings):
     default_memory_request: str = Field(default="512Mi", pattern=QUANTITY, description="Default agent memory request.")
     default_cpu_limit: str = Field(default="2", pattern=QUANTITY, description="Default agent CPU limit.")
     default_memory_limit: str = Field(default="2Gi", pattern=QUANTITY, description="Default agent memory limit.")
+    default_ephemeral_storage_limit: str = Field(
+        default="4Gi",
+        pattern=QUANTITY,
+        description="Agent ephemeral-storage limit (its /tmp, logs and writable layer) when the Group sets none; "
+        "the kubelet evicts a pod over it instead of letting it fill the node's disk.",
+    )
+    tmp_size_limit: str = Field(
+        default="1Gi",
+        pattern=QUANTITY,
+        description="sizeLimit of the agent's /tmp emptyDir (TMPDIR: the CLI's scratch files).",
+    )
     max_concurrent_runs: int = Field(default=4, ge=1, le=1000, description="Agent runs active at once, cluster-wide.")
     run_token_key: SecretStr = Field(
         description="Key (at least 32 characters) that signs each run's token. Required. Keep it in a Secret "

@@ -166,7 +166,9 @@ def _env(run: dict[str, Any], g: Group, ws: Workspace | None, settings: Operator
     return env
 
 
-def _volumes(g: Group, ws: Workspace | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(
+    g: Group, ws: Workspace | None, settings: OperatorSettings
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, volumeMounts) of the agent pod."""
     name = g.metadata.name
     volumes: list[dict[str, Any]] = [
@@ -183,7 +185,7 @@ def _volumes(g: Group, ws: Workspace | None) -> tuple[list[dict[str, Any]], list
         mounts.append({"name": "home", "mountPath": WORKSPACE_DIR, "subPath": "workspace"})
     volumes += [
         {"name": "config", "configMap": {"name": group_config_map_name(name)}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}},
     ]
     mounts += [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -233,17 +235,21 @@ def _volumes(g: Group, ws: Workspace | None) -> tuple[list[dict[str, Any]], list
 
 def _resources(g: Group, settings: OperatorSettings) -> dict[str, Any]:
     if g.spec.resources is not None:
-        return g.spec.resources.to_k8s()
-    return {
-        "requests": {"cpu": settings.default_cpu_request, "memory": settings.default_memory_request},
-        "limits": {"cpu": settings.default_cpu_limit, "memory": settings.default_memory_limit},
-    }
+        resources = g.spec.resources.to_k8s()
+    else:
+        resources = {
+            "requests": {"cpu": settings.default_cpu_request, "memory": settings.default_memory_request},
+            "limits": {"cpu": settings.default_cpu_limit, "memory": settings.default_memory_limit},
+        }
+    # Always bounded: a runaway agent is evicted rather than filling the node's disk.
+    resources.setdefault("limits", {}).setdefault("ephemeral-storage", settings.default_ephemeral_storage_limit)
+    return resources
 
 
 def agent_pod(run: dict[str, Any], g: Group, inputs: RunInputs, settings: OperatorSettings) -> dict[str, Any]:
     """The run's one pod. Meets the "restricted" Pod Security Standard unless the Group mounts a hostPath."""
     meta = run["metadata"]
-    volumes, mounts = _volumes(g, inputs.workspace)
+    volumes, mounts = _volumes(g, inputs.workspace, settings)
     container = {
         "name": "agent",
         "image": settings.agent_image,

@@ -1,0 +1,1 @@
+"""A real Kubernetes node for tests and benches (kubelet + containerd + CNI + DNS + NetworkPolicy)."""

@@ -1,0 +1,1 @@
+"""End to end on a real node: kubelet + containerd, the built images, the production manifests."""
