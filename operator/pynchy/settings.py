@@ -35,7 +35,8 @@ class LogSettings(BaseSettings):
 class ControlPlaneSettings(BaseSettings):
     """Where the locally built Kubernetes control plane lives (tests and `pynchy dev`)."""
 
-    model_config = SettingsConfigDict(env_prefix="PYNCHY_K8S_", extra="ignore")
+    # validate_by_name: node_bin_dir= still works as a keyword, beside its alias.
+    model_config = SettingsConfigDict(env_prefix="PYNCHY_K8S_", extra="ignore", validate_by_name=True)
 
     cache: Path = Field(
         default=Path.home() / ".cache" / "pynchy" / "k8s",
@@ -45,6 +46,12 @@ class ControlPlaneSettings(BaseSettings):
         default=None,
         description="Use binaries from this folder instead of building (must hold kube-apiserver, "
         "kube-controller-manager, kubectl and etcd).",
+    )
+    node_bin_dir: Path | None = Field(
+        default=None,
+        validation_alias="PYNCHY_NODE_BIN_DIR",  # the whole variable name: no PYNCHY_K8S_ prefix
+        description="Use node binaries from this folder instead of building them with tools/node/build.sh "
+        "(must hold kubelet, kube-scheduler, kube-proxy, kube-router, coredns and pause).",
     )
 
 
@@ -59,6 +66,7 @@ def load(cls: type[T], **overrides: object) -> T:
         prefix = str(cls.model_config.get("env_prefix", ""))
         lines = [f"invalid settings for {cls.__name__}:"]
         for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {prefix}{field.upper()}: {err['msg']}")
+            field = ".".join(str(p) for p in err["loc"]).upper()
+            name = field if field.startswith("PYNCHY_") else prefix + field  # an alias is the full name
+            lines.append(f"  {name}: {err['msg']}")
         raise SettingsError("\n".join(lines)) from None

