@@ -6,7 +6,6 @@ uploads nothing and the digests below name exactly what an image or an apply was
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tarfile
 import tomllib
@@ -15,36 +14,15 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
+from pynchy.kube.images import DOCKERFILES as DOCKERFILES
+from pynchy.kube.images import IMAGE_INPUTS, IMAGE_NAMES, digest
+from pynchy.kube.images import collect as collect_from
 
-# What each image's Dockerfile copies (and the Dockerfiles themselves).
-IMAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "pynchy": (
-        "Dockerfile",
-        ".dockerignore",
-        "pyproject.toml",
-        "uv.lock",
-        "README.md",
-        "agent-image/pyproject.toml",
-        "agent-image/README.md",
-        "agent-image/pynchy_agent",
-        "operator/pynchy",
-    ),
-    "agent": (
-        "agent-image/Dockerfile",
-        "agent-image/Dockerfile.dockerignore",
-        "pyproject.toml",
-        "uv.lock",
-        "agent-image/pyproject.toml",
-        "agent-image/README.md",
-        "agent-image/pynchy_agent",
-    ),
-}
-# One build context for both images: the union of their inputs.
+REPO = Path(__file__).resolve().parents[2]
+
+# What each image's Dockerfile copies (IMAGE_INPUTS) is shared with the test node's image builds
+# (pynchy.kube.images). One build context for both images: the union of their inputs.
 CONTEXT_INPUTS = tuple(sorted({p for paths in IMAGE_INPUTS.values() for p in paths}))
-DOCKERFILES = {"pynchy": "Dockerfile", "agent": "agent-image/Dockerfile"}
-IMAGE_NAMES = {"pynchy": "localhost/pynchy", "agent": "localhost/pynchy-agent"}
 
 # The parts of manifests/ an installation applies (examples and GitOps files stay in git).
 MANIFEST_DIRS = ("base", "components", "overlays")
@@ -57,19 +35,7 @@ def project_version() -> str:
 def collect(paths: Iterable[str], root: Path | None = None) -> dict[str, bytes]:
     """Relative path -> content of every regular file under `paths` (files or folders) of `root`
     (default: this checkout)."""
-    root = root or REPO
-    out: dict[str, bytes] = {}
-    for rel in paths:
-        start = root / rel
-        if not start.exists():
-            raise FileNotFoundError(f"{start} is missing from the checkout")
-        candidates = [start] if start.is_file() else sorted(p for p in start.rglob("*") if p.is_file())
-        for path in candidates:
-            parts = path.relative_to(root).parts
-            if SKIP_PARTS & set(parts) or path.suffix == ".pyc":
-                continue
-            out["/".join(parts)] = path.read_bytes()
-    return out
+    return collect_from(paths, root or REPO)
 
 
 def tarball(entries: dict[str, bytes]) -> bytes:
@@ -84,13 +50,6 @@ def tarball(entries: dict[str, bytes]) -> bytes:
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(entries[name]))
     return buf.getvalue()
-
-
-def digest(entries: dict[str, bytes]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(entries):
-        h.update(name.encode() + b"\0" + hashlib.sha256(entries[name]).digest())
-    return h.hexdigest()
 
 
 def build_context() -> bytes:
