@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pynchy.kube.controlplane import ControlPlane
 
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+T = TypeVar("T")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2, what: str = "") -> Any:
@@ -21,6 +23,36 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last value: {last!r}")
+
+
+def on_loop(op: Any, fn: Callable[[], T]) -> T:
+    """Call `fn` on an EmbeddedOperator's event loop and return its result: the work queue and the
+    controller's indexes belong to that loop, so the test thread neither reads nor changes them itself."""
+
+    async def call() -> T:
+        return fn()
+
+    return asyncio.run_coroutine_threadsafe(call(), op._loop).result(30)
+
+
+def synced(op: Any, processed: int = 0, what: str = "the operator idle") -> None:
+    """Wait until the operator has run at least `processed` reconciles and has none queued or running.
+
+    Callbacks reach the loop in the order this thread sent them, so every reconcile asked for before
+    the call (`op.resync_now()`, an event the operator had already seen) has finished when it returns.
+    Delayed wake-ups (timers, retries) are not waited for."""
+    wait_for(
+        lambda: on_loop(op, lambda: op.controller.queue.processed >= processed and op.controller.queue.idle()),
+        what=what,
+    )
+
+
+def resync(op: Any) -> None:
+    """Have the operator re-check every object it knows, as its periodic resync does, and wait until it
+    has: what those reconciles decided (and wrote) is then on the API server and in its audit log.
+    This is how a test shows that nothing happens, instead of waiting out a quiet period."""
+    op.resync_now()
+    synced(op, what="the resync reconciled")
 
 
 def get(plane: ControlPlane, kind: str, name: str, namespace: str) -> dict[str, Any] | None:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from cluster.helpers import AuditWindow, condition, describe, get, is_ready, wait_for
-from cluster.test_operator import apply, group, settle
+from cluster.helpers import AuditWindow, condition, describe, get, is_ready, resync, synced, wait_for
+from cluster.test_operator import apply, group
 from conftest import OPERATOR_USER
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.runtoken import GRACE_SECONDS, verify
@@ -226,7 +226,7 @@ def test_cluster_limit_queues_across_groups_in_creation_order(
     from pynchy.operator.run import EmbeddedOperator
 
     monkeypatch.setenv("PYNCHY_MAX_CONCURRENT_RUNS", "1")
-    with EmbeddedOperator():
+    with EmbeddedOperator() as op:
         for name in ("ga", "gb", "gc"):
             apply(control_plane, namespace, group(name))
         for name in ("ga", "gb", "gc"):
@@ -242,7 +242,7 @@ def test_cluster_limit_queues_across_groups_in_creation_order(
 
         kubelet(control_plane, namespace, "run-c", "Failed", terminated={"exitCode": 1, "reason": "Error"})
         wait_for(lambda: pod_of(control_plane, namespace, "run-a"), what="next oldest run starts")
-        time.sleep(1)
+        resync(op)  # every run decided again: run-b still waits
         assert pod_of(control_plane, namespace, "run-b") is None
         kubelet(control_plane, namespace, "run-a", "Succeeded")
         wait_for(lambda: pod_of(control_plane, namespace, "run-b"), what="last run starts")
@@ -290,8 +290,9 @@ def test_failures_carry_the_exit_code_or_termination_message(control_plane: Cont
     assert any(e["reason"] == "DeadlineExceeded" and e["involvedObject"]["name"] == "late" for e in events)
 
 
-@pytest.mark.usefixtures("operator")
-def test_a_lost_pod_fails_the_run_and_is_never_recreated(control_plane: ControlPlane, namespace: str) -> None:
+def test_a_lost_pod_fails_the_run_and_is_never_recreated(
+    control_plane: ControlPlane, namespace: str, operator: Any
+) -> None:
     ready_group(control_plane, namespace, "lost")
     apply(control_plane, namespace, agentrun("lost-1", "lost"))
     wait_for(lambda: pod_of(control_plane, namespace, "lost-1"), what="pod")
@@ -304,7 +305,7 @@ def test_a_lost_pod_fails_the_run_and_is_never_recreated(control_plane: ControlP
     # The queue, resyncs and the Group's events come and go; the run never starts again.
     control_plane.kubectl("annotate", "group", "lost", "-n", namespace, "nudge=1")
     control_plane.kubectl("annotate", "agentrun", "lost-1", "-n", namespace, "nudge=1")
-    time.sleep(2)
+    resync(operator)
     assert pod_of(control_plane, namespace, "lost-1") is None
     assert status_of(control_plane, namespace, "lost-1")["reason"] == "PodLost"
 
@@ -314,7 +315,7 @@ def test_restart_adopts_the_running_pod_and_resync_writes_nothing(
 ) -> None:
     from pynchy.operator.run import EmbeddedOperator
 
-    with EmbeddedOperator():
+    with EmbeddedOperator() as op:
         ready_group(control_plane, namespace, "keep")
         apply(control_plane, namespace, agentrun("keep-1", "keep"))
         wait_for(lambda: pod_of(control_plane, namespace, "keep-1"), what="pod")
@@ -322,16 +323,13 @@ def test_restart_adopts_the_running_pod_and_resync_writes_nothing(
         wait_phase(control_plane, namespace, "keep-1", "Running")
         apply(control_plane, namespace, agentrun("keep-2", "keep"))
         wait_phase(control_plane, namespace, "keep-2", "Pending", "Queued")
-        settle(AuditWindow(control_plane), namespace)
+        resync(op)  # nothing is left for the operator to do at this state
     uid = pod_of(control_plane, namespace, "keep-1")["metadata"]["uid"]
 
     window = AuditWindow(control_plane)
     with EmbeddedOperator() as op:
-        wait_for(lambda: op.controller.queue.processed >= 3 and op.controller.queue.idle(), what="initial sync")
-        for key in list(op.controller.known):  # a resync, as the periodic timer does
-            op.controller.queue.add(key)
-        wait_for(lambda: op.controller.queue.processed >= 6 and op.controller.queue.idle(), what="resync")
-        time.sleep(1)
+        synced(op, processed=3, what="initial sync")
+        resync(op)  # a resync, as the periodic timer does
         assert window.writes(OPERATOR_USER, namespace) == [], describe(window.writes(OPERATOR_USER, namespace))
         pods = json.loads(control_plane.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
         assert [p["metadata"]["name"] for p in pods] == ["keep-1"]

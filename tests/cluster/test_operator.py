@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
 
-from cluster.helpers import AuditWindow, condition, describe, get, is_ready, wait_for
+from cluster.helpers import AuditWindow, condition, describe, get, is_ready, resync, synced, wait_for
 from conftest import OPERATOR_USER, RUN_TOKEN_KEY
 from pynchy.kube.controlplane import ControlPlane
 
@@ -30,22 +29,7 @@ def apply(plane: ControlPlane, namespace: str, obj: dict[str, Any]) -> None:
     plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
 
 
-def settle(window: AuditWindow, namespace: str, quiet: float = 2.0, timeout: float = 20.0) -> int:
-    """Wait until the operator has made no write for `quiet` seconds; return its write count."""
-    deadline = time.monotonic() + timeout
-    count, since = len(window.writes(OPERATOR_USER, namespace)), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        now = len(window.writes(OPERATOR_USER, namespace))
-        if now != count:
-            count, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return count
-    raise AssertionError(f"operator kept writing: {describe(window.writes(OPERATOR_USER, namespace))}")
-
-
-@pytest.mark.usefixtures("operator")
-def test_group_becomes_ready_with_isolated_children(control_plane: ControlPlane, namespace: str) -> None:
+def test_group_becomes_ready_with_isolated_children(control_plane: ControlPlane, namespace: str, operator: Any) -> None:
     window = AuditWindow(control_plane)
     apply(
         control_plane,
@@ -87,9 +71,9 @@ def test_group_becomes_ready_with_isolated_children(control_plane: ControlPlane,
     assert np["spec"]["egress"][-1]["to"][0]["ipBlock"] == {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}
     cm = get(control_plane, "configmap", "pynchy-family-config", namespace)
     assert json.loads(cm["data"]["agent.json"])["group"] == "family"
-    # Writes: 4 children + 1 status, nothing else.
-    writes = settle(window, namespace)
-    assert writes <= 6, describe(window.writes(OPERATOR_USER, namespace))
+    # Writes: 4 children + 1 status, nothing else (a resync, done before counting, adds none).
+    resync(operator)
+    assert len(window.writes(OPERATOR_USER, namespace)) <= 6, describe(window.writes(OPERATOR_USER, namespace))
 
 
 @pytest.mark.usefixtures("operator")
@@ -237,30 +221,25 @@ def test_drift_is_repaired(control_plane: ControlPlane, namespace: str) -> None:
 def test_restart_and_resync_write_nothing(control_plane: ControlPlane, namespace: str, operator_env: None) -> None:
     from pynchy.operator.run import EmbeddedOperator
 
-    with EmbeddedOperator():
+    with EmbeddedOperator() as op:
         for name in ("quiet-a", "quiet-b"):
             apply(control_plane, namespace, group(name))
         apply(control_plane, namespace, workspace("quiet-ws"))
         for kind, name in (("group", "quiet-a"), ("group", "quiet-b"), ("workspace", "quiet-ws")):
             wait_for(lambda k=kind, n=name: is_ready(control_plane, k, n, namespace), what=f"{kind} {name}")
-        settle(AuditWindow(control_plane), namespace)
+        resync(op)  # nothing is left for the operator to do at this state
 
     window = AuditWindow(control_plane)
     with EmbeddedOperator() as op:
-        wait_for(lambda: op.controller.queue.processed >= 3 and op.controller.queue.idle(), what="initial sync")
-        # A resync of everything, as the periodic timer does.
-        for key in list(op.controller.known):
-            op.controller.queue.add(key)
-        wait_for(lambda: op.controller.queue.processed >= 6 and op.controller.queue.idle(), what="resync")
-        time.sleep(1)
+        synced(op, processed=3, what="initial sync")
+        resync(op)  # a resync of everything, as the periodic timer does
     assert window.writes(OPERATOR_USER, namespace) == [], describe(window.writes(OPERATOR_USER, namespace))
 
 
-@pytest.mark.usefixtures("operator")
-def test_one_change_one_write_per_changed_object(control_plane: ControlPlane, namespace: str) -> None:
+def test_one_change_one_write_per_changed_object(control_plane: ControlPlane, namespace: str, operator: Any) -> None:
     apply(control_plane, namespace, group("edit"))
     wait_for(lambda: is_ready(control_plane, "group", "edit", namespace), what="Ready")
-    settle(AuditWindow(control_plane), namespace)
+    resync(operator)
     window = AuditWindow(control_plane)
     control_plane.kubectl(
         "patch",
@@ -272,7 +251,8 @@ def test_one_change_one_write_per_changed_object(control_plane: ControlPlane, na
         "-p",
         '{"spec":{"agent":{"directives":[{"inline":"Answer in French."}]}}}',
     )
-    settle(window, namespace)
+    wait_for(lambda: is_ready(control_plane, "group", "edit", namespace), what="the edit reconciled")
+    resync(operator)
     writes = describe(window.writes(OPERATOR_USER, namespace))
     assert sorted(writes) == sorted(
         [

@@ -1,6 +1,7 @@
 """ScheduledTasks against the real API server, with the operator under its production RBAC and a
-test clock: the test moves time and asks the operator to look again (`resync_now`), or goes off
-as a task's timer (`TaskTimer`), so no test waits for real minutes. `ApiSpy` records the requests
+test clock: the test moves time and has the operator look again (`tick`, `resync`: they return
+once it has), or goes off as a task's timer (`TaskTimer`), so no test waits for real minutes, and
+none waits out a quiet period to show that nothing happened. `ApiSpy` records the requests
 the task controller makes (they still go to the API server).
 
 The tasks' Group exists but is not Ready (it names a missing Secret), so their AgentRuns stay
@@ -9,17 +10,17 @@ The tasks' Group exists but is not Ready (it names a missing Secret), so their A
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import threading
 from collections.abc import Iterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from cluster.helpers import AuditWindow, condition, describe, get, wait_for
-from cluster.test_operator import apply, group, settle
+from cluster.helpers import AuditWindow, condition, describe, get, on_loop, resync, synced, wait_for
+from cluster.test_operator import apply, group
 from conftest import OPERATOR_USER
 from doubles.clock import TestClock
 from pynchy.kube.controlplane import ControlPlane
@@ -83,8 +84,9 @@ def next_due(plane: ControlPlane, namespace: str, name: str, after: dt.datetime 
 
 
 def tick(op: Any, clock: TestClock, when: dt.datetime) -> None:
+    """Move the clock and have the operator look at every task at that time; returns once it has."""
     clock.set(when)
-    op.resync_now()
+    resync(op)
 
 
 def wait_run(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
@@ -200,25 +202,19 @@ class TaskTimer:
 
             tasks.reconcile = recording
         tasks.recorded_by.append(self)
-        wait_for(lambda: op.controller.queue.idle(), what="the work queue idle")
-        self._on_loop(lambda: op.controller.queue.forget(self.key))
+        synced(op)
+        on_loop(op, lambda: op.controller.queue.forget(self.key))
 
     def note(self, key: Any, result: float | None) -> None:
         if key == self.key:
             with self._lock:
                 self._results.append(result)
 
-    def _on_loop(self, fn: Any) -> None:
-        async def call() -> None:
-            fn()
-
-        asyncio.run_coroutine_threadsafe(call(), self.op._loop).result(30)
-
     def go_off(self) -> int:
         """Add the task to the work queue; returns a mark for `result`."""
         with self._lock:
             seen = len(self._results)
-        self._on_loop(lambda: self.op.controller.queue.add(self.key))
+        on_loop(self.op, lambda: self.op.controller.queue.add(self.key))
         return seen
 
     def result(self, mark: int) -> float | None:
@@ -286,8 +282,7 @@ def test_cron_task_fires_exactly_once_per_due_time(
 
     # Looking again, any number of times, fires nothing more.
     for _ in range(3):
-        op.resync_now()
-    settle(window, namespace)
+        resync(op)
     assert list(runs_of(control_plane, namespace, "brief")) == [name]
     assert creates(window, namespace) == [f"{name} -> 201"]
 
@@ -328,9 +323,8 @@ def test_restart_never_fires_twice_and_catches_up_at_most_once(
     for later in (2, 40):
         clock.set(due + dt.timedelta(seconds=later))
         with EmbeddedOperator(clock=clock) as op:
-            wait_for(lambda o=op: o.controller.queue.processed >= 3 and o.controller.queue.idle(), what="synced")
-            op.resync_now()
-            settle(window, namespace)
+            synced(op, processed=3)
+            resync(op)
     assert list(runs_of(control_plane, namespace, "rs")) == [first]
     assert creates(window, namespace) == []
 
@@ -345,8 +339,7 @@ def test_restart_never_fires_twice_and_catches_up_at_most_once(
             lambda: status_of(control_plane, namespace, "rs").get("lastScheduleTime") == timestamp(due),
             what="the status rebuilt from the run",
         )
-        op.resync_now()
-        settle(window, namespace)
+        resync(op)
     assert history(control_plane, namespace, "rs") == [(first, "Active")]
     assert next_due(control_plane, namespace, "rs") == due + 5 * MINUTE
     assert list(runs_of(control_plane, namespace, "rs")) == [first]
@@ -355,11 +348,11 @@ def test_restart_never_fires_twice_and_catches_up_at_most_once(
     # Down across three due times; the latest is within startingDeadlineSeconds: one catch-up run.
     finish(control_plane, namespace, first)
     clock.set(due + 16 * MINUTE)
-    with EmbeddedOperator(clock=clock):
+    with EmbeddedOperator(clock=clock) as op:
         latest = run_name("rs", due + 15 * MINUTE)
         wait_run(control_plane, namespace, latest)
         wait_for(lambda: next_due(control_plane, namespace, "rs") == due + 20 * MINUTE, what="next after catch-up")
-        settle(AuditWindow(control_plane), namespace)
+        resync(op)  # the reconcile that wrote the status has posted its Event too
     assert sorted(runs_of(control_plane, namespace, "rs")) == sorted([first, latest])
     (event,) = [e for e in events_of(control_plane, namespace, "rs") if e["reason"] == "MissedSchedules"]
     assert event["type"] == "Warning"
@@ -383,7 +376,8 @@ def test_two_operators_by_mistake_fire_once(
         one.resync_now()
         two.resync_now()
         wait_run(control_plane, namespace, run_name("dup", due))
-        settle(window, namespace)
+        synced(one)
+        synced(two)
         first = creates(window, namespace)
 
         # The next due time, planned in advance by both: their timers go off together, and each
@@ -397,7 +391,8 @@ def test_two_operators_by_mistake_fire_once(
         for timer, mark in zip(timers, marks, strict=True):
             timer.result(mark)
         wait_run(control_plane, namespace, run_name("dup", later))
-        settle(window, namespace)
+        synced(one)
+        synced(two)
         second = creates(window, namespace)
     assert sorted(runs_of(control_plane, namespace, "dup")) == sorted([run_name("dup", due), run_name("dup", later)])
     for made, when in ((first, due), (second, later)):
@@ -438,15 +433,14 @@ def test_a_miss_beyond_the_deadline_is_recorded_once(
             f"The run due at {timestamp(due)} did not start: it is 180s past its due time, "
             "beyond startingDeadlineSeconds (60s)."
         )
-        settle(AuditWindow(control_plane), namespace)
+        synced(op)
 
     # A restart, still before the next due time: the miss is handled, never recorded twice.
     window = AuditWindow(control_plane)
     clock.advance(seconds=30)
     with EmbeddedOperator(clock=clock) as op:
-        wait_for(lambda: op.controller.queue.processed >= 2 and op.controller.queue.idle(), what="synced")
-        op.resync_now()
-        settle(window, namespace)
+        synced(op, processed=2)
+        resync(op)
     assert window.writes(OPERATOR_USER, namespace) == [], describe(window.writes(OPERATOR_USER, namespace))
     assert len([e for e in events_of(control_plane, namespace, "late") if e["reason"] == "MissedSchedule"]) == 1
     assert history(control_plane, namespace, "late") == [(None, "Missed")]
@@ -506,23 +500,38 @@ def test_concurrency_policies(control_plane: ControlPlane, namespace: str, op: A
     )
 
 
+def daily_after(after: dt.datetime, hour: int, zone: str) -> dt.datetime:
+    """The first `hour`:00 in `zone` strictly after `after`, in UTC."""
+    tz = ZoneInfo(zone)
+    day = after.astimezone(tz).date()
+    for date in (day, day + dt.timedelta(days=1)):
+        when = dt.datetime.combine(date, dt.time(hour), tz).astimezone(dt.UTC)
+        if when > after:
+            return when
+    raise AssertionError("unreachable")
+
+
 def test_suspend_and_edits_take_effect_at_once(
     control_plane: ControlPlane, namespace: str, op: Any, clock: TestClock
 ) -> None:
     unready_group(control_plane, namespace)
     apply(control_plane, namespace, task("ed", {"cron": "0 9 * * *"}, timeZone="Europe/Berlin"))
-    first = next_due(control_plane, namespace, "ed")
-    assert first.astimezone(dt.timezone(dt.timedelta(hours=1))).hour == 9  # November: CET
+    # Due times count from the task's creation on (or from the clock, if it is later): what each
+    # edit must publish follows from that moment, whatever the hour or season the suite runs in.
+    created = parse_timestamp(get(control_plane, "scheduledtask", "ed", namespace)["metadata"]["creationTimestamp"])
+    since = max(clock(), created - dt.timedelta(microseconds=1))
+    assert next_due(control_plane, namespace, "ed") == daily_after(since, 9, "Europe/Berlin")
     control_plane.kubectl(
         "patch", "scheduledtask", "ed", "-n", namespace, "--type=merge", "-p", '{"spec":{"timeZone":"UTC"}}'
     )
-    wait_for(lambda: next_due(control_plane, namespace, "ed").hour == 9, what="recomputed for UTC")
+    utc = daily_after(since, 9, "UTC")
+    wait_for(lambda: next_due(control_plane, namespace, "ed") == utc, what=f"recomputed for UTC: {utc}")
     control_plane.kubectl(
         "patch", "scheduledtask", "ed", "-n", namespace, "--type=merge",
         "-p", '{"spec":{"schedule":{"cron":"*/10 * * * *"}}}',
     )  # fmt: skip
-    wait_for(lambda: next_due(control_plane, namespace, "ed") < first - 8 * 60 * MINUTE, what="recomputed cron")
-    due = next_due(control_plane, namespace, "ed")
+    due = since.replace(minute=since.minute - since.minute % 10, second=0, microsecond=0) + 10 * MINUTE
+    wait_for(lambda: next_due(control_plane, namespace, "ed") == due, what=f"recomputed cron: {due}")
 
     control_plane.kubectl(
         "patch", "scheduledtask", "ed", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}'
@@ -533,7 +542,6 @@ def test_suspend_and_edits_take_effect_at_once(
     t = get(control_plane, "scheduledtask", "ed", namespace)
     assert (condition(t, "Ready")["status"], condition(t, "Ready")["reason"]) == ("True", "Suspended")
     tick(op, clock, due + dt.timedelta(seconds=5))
-    settle(AuditWindow(control_plane), namespace)
     assert runs_of(control_plane, namespace, "ed") == {}
 
     control_plane.kubectl(
@@ -569,7 +577,7 @@ def test_timer_wakes_cost_nothing_and_the_due_moment_creates_the_run_without_a_r
         lambda: status_of(control_plane, namespace, "tw").get("lastScheduleTime") == timestamp(due),
         what="lastScheduleTime",
     )
-    wait_for(lambda: op.controller.queue.idle(), what="the work queue idle")
+    synced(op)
     writes = [call for call in spy.calls[before + 1 :] if call[0] != "get"]
     assert writes == [("patch_status", "ScheduledTask", "tw")]
     s = status_of(control_plane, namespace, "tw")
@@ -626,7 +634,6 @@ def test_a_once_task_runs_once_then_is_completed(
     finish(control_plane, namespace, name)
     wait_for(lambda: history(control_plane, namespace, "one") == [(name, "Succeeded")], what="Succeeded")
     tick(op, clock, at + dt.timedelta(days=1))
-    settle(AuditWindow(control_plane), namespace)
     assert list(runs_of(control_plane, namespace, "one")) == [name]
 
 
@@ -635,13 +642,19 @@ def test_a_refused_run_is_reported_and_retried_within_the_deadline(
 ) -> None:
     unready_group(control_plane, namespace)
     control_plane.kubectl("create", "quota", "runs", "-n", namespace, "--hard=count/agentruns.pynchy.dev=0")
-    wait_for(
-        lambda: (
-            "count/agentruns.pynchy.dev"
-            in ((get(control_plane, "resourcequota", "runs", namespace) or {}).get("status") or {}).get("hard", {})
-        ),
-        what="the quota in force",
-    )
+    # In force once the API server's quota admission refuses a run for it: that reads its own cache of
+    # the quota, which can lag behind the quota's status ("status unknown for quota" until then).
+    probe = {"apiVersion": "pynchy.dev/v1alpha1", "kind": "AgentRun", "metadata": {"name": "probe"}}
+    probe["spec"] = {"groupRef": {"name": "fam"}}
+
+    def admission() -> str:
+        """What the API server's admission says to a run now ("" if it would create it)."""
+        proc = control_plane.kubectl(
+            "create", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(probe), check=False
+        )
+        return proc.stderr if proc.returncode else ""
+
+    wait_for(lambda: "exceeded quota: runs" in admission(), what="the quota in force")
     apply(control_plane, namespace, task("quota", {"cron": "*/10 * * * *"}, startingDeadlineSeconds=90))
     due = next_due(control_plane, namespace, "quota")
     tick(op, clock, due)
@@ -659,6 +672,7 @@ def test_a_refused_run_is_reported_and_retried_within_the_deadline(
 
     # The quota is lifted; the retry comes while the due time is still within the deadline: it runs.
     control_plane.kubectl("delete", "quota", "runs", "-n", namespace)
+    wait_for(lambda: not admission(), what="the quota lifted")
     tick(op, clock, due + MINUTE)
     wait_run(control_plane, namespace, run_name("quota", due))
     wait_for(
@@ -762,7 +776,6 @@ def test_what_cel_cannot_check_is_not_accepted(
             what=f"{name} Event",
         )
     tick(op, clock, clock() + dt.timedelta(days=2))
-    settle(AuditWindow(control_plane), namespace)
     assert not json.loads(control_plane.kubectl("get", "agentruns", "-n", namespace, "-o", "json").stdout)["items"]
 
     # The missing Group appears: the task is accepted and scheduled.
@@ -786,19 +799,29 @@ def test_no_op_resync_and_restart_write_nothing(
         due = next_due(control_plane, namespace, "q1")
         next_due(control_plane, namespace, "q2")
         tick(op, clock, due)
-        wait_run(control_plane, namespace, run_name("q1", due))
-        settle(AuditWindow(control_plane), namespace)
+        run = run_name("q1", due)
+        wait_run(control_plane, namespace, run)
+        # What the new run sets off is done: the AgentRun controller parked it and added the Group as
+        # an owner, the task's status names it; a resync then reconciles everything at this state.
+        wait_for(
+            lambda: (
+                (get(control_plane, "agentrun", run, namespace) or {}).get("status", {}).get("reason")
+                == "GroupNotReady"
+                and len(get(control_plane, "agentrun", run, namespace)["metadata"]["ownerReferences"]) == 2
+            ),
+            what=f"{run} parked and owned by its Group",
+        )
+        wait_for(lambda: status_of(control_plane, namespace, "q1").get("active") == [{"name": run}], what="active")
+        resync(op)
 
         window = AuditWindow(control_plane)
         for _ in range(3):
-            op.resync_now()
+            resync(op)
         clock.set(due + MINUTE)  # time passes, nothing is due
-        op.resync_now()
-        settle(window, namespace, quiet=3)
+        resync(op)
     with EmbeddedOperator(clock=clock) as op:
-        wait_for(lambda: op.controller.queue.processed >= 4 and op.controller.queue.idle(), what="synced")
-        op.resync_now()
-        settle(window, namespace, quiet=3)
+        synced(op, processed=4)
+        resync(op)
     assert window.writes(OPERATOR_USER, namespace) == [], describe(window.writes(OPERATOR_USER, namespace))
 
 
@@ -828,5 +851,4 @@ def test_deleting_a_task_stops_future_runs_and_leaves_its_runs(
         what="only the Group owns the run",
     )
     tick(op, clock, due + 5 * MINUTE)
-    settle(AuditWindow(control_plane), namespace)
     assert list(runs_of(control_plane, namespace, "gone")) == [name]
