@@ -11,7 +11,8 @@
 # Why from source: no registry and no release downloads here, only the Go module proxy, which
 # also pins every dependency through the committed go.sum files. Versions: versions.env.
 # Prints the bin directory on stdout (last line), logs to stderr. Only the first run pays for
-# the build (kubelet ~20 s from the Go build cache tools/kube/build.sh leaves, minutes from cold).
+# the build: on 2 cores ~8 min after tools/kube/build.sh (kubelet, kube-scheduler, kube-proxy
+# ~1 min from the Go build cache it leaves; kube-router and coredns share little with it).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 kube="$here/../kube"
@@ -85,9 +86,11 @@ step "kubelet, kube-scheduler, kube-proxy"
 t=$(date +%s)
 log "building kube-router v$KUBE_ROUTER_VERSION (first run only)"
 kr=github.com/cloudnativelabs/kube-router/v2
-# Without the version it logs "Malformed version" at start-up.
-(cd "$here/kube-router" && go build -trimpath -ldflags "-s -w -X $kr/pkg/version.Version=v$KUBE_ROUTER_VERSION \
-  -X $kr/pkg/version.BuildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)" -o "$tmp/kube-router" "$kr/cmd/kube-router") >&2
+# Without the version it logs "Malformed version" at start-up. BuildDate: the release's time,
+# not now, so that a rebuild is byte-identical (as the other Go binaries are).
+(cd "$here/kube-router" && released=$(go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' "$kr") \
+  && go build -trimpath -ldflags "-s -w -X $kr/pkg/version.Version=v$KUBE_ROUTER_VERSION -X $kr/pkg/version.BuildDate=$released" \
+    -o "$tmp/kube-router" "$kr/cmd/kube-router") >&2
 step kube-router
 
 t=$(date +%s)
