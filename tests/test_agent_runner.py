@@ -688,10 +688,41 @@ def test_the_ssh_key_is_copied_private_and_named_in_git_ssh_command(tmp_path: Pa
     assert f"-i {private}" in command
     assert "StrictHostKeyChecking=accept-new" in command
     assert f"UserKnownHostsFile={s.home}/.ssh/known_hosts" in command
-    assert "GIT_CONFIG_COUNT" not in env  # no https credentials were given
+    assert "credential.helper" not in env.values()  # no https credentials were given
     assert "GIT_SSH_COMMAND" not in git_environment(settings(tmp_path))
+
+
+def test_a_workspace_owned_by_another_user_is_still_a_repository_git_works_in(tmp_path: Path, bare_repo: Path) -> None:
+    """A volume's root belongs to its provisioner (local-path: root, mode 0777), not to the agent: git
+    refuses such a repository ("dubious ownership") unless the workspace is trusted, as the runner does."""
+    s = settings(tmp_path, git_url=str(bare_repo), git_branch="main", git_worktree_per_group=True)
+    s.workspace.mkdir(parents=True)
+    os.chmod(s.workspace, 0o777)
+    other = 1000 if os.geteuid() == 0 else None
+    if other is not None:
+        os.chown(s.workspace, other, other)  # as root, "another user" is any uid but 0
+    env = git_environment(s)
+    keys = {env[f"GIT_CONFIG_KEY_{i}"]: env[f"GIT_CONFIG_VALUE_{i}"] for i in range(int(env["GIT_CONFIG_COUNT"]))}
+    assert keys["safe.directory"] == str(s.workspace)
+    path = prepare_workspace(s, env)
+    assert path == s.workspace / ".worktrees" / s.group
+    if other is not None:
+        # Without the setting, the same repository is refused: the failure the real node showed.
+        plain = subprocess.run(["git", "worktree", "list"], cwd=s.workspace, capture_output=True, text=True)
+        assert plain.returncode == 128, plain.stderr
+        assert "dubious ownership" in plain.stderr
 
 
 def test_redact_hides_credentials_in_urls_and_secrets() -> None:
     text = "fatal: unable to access 'https://bob:hunter2@git.test/r.git/': token hunter2"
     assert redact(text, ["hunter2"]) == "fatal: unable to access 'https://***@git.test/r.git/': token ***"
+
+
+def test_a_stop_near_the_runs_deadline_fails_turns_as_out_of_time() -> None:
+    from pynchy_agent.runner import OUT_OF_TIME, STOPPING, Runner
+
+    runner = Runner(None, None, 60, run_timeout=120)  # type: ignore[arg-type]  # only the clock is used
+    assert runner._stop_message() == STOPPING  # just started: a pod deleted, a node drained, ...
+    runner.started -= 115  # the kubelet's deadline counts from the pod's start, slightly earlier
+    assert runner._stop_message() == OUT_OF_TIME.format(seconds=120)
+    assert Runner(None, None, 60)._stop_message() == STOPPING  # type: ignore[arg-type]

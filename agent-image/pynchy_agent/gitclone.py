@@ -45,17 +45,21 @@ class GitError(Exception):
 def git_environment(settings: RunnerSettings, private_dir: Path | None = None) -> dict[str, str]:
     """Variables for git (the clone, and the agent's own git commands)."""
     env = {"GIT_TERMINAL_PROMPT": "0"}
+    # The workspace is a volume's root, which the provisioner may own (k3s's local-path makes it
+    # root's, mode 0777; fsGroup never applies to hostPath volumes). git >= 2.35.2 refuses to work in a
+    # repository whose top folder belongs to another user ("detected dubious ownership"); this is our
+    # own volume, mounted only into this Group's pods, so trust exactly it (and nothing else).
+    config = [("safe.directory", str(settings.workspace))]
     password = settings.git_password.get_secret_value() if settings.git_password else ""
     if password or settings.git_username:
-        env.update(
-            PYNCHY_GIT_USERNAME=settings.git_username or DEFAULT_USERNAME,
-            PYNCHY_GIT_PASSWORD=password,
-            GIT_CONFIG_COUNT="2",
-            GIT_CONFIG_KEY_0="credential.helper",
-            GIT_CONFIG_VALUE_0="",  # an empty helper resets the list: only ours is asked
-            GIT_CONFIG_KEY_1="credential.helper",
-            GIT_CONFIG_VALUE_1=CREDENTIAL_HELPER,
-        )
+        env.update(PYNCHY_GIT_USERNAME=settings.git_username or DEFAULT_USERNAME, PYNCHY_GIT_PASSWORD=password)
+        # An empty helper resets the list: only ours is asked.
+        config += [("credential.helper", ""), ("credential.helper", CREDENTIAL_HELPER)]
+    # Command-scope configuration (GIT_CONFIG_COUNT/KEY/VALUE): respected for safe.directory too.
+    env["GIT_CONFIG_COUNT"] = str(len(config))
+    for i, (key, value) in enumerate(config):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
     key = settings.git_ssh_key_file
     if key.is_file():
         folder = private_dir or Path(tempfile.mkdtemp(prefix="pynchy-git-"))
