@@ -46,6 +46,10 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 MAX_POLL_WAIT = 30
 BUSY_RETRY_SECONDS = 600  # while turns run, keep trying to reach a restarting gateway this long
 STOPPING = "agent pod is stopping"
+OUT_OF_TIME = "the agent ran out of time before answering (the Group's agent.timeoutSeconds: {seconds}s)"
+# The kubelet counts the deadline from the pod's start, a little before this process started: a stop
+# this close to it is the deadline.
+DEADLINE_MARGIN_SECONDS = 10
 STOP_GRACE_SECONDS = 15  # Kubernetes gives 30 before SIGKILL
 MIN_POLL_INTERVAL = 1.0  # a gateway answering 204 at once is never polled in a hot loop
 
@@ -64,10 +68,14 @@ def idle_timeout(settings: RunnerSettings, config: GroupConfig) -> int:
 
 
 class Runner:
-    def __init__(self, api: RunApiClient, conversation: Conversation, idle_seconds: float) -> None:
+    def __init__(
+        self, api: RunApiClient, conversation: Conversation, idle_seconds: float, run_timeout: int | None = None
+    ) -> None:
         self.api = api
         self.conversation = conversation
         self.idle_seconds = idle_seconds
+        self.run_timeout = run_timeout
+        self.started = time.monotonic()
         self.turns: asyncio.Queue[Turn] = asyncio.Queue()
         self._working: Turn | None = None  # the turn the worker is handing to the conversation
         self._stop = asyncio.Event()
@@ -107,12 +115,19 @@ class Runner:
                     return EXIT_OK
                 drain.cancel()
             poller.cancel()
-            await self._abort(worker, STOPPING)
+            await self._abort(worker, self._stop_message())
             log.info("exiting", extra={"reason": "stopped"})
             return EXIT_OK
         finally:
             for task in (worker, poller, stop):
                 task.cancel()
+
+    def _stop_message(self) -> str:
+        """Why running turns fail on SIGTERM: the run's deadline when it is (nearly) reached."""
+        elapsed = time.monotonic() - self.started
+        if self.run_timeout is not None and elapsed >= self.run_timeout - DEADLINE_MARGIN_SECONDS:
+            return OUT_OF_TIME.format(seconds=self.run_timeout)
+        return STOPPING
 
     async def _abort(self, worker: asyncio.Task[None], message: str) -> None:
         """Fail every running and queued turn with `message`, within the stop grace period."""
@@ -236,7 +251,7 @@ async def serve(settings: RunnerSettings, config: GroupConfig) -> int:
         conversation = Conversation(
             make_options=make_options, api=api, sessions=sessions, home=settings.home, initial=initial
         )
-        runner = Runner(api, conversation, idle_timeout(settings, config))
+        runner = Runner(api, conversation, idle_timeout(settings, config), settings.run_timeout_seconds)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.request_stop)

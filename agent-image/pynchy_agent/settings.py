@@ -22,6 +22,11 @@ class RunnerSettings(BaseSettings):
     home: Path = Field(default=Path("/home/agent"), description="Agent home on the Group's state volume.")
     config_dir: Path = Field(default=Path("/etc/pynchy/group"), description="The Group's ConfigMap files.")
     idle_timeout_seconds: int = Field(default=600, ge=1, description="Exit after this long without a turn.")
+    run_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="The pod's activeDeadlineSeconds: a stop near it is the run running out of time.",
+    )
     mcp_secrets_dir: Path = Field(
         default=Path("/etc/pynchy/mcp"), description="<dir>/<server>/<header>: header values of MCP servers."
     )

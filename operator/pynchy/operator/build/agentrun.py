@@ -127,6 +127,8 @@ def _env(run: dict[str, Any], g: Group, ws: Workspace | None, settings: Operator
         ("HOME", HOME_DIR),
         ("PYNCHY_CONFIG_DIR", CONFIG_DIR),
         ("PYNCHY_IDLE_TIMEOUT_SECONDS", str(g.spec.agent.idle_timeout_seconds)),
+        # = activeDeadlineSeconds: the runner tells "out of time" from other stops.
+        ("PYNCHY_RUN_TIMEOUT_SECONDS", str(g.spec.agent.timeout_seconds)),
         ("PYNCHY_MCP_SECRETS_DIR", MCP_DIR),
         ("PYNCHY_TERMINATION_LOG", TERMINATION_LOG),
         ("ANTHROPIC_BASE_URL", gateway + "/model"),
