@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -85,4 +84,3 @@ def node_namespace(installed: Install, request: pytest.FixtureRequest) -> Iterat
     installed.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
     yield name
     installed.kubectl("delete", "namespace", name, "--wait=false", check=False)
-

@@ -19,7 +19,7 @@ from conftest import REPO, RUN_TOKEN_KEY
 from doubles.anthropic import ScriptedModel
 from pynchy.kube.controlplane import ControlPlane, KubectlError
 from pynchy.kube.images import BuiltImage
-from pynchy.kube.node.cleanup import cgroup_dirs
+from pynchy.kube.node.cleanup import CGROUP_ROOT
 from pynchy.kube.node.node import RealNode
 
 MODEL_KEY = "sk-ant-real-key-that-must-never-reach-a-pod"
@@ -107,7 +107,8 @@ class PortForward:
         return self
 
     def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.output.append(line)
 
@@ -175,7 +176,9 @@ class Install:
         logs = ""
         for pod in self.pods(namespace):
             name = pod["metadata"]["name"]
-            logs += f"\n--- logs of {name}\n" + self.kubectl("logs", "-n", namespace, name, "--tail=30", check=False).stdout
+            logs += (
+                f"\n--- logs of {name}\n" + self.kubectl("logs", "-n", namespace, name, "--tail=30", check=False).stdout
+            )
         return f"{out}\n{events[-4000:]}{logs[-6000:]}"
 
     def ready_group(self, namespace: str, manifest: str, name: str) -> None:
@@ -187,8 +190,11 @@ class Install:
 
     # -- the local channel, as a person uses it --
 
-    def chat(self, namespace: str, channel: str, message: str, home: Path, timeout: float = 240) -> tuple[int, str, str]:
+    def chat(
+        self, namespace: str, channel: str, message: str, home: Path, timeout: float = 240
+    ) -> tuple[int, str, str]:
         """`pynchy chat <channel> -m <message>` on the host, through the port-forward."""
+        home.mkdir(parents=True, exist_ok=True)
         config = home / "chat.yaml"
         config.write_text(f"gateway_url: {self.gateway_url}\ntoken: {CHAT_TOKEN}\nnamespace: {namespace}\n")
         env = {k: v for k, v in os.environ.items() if k not in ("PYNCHY_CHAT_URL", "PYNCHY_CHAT_TOKEN")}
@@ -207,7 +213,8 @@ class Install:
     def claim_path(self, namespace: str, claim: str) -> Path:
         """The host directory behind a claim (a local-path volume)."""
         pvc = self.get("pvc", claim, namespace)
-        assert pvc and pvc["spec"].get("volumeName"), f"claim {claim} is not bound"
+        assert pvc is not None, f"no claim {claim}"
+        assert pvc["spec"].get("volumeName"), f"claim {claim} is not bound"
         pv = self.get("pv", pvc["spec"]["volumeName"], "")
         assert pv is not None
         return Path(pv["spec"]["hostPath"]["path"])
@@ -222,15 +229,14 @@ class Install:
             for c in (obj.get("status") or {}).get("containerStatuses") or []
             if c.get("containerID")
         ]
+        assert self.node.state is not None
+        # cgroupfs driver: <root>/kubepods/<qos>/pod<uid>/<container id>, in every hierarchy.
+        top = CGROUP_ROOT / "pids" / self.node.state.cgroup.lstrip("/")
         pids: set[int] = set()
-        for top in cgroup_dirs(self.node.state.cgroup if self.node.state else ""):
-            if top.name not in ("pids", "memory") and "pids" not in str(top):
-                continue
-            for procs in top.rglob("cgroup.procs"):
-                parts = str(procs.parent)
-                if uid.replace("-", "_") in parts or uid in parts:
-                    if any(cid in parts for cid in ids):
-                        pids.update(int(p) for p in procs.read_text().split())
+        for procs in top.rglob("cgroup.procs"):
+            folder = str(procs.parent)
+            if f"pod{uid}" in folder and any(folder.endswith(cid) for cid in ids):
+                pids.update(int(p) for p in procs.read_text().split())
         return sorted(pids)
 
     def kubectl_error(self, exc: KubectlError) -> str:

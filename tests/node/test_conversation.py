@@ -47,7 +47,8 @@ def test_the_example_group_answers_from_a_pod_of_the_built_image(
     [result] = [r for r in model.main_requests[-1].tool_results() if r.name == "Bash"]
     lines = result.text.split()
     assert lines[:2] == ["1000", "1000"], result.text
-    assert "Read-only file system" in result.text and "rc=1" in result.text, result.text
+    assert "Read-only file system" in result.text, result.text
+    assert "rc=1" in result.text, result.text
     # The model proxy swapped the run token for the real key on the way out.
     assert {r.header("x-api-key") for r in model.message_requests[-2:]} == {MODEL_KEY}
 
@@ -93,5 +94,6 @@ def test_files_land_on_the_workspace_volume_and_the_session_survives_the_pod(
     second = installed.runs(ns)[-1]["metadata"]["name"]
     assert second != name
     history = json.dumps(model.main_requests[-1].body["messages"])
-    assert "please write the notes" in history and "what is on the list" in history
+    assert "please write the notes" in history
+    assert "what is on the list" in history
     wait_for(lambda: installed.run_status(ns, second).get("sessionId") == session, what="the same session")

@@ -32,7 +32,9 @@ def git_server(installed: Install, tmp_path: Path) -> Iterator[GitHttpServer]:
     subprocess.run(["git", "clone", "-q", "--bare", str(seed), str(root / "project.git")], check=True)
     ca = CertificateAuthority(tmp_path / "ca", name="pynchy-test-git-ca")
     cert = ca.issue("git", "git", server=True, ip_addresses=(installed.node.link_host_ip,))
-    server = GitHttpServer(root, "alice", "s3cret-pass").listen_on(installed.node.link_host_ip).with_tls(cert.cert, cert.key)
+    server = (
+        GitHttpServer(root, "alice", "s3cret-pass").listen_on(installed.node.link_host_ip).with_tls(cert.cert, cert.key)
+    )
     with server:
         server.ca_pem = ca.cert_path.read_text()  # type: ignore[attr-defined]  # for the ConfigMap
         yield server
@@ -105,7 +107,8 @@ def test_a_git_workspace_is_cloned_and_a_group_worktree_made_as_uid_1000(
     lines = result.text.splitlines()
     assert lines[0] == "/workspace/.worktrees/coder", result.text
     assert lines[1].startswith("## pynchy/coder"), result.text
-    assert "first" in lines and lines[-1] == "1000", result.text
+    assert "first" in lines, result.text
+    assert lines[-1] == "1000", result.text
 
     workspace = installed.claim_path(ns, "pynchy-ws-project")
     assert workspace.stat().st_uid == 0  # the volume's root: local-path makes it root's, mode 0777

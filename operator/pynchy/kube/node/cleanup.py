@@ -8,6 +8,7 @@ run's sweep if even the reaper died.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -121,10 +122,8 @@ def kill_everything(state: NodeState, timeout: float = 20.0) -> None:
             log.warning("node processes still alive after teardown", pids=sorted(pids))
             return
         for pid in pids:
-            try:
+            with contextlib.suppress(OSError):  # gone already
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
         time.sleep(0.1)
 
 
@@ -156,10 +155,8 @@ def remove_cgroups(name: str) -> None:
         if not top.is_dir():
             continue
         for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            try:
+            with contextlib.suppress(OSError):  # the top one reports what is left below
                 directory.rmdir()
-            except OSError:
-                pass
         try:
             top.rmdir()
         except OSError as exc:

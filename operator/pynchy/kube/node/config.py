@@ -257,7 +257,11 @@ def dns_objects(image: str) -> list[dict[str, Any]]:
             "kind": "ClusterRole",
             "metadata": {"name": "pynchy-node:coredns"},
             "rules": [
-                {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"], "verbs": ["list", "watch"]},
+                {
+                    "apiGroups": [""],
+                    "resources": ["endpoints", "services", "pods", "namespaces"],
+                    "verbs": ["list", "watch"],
+                },
                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
             ],
         },
@@ -306,7 +310,10 @@ def dns_objects(image: str) -> list[dict[str, Any]]:
                                 ],
                                 "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2},
                                 "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}},
-                                "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                                "resources": {
+                                    "requests": {"cpu": "10m", "memory": "32Mi"},
+                                    "limits": {"memory": "128Mi"},
+                                },
                                 "securityContext": {
                                     "allowPrivilegeEscalation": False,
                                     "readOnlyRootFilesystem": True,
@@ -367,11 +374,18 @@ def node_rbac() -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = []
     for name, rules in roles.items():
         objects.append(
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name}, "rules": rules}
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": name},
+                "rules": rules,
+            }
         )
         objects.append(_binding(name, name, "User", name))
     # kubectl logs/exec/port-forward: the API server's client certificate may call every kubelet API.
-    objects.append(_binding("pynchy-node:apiserver-kubelet", "system:kubelet-api-admin", "User", "kube-apiserver-kubelet-client"))
+    objects.append(
+        _binding("pynchy-node:apiserver-kubelet", "system:kubelet-api-admin", "User", "kube-apiserver-kubelet-client")
+    )
     return objects
 
 

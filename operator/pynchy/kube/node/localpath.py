@@ -71,7 +71,11 @@ def persistent_volume(claim: dict[str, Any], node_name: str, path: Path, reclaim
             "nodeAffinity": {
                 "required": {
                     "nodeSelectorTerms": [
-                        {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node_name]}]}
+                        {
+                            "matchExpressions": [
+                                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node_name]}
+                            ]
+                        }
                     ]
                 }
             },
@@ -114,12 +118,14 @@ class LocalPathProvisioner:
     def _watch(self, lister: Any) -> None:
         while not self._stop.is_set():
             try:
-                for _ in watch.Watch().stream(lister, timeout_seconds=RESYNC_SECONDS, _request_timeout=RESYNC_SECONDS + 5):
+                for _ in watch.Watch().stream(
+                    lister, timeout_seconds=RESYNC_SECONDS, _request_timeout=RESYNC_SECONDS + 5
+                ):
                     self.reconcile()
                     if self._stop.is_set():
                         return
                 self.reconcile()
-            except Exception as exc:  # noqa: BLE001 - a broken watch is retried; the API server may restart
+            except Exception as exc:  # a broken watch is retried; the API server may restart
                 if not self._stop.is_set():
                     log.warning("local-path watch failed; retrying", error=str(exc))
                     self._stop.wait(1)

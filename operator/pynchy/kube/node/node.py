@@ -277,7 +277,9 @@ class RealNode:
         return out
 
     def _write_configs(self, kubeconfigs: dict[str, Path]) -> None:
-        assert self.net is not None and self.state is not None and self.plane is not None
+        assert self.net is not None
+        assert self.state is not None
+        assert self.plane is not None
         p = self.paths
         for folder in (p.containerd_root, p.containerd_state, p.runc_root, p.cni_conf_dir, p.cni_ipam_dir):
             folder.mkdir(parents=True, exist_ok=True)
@@ -289,15 +291,16 @@ class RealNode:
         )
         ca = CertificateAuthority(self.plane.pki_dir)
         serving = ca.issue(
-            "kubelet-serving", f"system:node:{self.name}", server=True, dns_names=(self.name,),
+            "kubelet-serving",
+            f"system:node:{self.name}",
+            server=True,
+            dns_names=(self.name,),
             ip_addresses=(self.net.link_node_ip,),
         )
         certs = KubeletCerts(ca.cert_path, serving.cert, serving.key)
         p.kubelet_config.write_text(kubelet_config(p, self.net.link_node_ip, self.state.cgroup, certs))
         p.resolv_conf.write_text("")  # nothing upstream: a test node resolves cluster names only
-        p.kube_proxy_config.write_text(
-            kube_proxy_config(p, kubeconfigs["kube-proxy"], self.name, self.net.pod_cidr)
-        )
+        p.kube_proxy_config.write_text(kube_proxy_config(p, kubeconfigs["kube-proxy"], self.name, self.net.pod_cidr))
 
     def _launch(self, name: str, argv: list[str], *, netns: bool = True) -> ManagedProcess:
         assert self.net is not None
@@ -336,8 +339,15 @@ class RealNode:
         assert self.plane is not None
         selector = ",".join(f"{k}={v}" for k, v in DNS_LABELS.items())
         out = self.plane.kubectl(
-            "get", "pods", "-n", DNS_NAMESPACE, "-l", selector,
-            "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}", check=False,
+            "get",
+            "pods",
+            "-n",
+            DNS_NAMESPACE,
+            "-l",
+            selector,
+            "-o",
+            "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}",
+            check=False,
         )
         return "True" in out.stdout.split()
 
