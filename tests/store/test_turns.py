@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
@@ -62,6 +62,23 @@ def test_unfinished_turns_are_requeued_then_failed(tx: Callable[..., Any]) -> No
     row = tx(turns.get, turn.id)
     assert (row.state, row.is_error) == ("failed", True)
     assert "stopped before answering" in row.reply
+
+
+def test_a_queued_turn_fails_once_enough_runs_after_it_could_not_start(tx: Callable[..., Any]) -> None:
+    turn = tx(turns.enqueue, NS, GROUP, "hello")
+    queued_at = tx(turns.get, turn.id).created_at
+    before = queued_at.replace(microsecond=0) - timedelta(seconds=5)  # a failed run older than the turn
+    after = [queued_at.replace(microsecond=0) + timedelta(seconds=i) for i in range(turns.MAX_ATTEMPTS)]
+    # Fewer failed starts than attempts (old failures do not count): the turn stays queued.
+    assert tx(turns.fail_unstartable, NS, GROUP, [before, *after[:-1]], "clone failed") == []
+    assert tx(turns.get, turn.id).state == "queued"
+    [failed] = tx(turns.fail_unstartable, NS, GROUP, [before, *after], "clone failed")
+    assert failed.id == turn.id
+    row = tx(turns.get, turn.id)
+    assert (row.state, row.is_error) == ("failed", True)
+    assert row.reply == f"the agent could not start ({turns.MAX_ATTEMPTS} attempts): clone failed"
+    # Seeing the same runs again (a gateway restart) changes nothing.
+    assert tx(turns.fail_unstartable, NS, GROUP, [before, *after], "clone failed") == []
 
 
 def test_times_are_stored_as_instants(tx: Callable[..., Any]) -> None:

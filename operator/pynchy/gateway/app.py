@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -19,7 +20,7 @@ from pynchy.gateway.proxy import ModelProxy
 from pynchy.gateway.replies import fail_turns, finish_turn
 from pynchy.gateway.routing import Directory, GroupEntry
 from pynchy.gateway.runapi import RunApi
-from pynchy.gateway.runs import Runs, run_over, serves_group_turns
+from pynchy.gateway.runs import Runs, failed_at_start, run_over, serves_group_turns
 from pynchy.gateway.settings import GatewaySettings
 from pynchy.gateway.stats import StatsReporter
 from pynchy.gateway.tools import Tools
@@ -302,6 +303,11 @@ class Gateway:
             give_up = "the agent ran out of time before answering (the Group's agent.timeoutSeconds)"
         requeued = await self.db.call(turn_store.requeue_unfinished, namespace, name, give_up=give_up)
         failed = [row for row in requeued if row.state == turn_store.FAILED]
+        if group and not requeued and failed_at_start(run):
+            runs = self.runs.group_runs(namespace, group)
+            starts = [datetime.fromisoformat(r["metadata"]["creationTimestamp"]) for r in runs if failed_at_start(r)]
+            message = status.get("message") or f"agent run {name} failed"
+            failed += await self.db.call(turn_store.fail_unstartable, namespace, group, starts, message)
         for row in failed:
             self.hub.publish_failure(row.id, row.reply or "the agent stopped")
             self._hook(row.reply_channel, "turn_ended", row, False)

@@ -37,6 +37,12 @@ def serves_group_turns(run: dict[str, Any]) -> bool:
     return spec.get("contextMode", "group") == "group" and not spec.get("prompt")
 
 
+def failed_at_start(run: dict[str, Any]) -> bool:
+    """A run for the Group's turns that failed without serving one (its pod never got going)."""
+    status = run.get("status") or {}
+    return serves_group_turns(run) and status.get("phase") == "Failed" and not status.get("turnsServed")
+
+
 def _group_of(run: dict[str, Any]) -> str | None:
     return (run.get("spec") or {}).get("groupRef", {}).get("name")
 

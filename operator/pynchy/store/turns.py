@@ -132,6 +132,35 @@ def requeue_unfinished(session: Session, namespace: str, run: str, *, give_up: s
     return list(rows)
 
 
+def fail_unstartable(
+    session: Session, namespace: str, group: str, failed_starts: list[datetime], message: str
+) -> list[TurnRow]:
+    """Runs that were to take the Group's queued turns failed before taking any (their pods could
+    not start: a clone error, OOM at start, a missing image). A queued turn fails with `message` once
+    MAX_ATTEMPTS such runs were created after it (`failed_starts`: their creation times), so a Group
+    whose pods cannot start answers instead of starting runs forever. Computed from the runs, not
+    counted, so seeing the same runs again (a gateway restart) changes nothing. Returns the turns
+    that failed."""
+    rows = session.scalars(
+        select(TurnRow)
+        .where(TurnRow.namespace == namespace, TurnRow.group == group, TurnRow.state == QUEUED)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    failed = []
+    for row in rows:
+        # creationTimestamp has whole seconds: a run made in the turn's second counts as after it.
+        since = row.created_at.replace(microsecond=0)
+        attempts = sum(1 for t in failed_starts if t >= since)
+        if attempts >= MAX_ATTEMPTS:
+            row.state = FAILED
+            row.is_error = True
+            row.reply = f"the agent could not start ({attempts} attempts): {message}"
+            row.finished_at = datetime.now(UTC)
+            failed.append(row)
+    return failed
+
+
 def has_queued(session: Session, namespace: str, group: str) -> bool:
     return (
         session.scalar(
