@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +248,10 @@ class RealNode:
         return self.plane.kubeconfig
 
     def import_images(self, images: Iterable[BuiltImage]) -> None:
-        import_images(images, "ctr", self.paths.containerd_socket)
+        """Load image archives into the node's containerd (in parallel: each is mostly I/O and hashing)."""
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for done in [pool.submit(import_images, [i], "ctr", self.paths.containerd_socket) for i in images]:
+                done.result()
 
     def in_netns(self, argv: list[str]) -> list[str]:
         """`argv` as a command run in the node's network namespace (where pod IPs are routed)."""
