@@ -1,29 +1,63 @@
 """Benchmark: turn latency through the whole stack, against the Claude Code CLI alone.
 
-    uv run python bench/turn_latency.py [--turns 20]
+    uv run python bench/turn_latency.py [--turns 20] [--node dev|real|both]
 
-Starts a control plane (built from source, cached), the operator, the gateway and the dev node
-in this process, and the scripted Anthropic server answering instantly. Measures, over --turns
-turns each:
+--node dev (the default): a control plane (built from source, cached), the operator, the gateway
+and the dev node in this process, and the scripted Anthropic server answering instantly.
 
-  warm   a message handed to the gateway -> reply complete, with the Group's agent pod running
-  cold   an AgentRun created -> reply complete (pod scheduled, runner and CLI started, turn run)
+--node real: the production stack on a real node (pynchy.kube.node.RealNode: containerd, kubelet,
+kube-proxy, kube-router, CoreDNS; root on Linux), installed as tests/node installs it: the images
+built from the project's Dockerfiles (cached) and imported, `manifests/overlays/k3s` plus the test
+overlay of tests/node/helpers.py applied with kubectl, the operator and the gateway as pods, the
+scripted server on the node's link (where pods reach the host). --node both: dev, then real.
+
+Measures, over --turns turns each:
+
+  warm   a message -> reply complete, with the Group's agent pod running. dev: handed to the
+         gateway in process, to the turn's result. real: POSTed to the gateway's local channel API
+         through a `kubectl port-forward` with the chat client (pynchy.chat.client, what `pynchy
+         chat` uses), its NDJSON event stream read to the result
+  cold   an AgentRun created (trigger Manual, isolated) -> reply complete (pod scheduled, runner and
+         CLI started, turn run). dev: the turn's result in the gateway. real: the reply in the
+         Group's local channel, read by the channel's long-poll through the port-forward as `pynchy
+         chat` reads it (the first place outside the gateway where the reply is complete; the
+         AgentRun's turnsServed and phase Succeeded come later, and are shown in the breakdown)
   floor  the CLI alone doing the same turn: a live ClaudeSDKClient (warm floor) and a fresh
          `claude_agent_sdk.query` process per turn (cold floor), straight at the scripted server
 
-Prints p50/p95 and the overheads over the floors; asserts nothing.
+The floor is measured last, in the same run, with nothing else of the bench running.
+
+Prints p50/p95 and the overheads over the floors; asserts nothing. On the real node it also prints
+where a cold run's time goes: the p50 of each milestone after the AgentRun's creation (each p50 on
+its own, so the steps are approximate), read from: watches on pods and AgentRuns (when the API
+server told of it), the kubelet's log (its volume operations), `ctr events` of the node's containerd
+(sandbox and container created, started, exited), the runner's log (`kubectl logs --timestamps`;
+it logs nothing before "run started", so Python's start and imports are in that step) and the
+scripted server's request times. All wall clock: the node is this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
+import re
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
+
+from aiohttp import web
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -31,24 +65,33 @@ sys.path.insert(0, str(REPO / "tests"))
 import yaml  # noqa: E402
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage, query  # noqa: E402
 from install import install  # noqa: E402
-from kubernetes.client import CustomObjectsApi  # noqa: E402
+from kubernetes import watch  # noqa: E402
+from kubernetes.client import CoreV1Api, CustomObjectsApi  # noqa: E402
 from kubernetes.config import new_client_from_config  # noqa: E402
 
 from conftest import RUN_TOKEN_KEY  # noqa: E402
-from doubles.anthropic import ScriptedModel  # noqa: E402
+from doubles.anthropic import ScriptedModel, is_side_request  # noqa: E402
+from node.helpers import CHAT_TOKEN, SYSTEM, Install, PortForward, write_test_overlay  # noqa: E402
+from pynchy.chat.client import ChatClient, ChatError, Deadline  # noqa: E402
+from pynchy.chat.config import ChatConfig  # noqa: E402
+from pynchy.chat.protocol import ChatMessage, is_final  # noqa: E402
 from pynchy.devnode import DevNode  # noqa: E402
 from pynchy.gateway.run import EmbeddedGateway  # noqa: E402
-from pynchy.kube.binaries import ensure_binaries  # noqa: E402
+from pynchy.kube.binaries import ensure_binaries, ensure_node_binaries  # noqa: E402
 from pynchy.kube.controlplane import ControlPlane  # noqa: E402
+from pynchy.kube.images import ensure_images  # noqa: E402
+from pynchy.kube.node.node import RealNode  # noqa: E402
 from pynchy.logs import configure_logging  # noqa: E402
 from pynchy.operator.run import EmbeddedOperator  # noqa: E402
 
 NS = "bench"
+REAL_NS = "pynchy"  # where the production manifests put Groups
+MODEL_PORT = 443  # as tests/node: the gateway's NetworkPolicy lets it reach HTTPS ports
 PROMPT = "say ok"
 GROUP = """
 apiVersion: pynchy.dev/v1alpha1
 kind: Group
-metadata: {{name: {name}, namespace: bench}}
+metadata: {{name: {name}, namespace: {ns}}}
 spec:
   channels: [{{local: {{name: {name}}}}}]
   agent: {{idleTimeoutSeconds: 600}}
@@ -56,13 +99,32 @@ spec:
 RUN = """
 apiVersion: pynchy.dev/v1alpha1
 kind: AgentRun
-metadata: {{name: {name}, namespace: bench}}
+metadata: {{name: {name}, namespace: {ns}}}
 spec:
   groupRef: {{name: cold}}
   trigger: {{kind: Manual}}
   prompt: {prompt}
   contextMode: isolated
 """
+REPLY = "reply in the channel (long-poll)"
+# Runner log messages worth a milestone (pynchy_agent: runner.py, conversation.py); it logs nothing
+# before "run started".
+RUNNER_MARKS = {
+    "run started": "runner: run info fetched (GET /v1/run)",
+    "turn received": "runner: turn received",
+    "claude session ready": "runner: CLI session ready",
+    "turn started": "runner: turn sent to the CLI",
+    "turn finished": "runner: CLI's result",
+}
+WIDTH = 35
+
+
+@dataclass
+class Figures:
+    first: float
+    warm: list[float]
+    cold: list[float]
+    marks: list[dict[str, float]] = field(default_factory=list)  # real node: per cold run, seconds after creation
 
 
 def pct(values: list[float], p: float) -> float:
@@ -70,9 +132,13 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def line(label: str, values: list[float]) -> str:
+def line(label: str, values: list[float], width: int = WIDTH) -> str:
     ms = [v * 1000 for v in values]
-    return f"{label:<34} p50 {pct(ms, 50):7.0f} ms   p95 {pct(ms, 95):7.0f} ms   (n={len(ms)})"
+    return f"{label:<{width - 1}} p50 {pct(ms, 50):7.0f} ms   p95 {pct(ms, 95):7.0f} ms   (n={len(ms)})"
+
+
+def figure(label: str, seconds: float, note: str = "", width: int = WIDTH) -> str:
+    return f"{label + ':':<{width}}{seconds * 1000:7.0f} ms" + (f"   ({note})" if note else "")
 
 
 def wait(predicate: Any, timeout: float, what: str) -> Any:
@@ -128,18 +194,16 @@ async def floor(model: ScriptedModel, turns: int, tmp: Path) -> tuple[list[float
     return warm, cold
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--turns", type=int, default=20)
-    args = parser.parse_args()
-    configure_logging(level="WARNING", fmt="console")
+# -- the dev node ---------------------------------------------------------------------------------
 
+
+def measure_dev(tmp: Path, turns: int) -> Figures:
+    tmp.mkdir()
     with (
-        tempfile.TemporaryDirectory(prefix="pynchy-bench-") as tmp_name,
-        ControlPlane(ensure_binaries(), Path(tmp_name) / "cp") as plane,
+        mock.patch.dict(os.environ),  # the variables set below are for this stack only
+        ControlPlane(ensure_binaries(), tmp / "cp") as plane,
         ScriptedModel() as model,
     ):
-        tmp = Path(tmp_name)
         kubeconfigs = install(plane, NS, ("operator", "gateway"))
         gateway = EmbeddedGateway(
             kubeconfig=kubeconfigs["gateway"],
@@ -166,7 +230,7 @@ def main() -> None:
         assert gw is not None
         try:
             for name in ("warm", "cold"):
-                plane.kubectl("apply", "-f", "-", input=GROUP.format(name=name))
+                plane.kubectl("apply", "-f", "-", input=GROUP.format(name=name, ns=NS))
                 wait(lambda n=name: group_ready(plane, n), 60, f"Group {name} Ready")
                 wait(lambda n=name: gw.groups.get(NS, n), 10, "gateway cache")
 
@@ -182,13 +246,13 @@ def main() -> None:
                 return await asyncio.wait_for(gw.watch(turn_id).done, 120)
 
             first = gateway.call(turn("warm"), timeout=130)  # starts the pod
-            warm = [gateway.call(turn("warm"), timeout=130) for _ in range(args.turns)]
+            warm = [gateway.call(turn("warm"), timeout=130) for _ in range(turns)]
 
             cold: list[float] = []
             admin = CustomObjectsApi(new_client_from_config(str(plane.kubeconfig)))
-            for i in range(args.turns):
+            for i in range(turns):
                 name = f"cold-{i}"
-                body = yaml.safe_load(RUN.format(name=name, prompt=PROMPT))
+                body = yaml.safe_load(RUN.format(name=name, ns=NS, prompt=PROMPT))
                 started = time.monotonic()
                 created = admin.create_namespaced_custom_object("pynchy.dev", "v1alpha1", NS, "agentruns", body)
                 result = gateway.call(reply(f"run-{created['metadata']['uid']}"), timeout=130)
@@ -200,17 +264,360 @@ def main() -> None:
             node.stop()
             operator.stop()
             gateway.stop()
-        warm_floor, cold_floor = asyncio.run(floor(model, args.turns, tmp))
+    return Figures(first, warm, cold)
 
-    print(f"first turn (pod start + turn):     {first * 1000:7.0f} ms")
-    print(line("(a) warm: message -> reply", warm))
-    print(line("(b) cold: AgentRun -> reply", cold))
-    print(line("(c) floor, warm CLI session", warm_floor))
-    print(line("(c) floor, fresh CLI process", cold_floor))
-    warm_over = pct(warm, 50) - pct(warm_floor, 50)
-    cold_over = pct(cold, 50) - pct(cold_floor, 50)
-    print(f"warm overhead over floor (p50):    {warm_over * 1000:7.0f} ms   (goal <= 150 ms)")
-    print(f"cold over fresh-CLI floor (p50):   {cold_over * 1000:7.0f} ms   (goal <= 1500 ms)")
+
+# -- the real node --------------------------------------------------------------------------------
+
+
+class TimedModel(ScriptedModel):
+    """The scripted server, noting when each request arrived (wall clock: the node's clock is this
+    machine's, so the times line up with pod status and runner logs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrivals: list[tuple[float, str]] = []
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        at = time.time()
+        raw = await request.read()  # aiohttp keeps the body: the scripted server reads it again
+        kind = request.path
+        with contextlib.suppress(ValueError):
+            body = json.loads(raw) if raw else None
+            if kind == "/v1/messages" and isinstance(body, dict) and is_side_request(body):
+                kind += " (side)"
+        self.arrivals.append((at, kind))
+        return await super()._handle(request)
+
+    def marks(self, since: float, until: float) -> dict[str, float]:
+        """The first request of each kind between `since` and `until`, in seconds after `since`."""
+        out: dict[str, float] = {}
+        for at, kind in self.arrivals:
+            if since <= at <= until:
+                out.setdefault(f"model: first {kind}", at - since)
+        return out
+
+
+class Timeline:
+    """When the API server told a watch of each pod's and AgentRun's milestones (wall clock)."""
+
+    def __init__(self, kubeconfig: Path, namespace: str) -> None:
+        client = new_client_from_config(str(kubeconfig))
+        self.core, self.custom = CoreV1Api(client), CustomObjectsApi(client)
+        self.namespace = namespace
+        self.seen: dict[tuple[str, str], float] = {}
+        self.containers: dict[str, str] = {}  # pod -> its container's containerd id
+        self.watches: list[watch.Watch] = []
+        self.stopped = False
+
+    def start(self) -> Timeline:
+        pods = (self.core.list_namespaced_pod, self.namespace)
+        runs = (self.custom.list_namespaced_custom_object, "pynchy.dev", "v1alpha1", self.namespace, "agentruns")
+        for target, args in ((self._pod, pods), (self._run, runs)):
+            threading.Thread(target=self._follow, args=(target, *args), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped = True
+        for w in self.watches:
+            w.stop()
+
+    def at(self, name: str, milestone: str) -> float | None:
+        return self.seen.get((name, milestone))
+
+    def marks(self, name: str, since: float) -> dict[str, float]:
+        return {m: at - since for (n, m), at in list(self.seen.items()) if n == name}
+
+    def _follow(self, record: Callable[[Any], None], list_call: Any, *args: str) -> None:
+        w = watch.Watch()
+        self.watches.append(w)
+        while not self.stopped:
+            try:
+                for event in w.stream(list_call, *args, timeout_seconds=300):
+                    record(event["object"])
+            except Exception:  # the node going away at the end, or a dropped watch: list again
+                time.sleep(0.2)
+
+    def _note(self, name: str, milestone: str) -> None:
+        self.seen.setdefault((name, milestone), time.time())
+
+    def _pod(self, pod: Any) -> None:
+        name = pod.metadata.name
+        self._note(name, "operator: pod created")
+        if pod.spec.node_name:
+            self._note(name, "scheduler: pod bound to the node")
+        for status in (pod.status and pod.status.container_statuses) or []:
+            if status.container_id:
+                self.containers[name] = status.container_id.removeprefix("containerd://")
+            if status.state and status.state.running:
+                self._note(name, "kubelet: container running")
+            if status.state and status.state.terminated:
+                self._note(name, "kubelet: container exited")
+
+    def _run(self, run: dict[str, Any]) -> None:
+        name, status = run["metadata"]["name"], run.get("status") or {}
+        if status.get("phase"):
+            self._note(name, f"operator: run {status['phase']}")
+        if status.get("turnsServed"):
+            self._note(name, "gateway: status.turnsServed 1")
+
+
+class ContainerdEvents:
+    """`ctr events` of the node's containerd (a sandbox's and a container's create, start, exit),
+    with containerd's own times."""
+
+    LINE = re.compile(r"^(\S+) (\S+) \+0000 UTC \S+ (\S+) (\{.*\})$")
+    TOPICS = {"/containers/create": "created", "/tasks/start": "started", "/tasks/exit": "exited"}
+
+    def __init__(self, socket: Path) -> None:
+        self.proc = subprocess.Popen(
+            ["ctr", "--address", str(socket), "events"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self.events: list[tuple[float, str, dict[str, Any]]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for entry in self.proc.stdout:
+            match = self.LINE.match(entry.strip())
+            if match:
+                day, clock, topic, data = match.groups()
+                self.events.append((parse_stamp(f"{day}T{clock}Z"), topic, json.loads(data)))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+    def marks(self, pod: str, container: str | None, since: float) -> dict[str, float]:
+        events = list(self.events)
+        sandboxes = {
+            data["id"]
+            for _, topic, data in events
+            if topic == "/containers/update"
+            and (data.get("labels") or {}).get("io.kubernetes.pod.name") == pod
+            and data["labels"].get("io.cri-containerd.kind") == "sandbox"
+        }
+        out: dict[str, float] = {}
+        for at, topic, data in events:
+            key = data.get("container_id") or data.get("id")
+            what = "sandbox" if key in sandboxes else "agent container" if key == container else None
+            if what and topic in self.TOPICS:
+                out.setdefault(f"containerd: {what} {self.TOPICS[topic]}", at - since)
+        return out
+
+
+def kubelet_marks(log: Path, namespace: str, pod: str, since: float) -> dict[str, float]:
+    """When the kubelet began on the pod's volumes (it has the pod) and had them all mounted."""
+    out: dict[str, float] = {}
+    year = datetime.fromtimestamp(since).year
+    for entry in log.read_text(errors="replace").splitlines():
+        if f'pod="{namespace}/{pod}"' not in entry:
+            continue
+        stamp = datetime.strptime(f"{year} {entry[1:5]} {entry[6:21]}", "%Y %m%d %H:%M:%S.%f")  # klog: local time
+        at = stamp.timestamp() - since
+        if "VerifyControllerAttachedVolume started" in entry:
+            out.setdefault("kubelet: has the pod (volumes checked)", at)
+        if "MountVolume.SetUp succeeded" in entry:
+            out["kubelet: volumes mounted"] = at
+    return out
+
+
+@dataclass
+class RealStack:
+    setup: Install
+    model: TimedModel
+    chat: ChatClient
+    timeline: Timeline
+    containerd: ContainerdEvents
+
+
+@contextlib.contextmanager
+def real_stack(tmp: Path) -> Iterator[RealStack]:
+    """A real node with the production manifests applied, the operator and the gateway Ready as
+    pods, a chat client talking to the gateway through a port-forward, and the probes."""
+    print("real node: images (built once per change of their inputs), node start, install...", file=sys.stderr)
+    bins = ensure_node_binaries()
+    images = ensure_images(REPO, pause_binary=bins / "pause", coredns_binary=bins / "coredns")
+    with contextlib.ExitStack() as stack:
+        node = RealNode(
+            ensure_binaries(), bins, tmp / "realnode", sandbox_image=images["pause"], dns_image=images["coredns"]
+        )
+        stack.enter_context(node)
+        node.import_images([images["pynchy"], images["agent"]])
+        model = stack.enter_context(TimedModel().listen_on(node.link_host_ip, MODEL_PORT))
+        overlay = write_test_overlay(tmp / "overlay", images, model.base_url)
+        setup = Install(node, model, overlay, images["agent"].ref)
+        setup.kubectl("apply", "--server-side", "-k", str(overlay))
+        for deployment in ("pynchy-operator", "pynchy-gateway"):
+            setup.wait_available(deployment)
+        forward = stack.enter_context(PortForward(setup.plane, SYSTEM, "svc/pynchy-gateway", 8080))
+        setup.gateway_url = forward.url
+        config = ChatConfig(gateway_url=forward.url, token=CHAT_TOKEN, namespace=REAL_NS, path=tmp / "chat.yaml")
+        chat = stack.enter_context(ChatClient(config))
+        timeline = Timeline(setup.plane.kubeconfig, REAL_NS).start()
+        stack.callback(timeline.stop)
+        containerd = ContainerdEvents(node.paths.containerd_socket)
+        stack.callback(containerd.stop)
+        yield RealStack(setup, model, chat, timeline, containerd)
+
+
+def channel_known(chat: ChatClient, channel: str) -> bool:
+    try:
+        return chat.info(channel).namespace == REAL_NS
+    except ChatError as exc:
+        if exc.status != 404:
+            raise
+        return False
+
+
+def chat_turn(chat: ChatClient, channel: str) -> float:
+    """A message to the local channel -> its turn's final event on the event stream."""
+    started = time.monotonic()
+    accepted = chat.send(channel, PROMPT, uuid.uuid4().hex, Deadline(30))
+    if accepted.turn_id is None:
+        raise SystemExit(f"message not queued: {accepted}")
+    final = None
+    for event in chat.events(channel, accepted.turn_id, Deadline(120)):
+        if is_final(event):
+            final = event
+    if final is None or final.type != "result" or final.is_error:
+        raise SystemExit(f"turn failed: {final}")
+    return time.monotonic() - started
+
+
+def channel_reply(chat: ChatClient, channel: str, after: int, turn_id: str) -> ChatMessage:
+    """The long-poll for the channel's messages after `after`, until the turn's reply is there."""
+    deadline = Deadline(120)
+    while not deadline.passed:
+        batch = chat.messages(channel, after, wait=deadline.cap(30))
+        for message in batch.messages:
+            if message.turn_id == turn_id:
+                return message
+        after = batch.cursor
+    raise SystemExit(f"no reply for {turn_id} in channel {channel}")
+
+
+def parse_stamp(stamp: str) -> float:
+    """An RFC 3339 UTC time with up to nanoseconds (kubectl logs --timestamps) as a Unix time."""
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(head + "+00:00").timestamp() + float(f"0.{frac or 0}")
+
+
+def runner_marks(setup: Install, pod: str, since: float) -> dict[str, float]:
+    """Milestones of the runner's log (the container runtime's timestamps), in seconds after `since`."""
+    logs = setup.kubectl("logs", "-n", REAL_NS, pod, "--timestamps", check=False).stdout
+    out: dict[str, float] = {}
+    for entry in logs.splitlines():
+        match = re.match(r"(\S+) (\{.*\})$", entry)
+        if not match:
+            continue
+        with contextlib.suppress(ValueError):
+            label = RUNNER_MARKS.get(json.loads(match.group(2)).get("msg", ""))
+            if label:
+                out.setdefault(label, parse_stamp(match.group(1)) - since)
+    return out
+
+
+def cold_turn(real: RealStack, name: str) -> dict[str, float]:
+    """One cold turn on the real node: its milestones in seconds after the AgentRun's creation."""
+    admin = CustomObjectsApi(new_client_from_config(str(real.setup.plane.kubeconfig)))
+    after = real.chat.info("cold").cursor
+    body = yaml.safe_load(RUN.format(name=name, ns=REAL_NS, prompt=PROMPT))
+    since, started = time.time(), time.monotonic()
+    created = admin.create_namespaced_custom_object("pynchy.dev", "v1alpha1", REAL_NS, "agentruns", body)
+    message = channel_reply(real.chat, "cold", after, f"run-{created['metadata']['uid']}")
+    reply = time.monotonic() - started
+    if message.is_error:
+        raise SystemExit(f"cold turn failed: {message.text}")
+    wait(lambda: real.timeline.at(name, "operator: run Succeeded"), 120, f"{name} Succeeded")
+    return {
+        REPLY: reply,
+        **real.timeline.marks(name, since),
+        **real.containerd.marks(name, real.timeline.containers.get(name), since),
+        **kubelet_marks(real.setup.node.component_log("kubelet"), REAL_NS, name, since),
+        **real.model.marks(since, since + reply),
+        **runner_marks(real.setup, name, since),
+    }
+
+
+def measure_real(tmp: Path, turns: int) -> Figures:
+    with real_stack(tmp) as real:
+        for name in ("warm", "cold"):
+            real.setup.ready_group(REAL_NS, GROUP.format(name=name, ns=REAL_NS), name)
+            wait(lambda n=name: channel_known(real.chat, n), 30, f"local channel {name} in the gateway")
+        first = chat_turn(real.chat, "warm")  # starts the pod
+        warm = [chat_turn(real.chat, "warm") for _ in range(turns)]
+        marks = [cold_turn(real, f"cold-{i}") for i in range(turns)]
+    return Figures(first, warm, [m[REPLY] for m in marks], marks)
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def breakdown(marks: list[dict[str, float]]) -> list[str]:
+    """Each milestone's p50 after the AgentRun's creation, in the order they come."""
+    names = {name for m in marks for name in m}
+    p50 = {name: pct([m[name] for m in marks if name in m], 50) for name in names}
+    width = max(len(name) for name in names) + 2
+    out = ["cold on the real node, where the time goes (p50 after the AgentRun was created; n per milestone):"]
+    previous = 0.0
+    for name in sorted(names, key=p50.__getitem__):
+        n = sum(name in m for m in marks)
+        delta = p50[name] - previous
+        out.append(f"  {name:<{width}}{p50[name] * 1000:7.0f} ms   (+{delta * 1000:5.0f})   n={n}")
+        previous = p50[name]
+    return out
+
+
+def report(dev: Figures | None, real: Figures | None, warm_floor: list[float], cold_floor: list[float]) -> None:
+    width = WIDTH if real is None else 56
+    rows: list[str] = []
+    if dev is not None:
+        rows.append(figure("first turn (pod start + turn)", dev.first, width=width))
+        rows.append(line("(a) warm: message -> reply", dev.warm, width))
+        rows.append(line("(b) cold: AgentRun -> reply", dev.cold, width))
+    if real is not None:
+        rows.append(figure("real node, first turn (pod start + turn)", real.first, width=width))
+        rows.append(line("(a) real node, warm: chat API message -> reply", real.warm, width))
+        rows.append(line("(b) real node, cold: AgentRun -> reply in the channel", real.cold, width))
+    rows.append(line("(c) floor, warm CLI session", warm_floor, width))
+    rows.append(line("(c) floor, fresh CLI process", cold_floor, width))
+    if dev is not None:
+        warm_over = pct(dev.warm, 50) - pct(warm_floor, 50)
+        cold_over = pct(dev.cold, 50) - pct(cold_floor, 50)
+        rows.append(figure("warm overhead over floor (p50)", warm_over, "goal <= 150 ms", width))
+        rows.append(figure("cold over fresh-CLI floor (p50)", cold_over, "goal <= 1500 ms", width))
+    if real is not None:
+        warm_over = pct(real.warm, 50) - pct(warm_floor, 50)
+        cold_over = pct(real.cold, 50) - pct(cold_floor, 50)
+        ratio = pct(real.cold, 50) / pct(cold_floor, 50)
+        rows.append(figure("warm on the real node over the floor (p50)", warm_over, "port-forward included", width))
+        rows.append(
+            figure(
+                "cold on the real node over the fresh-CLI floor (p50)",
+                cold_over,
+                f"goal <= 1500 ms; {ratio:.1f}x the floor",
+                width,
+            )
+        )
+        rows += ["", *breakdown(real.marks)]
+    print("\n".join(rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--node", choices=("dev", "real", "both"), default="dev")
+    args = parser.parse_args()
+    configure_logging(level="WARNING", fmt="console")
+
+    with tempfile.TemporaryDirectory(prefix="pynchy-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        dev = measure_dev(tmp / "dev", args.turns) if args.node in ("dev", "both") else None
+        real = measure_real(tmp / "real", args.turns) if args.node in ("real", "both") else None
+        with ScriptedModel() as model:
+            warm_floor, cold_floor = asyncio.run(floor(model, args.turns, tmp))
+    report(dev, real, warm_floor, cold_floor)
 
 
 if __name__ == "__main__":
