@@ -25,6 +25,15 @@ from pynchy.kube.node.node import RealNode
 MODEL_KEY = "sk-ant-real-key-that-must-never-reach-a-pod"
 CHAT_TOKEN = "node-chat-token-0123456789abcdef"
 SYSTEM = "pynchy-system"
+# A Group on the local channel named like it; `extra` adds spec fields (YAML flow style).
+GROUP = """
+apiVersion: pynchy.dev/v1alpha1
+kind: Group
+metadata: {{name: {name}}}
+spec:
+  channels: [{{local: {{name: {name}}}}}]
+  {extra}
+"""
 
 
 def write_test_overlay(directory: Path, images: dict[str, BuiltImage], model_url: str) -> Path:

@@ -14,16 +14,7 @@ import pytest
 
 from cluster.helpers import wait_for
 from doubles.anthropic import text, tool_use
-from node.helpers import MODEL_KEY, Install
-
-GROUP = """
-apiVersion: pynchy.dev/v1alpha1
-kind: Group
-metadata: {{name: {name}}}
-spec:
-  channels: [{{local: {{name: {name}}}}}]
-  {extra}
-"""
+from node.helpers import GROUP, MODEL_KEY, Install
 
 # Runs in the agent's Bash tool: each target "name host port" → "name open|refused|timeout|dns".
 # Targets named in `until_open` are retried until they open (a policy change takes a moment to apply).

@@ -8,16 +8,7 @@ from pathlib import Path
 
 from cluster.helpers import wait_for
 from doubles.anthropic import text
-from node.helpers import SYSTEM, Install
-
-GROUP = """
-apiVersion: pynchy.dev/v1alpha1
-kind: Group
-metadata: {{name: {name}}}
-spec:
-  channels: [{{local: {{name: {name}}}}}]
-  {extra}
-"""
+from node.helpers import GROUP, SYSTEM, Install
 
 
 def test_a_pod_over_its_memory_limit_fails_the_run_as_oomkilled(

@@ -34,6 +34,7 @@ from typing import Any
 
 from pynchy.devnode.client import ApiError, Kube, config_object_path, q
 from pynchy.devnode.envvars import EnvError, field_value, object_bytes, resource_value
+from pynchy.kube.volumes import host_path_volume
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
@@ -311,7 +312,6 @@ class VolumePreparer:
             raise VolumeError(
                 f'persistentvolumeclaim "{meta["name"]}": claims with a selector are not provisioned', permanent=True
             )
-        size = ((spec.get("resources") or {}).get("requests") or {}).get("storage") or "1Gi"
         class_name = spec.get("storageClassName")
         reclaim = "Delete"
         if class_name:
@@ -319,41 +319,8 @@ class VolumePreparer:
             reclaim = (sc or {}).get("reclaimPolicy") or "Delete"
         directory = claim_dir(self.data_dir, meta["namespace"], meta["name"], meta["uid"])
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
-        pv: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {
-                "name": f"pvc-{meta['uid']}",
-                "annotations": {PROVISIONED_BY: PROVISIONER, NODE_ANNOTATION: self.node_name},
-            },
-            "spec": {
-                "capacity": {"storage": size},
-                "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": reclaim,
-                "volumeMode": "Filesystem",
-                "hostPath": {"path": str(directory), "type": "DirectoryOrCreate"},
-                "claimRef": {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolumeClaim",
-                    "namespace": meta["namespace"],
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                },
-                "nodeAffinity": {
-                    "required": {
-                        "nodeSelectorTerms": [
-                            {
-                                "matchExpressions": [
-                                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [self.node_name]}
-                                ]
-                            }
-                        ]
-                    }
-                },
-            },
-        }
-        if class_name is not None:
-            pv["spec"]["storageClassName"] = class_name
+        annotations = {PROVISIONED_BY: PROVISIONER, NODE_ANNOTATION: self.node_name}
+        pv = host_path_volume(pvc, self.node_name, directory, reclaim, annotations)
         try:
             await self.kube.create("/api/v1/persistentvolumes", pv)
             log.info("provisioned volume", claim=f"{meta['namespace']}/{meta['name']}", path=str(directory))

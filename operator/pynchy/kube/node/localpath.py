@@ -24,6 +24,7 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from pynchy.kube.volumes import host_path_volume
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
@@ -46,41 +47,6 @@ def wants_volume(claim: dict[str, Any], node_name: str) -> bool:
     ours = any(annotations.get(k) == PROVISIONER for k in STORAGE_PROVISIONER)
     pending = (claim.get("status") or {}).get("phase", "Pending") == "Pending"
     return ours and pending and annotations.get(SELECTED_NODE) == node_name and not claim["spec"].get("volumeName")
-
-
-def persistent_volume(claim: dict[str, Any], node_name: str, path: Path, reclaim: str) -> dict[str, Any]:
-    meta, spec = claim["metadata"], claim["spec"]
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"pvc-{meta['uid']}", "annotations": {PROVISIONED_BY: PROVISIONER}},
-        "spec": {
-            "capacity": {"storage": spec["resources"]["requests"]["storage"]},
-            "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": reclaim,
-            "storageClassName": spec.get("storageClassName"),
-            "volumeMode": spec.get("volumeMode", "Filesystem"),
-            "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
-            "claimRef": {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "namespace": meta["namespace"],
-                "name": meta["name"],
-                "uid": meta["uid"],
-            },
-            "nodeAffinity": {
-                "required": {
-                    "nodeSelectorTerms": [
-                        {
-                            "matchExpressions": [
-                                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node_name]}
-                            ]
-                        }
-                    ]
-                }
-            },
-        },
-    }
 
 
 class LocalPathProvisioner:
@@ -163,7 +129,8 @@ class LocalPathProvisioner:
         path = volume_dir(self.storage, claim)
         path.mkdir(parents=True, exist_ok=True)
         os.chmod(path, 0o777)  # as local-path's helper does; the owner stays root
-        pv = persistent_volume(claim, self.node_name, path, self._reclaim_policy(claim["spec"].get("storageClassName")))
+        reclaim = self._reclaim_policy(claim["spec"].get("storageClassName"))
+        pv = host_path_volume(claim, self.node_name, path, reclaim, {PROVISIONED_BY: PROVISIONER})
         try:
             self._api.create_persistent_volume(pv)
         except ApiException as exc:
