@@ -34,4 +34,8 @@ Secret values never go here: they come from environment variables on the machine
 # pynchy_overlay = "k3s"            # or "postgres"
 # pynchy_components = []            # e.g. ["slack-http"] for Slack's HTTP Events API
 # pynchy_image_builder = "auto"     # or "buildah", "nerdctl", "docker"
+# Base images from a mirror (or already in the builder's store on an air-gapped host):
+# pynchy_image_build_args = {"PYTHON_IMAGE": "mirror.example/library/python:3.11-slim-bookworm",
+#                            "UV_IMAGE": "mirror.example/astral-sh/uv:0.13.9"}
+# pynchy_install_k3s = False        # use the k3s you already run: no prerequisites, no k3s install
 # pynchy_secret_files = {"PYNCHY_ANTHROPIC_API_KEY": "~/.config/pynchy/anthropic-key"}

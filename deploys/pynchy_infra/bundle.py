@@ -6,7 +6,9 @@ uploads nothing and the digests below name exactly what an image or an apply was
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import tarfile
 import tomllib
 from collections.abc import Iterable
@@ -56,14 +58,21 @@ def build_context() -> bytes:
     return tarball(collect(CONTEXT_INPUTS))
 
 
-def image_refs(built: bool = True) -> dict[str, str]:
+def image_refs(built: bool = True, build_args: dict[str, str] | None = None) -> dict[str, str]:
     """Image references for this checkout. Built images are tagged with the version and a digest
-    of their inputs, so a changed checkout rolls the pods; imported archives use the version."""
+    of their inputs (the files, and the build arguments when there are any), so a changed checkout
+    or base image rolls the pods; imported archives use the version."""
     version = project_version()
     refs = {}
     for image, name in IMAGE_NAMES.items():
-        tag = f"{version}-{digest(collect(IMAGE_INPUTS[image]))[:12]}" if built else version
-        refs[image] = f"{name}:{tag}"
+        if not built:
+            refs[image] = f"{name}:{version}"
+            continue
+        inputs = digest(collect(IMAGE_INPUTS[image]))
+        if build_args:
+            args = json.dumps(dict(sorted(build_args.items())))
+            inputs = hashlib.sha256(f"{inputs}\n{args}".encode()).hexdigest()
+        refs[image] = f"{name}:{version}-{inputs[:12]}"
     return refs
 
 

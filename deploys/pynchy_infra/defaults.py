@@ -21,6 +21,11 @@ K3S_SHA256: dict[str, dict[str, str]] = {
 
 DEFAULTS: dict[str, Any] = {
     # -- k3s -----------------------------------------------------------------------------------
+    # False: the host already runs k3s, installed and looked after by you (with its kernel modules,
+    # sysctls and packages). The install deploy then leaves the host prerequisites and k3s alone,
+    # waits for its API and only builds the images and applies Pynchy; the k3s_* keys below are
+    # unused. The deploy still calls `k3s ctr` and `k3s kubectl` on the host.
+    "pynchy_install_k3s": True,
     "k3s_version": K3S_VERSION,
     "k3s_sha256": K3S_SHA256,
     # Where the online install fetches from; {version} is URL-quoted ("+" becomes %2B).
@@ -42,6 +47,12 @@ DEFAULTS: dict[str, Any] = {
     # "auto" uses the first of buildah, nerdctl, docker found on the host (buildah is installed
     # when none is); or name one.
     "pynchy_image_builder": "auto",
+    # Build arguments for both Dockerfiles (--build-arg NAME=VALUE), e.g. base images from a mirror
+    # or already on the host (air-gapped hosts, registries you cannot reach):
+    # {"PYTHON_IMAGE": "mirror.example/library/python:3.11-slim-bookworm",
+    #  "UV_IMAGE": "mirror.example/astral-sh/uv:0.13.9"}. They are part of the image tags, so
+    # changing them rebuilds the images and rolls the pods. Not for secrets (they are in commands).
+    "pynchy_image_build_args": {},
     # Air-gapped: local image archives to import instead of building, e.g.
     # {"pynchy": "airgap/pynchy.tar", "agent": "airgap/pynchy-agent.tar"}, tagged with the refs
     # docs/install.md gives.

@@ -15,25 +15,41 @@ from deploys.pynchy_infra.k3s import local_sha256
 from deploys.pynchy_infra.ops import stamped
 from pyinfra import host
 from pyinfra.api import deploy, operation
-from pyinfra.api.exceptions import OperationError
+from pyinfra.api.exceptions import DeployError, OperationError
 from pyinfra.operations import files
 
 
-def build_commands(builder: str, dockerfile: str, context: str, ref: str, archive: str) -> list[str]:
+def build_commands(
+    builder: str, dockerfile: str, context: str, ref: str, archive: str, build_args: dict[str, str] | None = None
+) -> list[str]:
     """Build `ref` from `context` and save it as a docker-archive that containerd can import."""
     f, c, r, a = (shlex.quote(x) for x in (f"{context}/{dockerfile}", context, ref, archive))
+    args = "".join(f" --build-arg {shlex.quote(f'{k}={v}')}" for k, v in sorted((build_args or {}).items()))
     if builder == "buildah":
         return [
-            f"buildah build --layers -f {f} -t {r} {c}",
+            f"buildah build --layers -f {f}{args} -t {r} {c}",
             f"rm -f {a} && buildah push {r} docker-archive:{a}:{r}",
         ]
     # nerdctl (with its BuildKit) and docker share the build/save interface.
-    return [f"{builder} build -f {f} -t {r} {c}", f"{builder} save -o {a} {r}"]
+    return [f"{builder} build -f {f}{args} -t {r} {c}", f"{builder} save -o {a} {r}"]
+
+
+def build_args() -> dict[str, str]:
+    """pynchy_image_build_args, checked: names and values are strings."""
+    args = data("pynchy_image_build_args") or {}
+    if not isinstance(args, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in args.items()):
+        raise DeployError('pynchy_image_build_args: a dict of strings, e.g. {"PYTHON_IMAGE": "mirror/python:3.11"}')
+    return dict(args)
 
 
 @operation()
 def image_built(
-    ref: str, dockerfile: str, context_tar: str, work_dir: str, builder: str = "auto"
+    ref: str,
+    dockerfile: str,
+    context_tar: str,
+    work_dir: str,
+    builder: str = "auto",
+    build_args: dict[str, str] | None = None,
 ) -> Generator[Any, None, None]:
     """`ref` present in k3s's containerd, else built from the uploaded context and imported.
 
@@ -52,7 +68,7 @@ def image_built(
     archive = f"{work_dir}/image.tar"
     yield f"rm -rf {shlex.quote(context)} && mkdir -p {shlex.quote(context)}"
     yield f"tar -xf {shlex.quote(context_tar)} -C {shlex.quote(context)}"
-    yield from build_commands(chosen, dockerfile, context, ref, archive)
+    yield from build_commands(chosen, dockerfile, context, ref, archive, build_args)
     yield f"{CTR} images import {shlex.quote(archive)}"
     yield f"rm -rf {shlex.quote(context)} {shlex.quote(archive)}"
 
@@ -77,7 +93,8 @@ def images() -> dict[str, str]:
             )
         return refs
 
-    refs = bundle.image_refs(built=True)
+    args = build_args()
+    refs = bundle.image_refs(built=True, build_args=args)
     context_tar = f"{state_dir}/images/context.tar"
     files.put(name="Upload the build context", src=BytesIO(bundle.build_context()), dest=context_tar, mode="600")
     for image in ("pynchy", "agent"):
@@ -88,5 +105,6 @@ def images() -> dict[str, str]:
             context_tar=context_tar,
             work_dir=f"{state_dir}/images/{image}",
             builder=data("pynchy_image_builder"),
+            build_args=args,
         )
     return refs

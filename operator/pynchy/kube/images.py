@@ -255,13 +255,19 @@ def static_key(image: str, binary: Path) -> str:
 
 
 def _planned(
-    repo: Path, cache: _Cache, static: Mapping[str, Path], base_id: str | None, uv_id: str | None, uv: str
+    repo: Path,
+    cache: _Cache,
+    static: Mapping[str, Path],
+    base_id: str | None,
+    uv_id: str | None,
+    uv: str,
+    dockerfile_images: Sequence[str] = ("pynchy", "agent"),
 ) -> dict[str, BuiltImage] | None:
     """The images these inputs make, or None while a base image's ID is unknown."""
     if base_id is None or uv_id is None:
         return None
     out = {}
-    for image in ("pynchy", "agent"):
+    for image in dockerfile_images:
         key = image_key(input_digest(repo, image), base_id, uv_id, build_args(uv), DOCKERFILES[image])
         out[image] = BuiltImage(f"{IMAGE_NAMES[image]}:{key[:12]}", cache.archive(image, key))
     for image, binary in static.items():
@@ -275,10 +281,15 @@ def ensure_images(
     cache_dir: Path | None = None,
     pause_binary: Path | None = None,
     coredns_binary: Path | None = None,
+    dockerfile_images: Sequence[str] = ("pynchy", "agent"),
 ) -> dict[str, BuiltImage]:
     """The "pynchy" and "agent" images of the checkout at `repo` (and "pause", "coredns" from those
     static binaries), as archives in the cache: returned at once when their inputs are unchanged,
-    built otherwise."""
+    built otherwise. `dockerfile_images` narrows the Dockerfile builds (() for the static images
+    and the base images alone)."""
+    unknown = set(dockerfile_images) - set(DOCKERFILES)
+    if unknown:
+        raise ValueError(f"no Dockerfile for {sorted(unknown)}")
     cache = _Cache(cache_dir or default_cache_dir())
     static = {
         name: binary for name, binary in (("pause", pause_binary), ("coredns", coredns_binary)) if binary is not None
@@ -286,7 +297,13 @@ def ensure_images(
     uv = uv_version(repo)
     base_recipe, uv_recipe = _base_recipe(), _uv_recipe(uv)
     planned = _planned(
-        repo, cache, static, cache.read_state("base", base_recipe), cache.read_state("uv", uv_recipe), uv
+        repo,
+        cache,
+        static,
+        cache.read_state("base", base_recipe),
+        cache.read_state("uv", uv_recipe),
+        uv,
+        dockerfile_images,
     )
     if planned and all(b.archive.is_file() for b in planned.values()):
         log.debug("images cached", refs=[b.ref for b in planned.values()])
@@ -299,7 +316,7 @@ def ensure_images(
         _cleanup_stale_runroots(cache)
         base_id = _ensure_base(bh, cache, base_recipe)
         uv_id = _ensure_uv(bh, cache, uv_recipe, uv)
-        planned = _planned(repo, cache, static, base_id, uv_id, uv)
+        planned = _planned(repo, cache, static, base_id, uv_id, uv, dockerfile_images)
         assert planned is not None
         for image, built in planned.items():
             if built.archive.is_file():
@@ -322,6 +339,25 @@ def ensure_images(
             _prune(bh, cache, image, keep=built.archive)
         bh.run("rm", "--all")  # bud leaves the working containers of FROM-only stages (buildah 1.28)
         return planned
+
+
+def export_base_images(repo: Path, storage_root: Path, run_root: Path, cache_dir: Path | None = None) -> dict[str, str]:
+    """Copy the stand-in base images (built first if needed) into another buildah/podman storage, so
+    a builder using that storage can build the real Dockerfiles here; returns the build arguments
+    naming them (PYTHON_IMAGE, UV_IMAGE), the same ones ensure_images builds with."""
+    cache = _Cache(cache_dir or default_cache_dir())
+    uv = uv_version(repo)
+    args = build_args(uv)
+    with cache.locked():
+        _require_tools()
+        bh = _Buildah(cache)
+        _cleanup_stale_runroots(cache)
+        _ensure_base(bh, cache, _base_recipe())
+        _ensure_uv(bh, cache, _uv_recipe(uv), uv)
+        dest = f"containers-storage:[{STORAGE_DRIVER}@{storage_root}+{run_root}]"
+        for ref in args.values():
+            bh.run("push", "--quiet", ref, f"{dest}{ref}")
+    return args
 
 
 # -- buildah ------------------------------------------------------------------------------------------
