@@ -3,7 +3,6 @@ when run from the root; put the root on sys.path for these tests too."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -20,15 +19,9 @@ def repo_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     working tree during the run must not change image tags between a test's first and second run."""
     from deploys.pynchy_infra import bundle
 
-    snapshot = tmp_path_factory.mktemp("checkout")
-    for rel in sorted({*bundle.CONTEXT_INPUTS, "manifests"}):
-        src, dest = REPO / rel, snapshot / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, dest)
-    return snapshot
+    from infra.deploy_harness import copy_checkout
+
+    return copy_checkout(REPO, {*bundle.CONTEXT_INPUTS, "manifests"}, tmp_path_factory.mktemp("checkout"))
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -147,3 +148,16 @@ class FakeHostState:
             out[f"! (test -e {q} || test -L {q} )"] = stat_line(path, mode, 4096, kind="d")
         out.update(self.answers)
         return out
+
+
+def copy_checkout(repo: Path, paths: set[str], dest: Path) -> Path:
+    """Copy these files and folders of the checkout to `dest` (caches left out): what a deploy reads,
+    frozen, so others editing the working tree cannot change the image tags between two runs."""
+    for rel in sorted(paths):
+        src, target = repo / rel, dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, target)
+    return dest

@@ -10,14 +10,14 @@ import subprocess
 import sys
 import textwrap
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cluster.helpers import get, is_ready, wait_for
 from conftest import REPO, RUN_TOKEN_KEY
 from doubles.anthropic import ScriptedModel
-from pynchy.kube.controlplane import ControlPlane, KubectlError
+from pynchy.kube.controlplane import ControlPlane
 from pynchy.kube.images import BuiltImage
 from pynchy.kube.node.cleanup import CGROUP_ROOT
 from pynchy.kube.node.node import RealNode
@@ -134,7 +134,6 @@ class Install:
     overlay: Path
     agent_image: str
     gateway_url: str = ""
-    chat_state: dict[str, Path] = field(default_factory=dict)
 
     @property
     def plane(self) -> ControlPlane:
@@ -247,6 +246,3 @@ class Install:
             if f"pod{uid}" in folder and any(folder.endswith(cid) for cid in ids):
                 pids.update(int(p) for p in procs.read_text().split())
         return sorted(pids)
-
-    def kubectl_error(self, exc: KubectlError) -> str:
-        return f"{exc.stdout}\n{exc.stderr}"

@@ -38,6 +38,7 @@ import pytest
 
 from cluster.helpers import get, wait_for
 from conftest import REPO
+from infra.deploy_harness import copy_checkout
 from pynchy.kube.binaries import ensure_binaries, ensure_node_binaries
 from pynchy.kube.images import IMAGE_INPUTS, default_cache_dir, ensure_images, export_base_images
 from pynchy.kube.node.node import RealNode
@@ -161,14 +162,7 @@ def _snapshot(dest: Path) -> Path:
     """What the deploy reads from the checkout (its own code, the manifests, the image inputs),
     copied once: others editing the working tree must not change the tags between the two runs."""
     paths = {"deploys", "manifests", *(p for inputs in IMAGE_INPUTS.values() for p in inputs)}
-    for rel in sorted(paths):
-        src, target = REPO / rel, dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, target)
-    return dest
+    return copy_checkout(REPO, paths, dest)
 
 
 @dataclass

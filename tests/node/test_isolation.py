@@ -216,11 +216,12 @@ def test_network_policy_lets_an_agent_reach_the_gateway_and_dns_only(
     # Adding a CIDR and port to the Group opens exactly that destination.
     extra = f"network: {{egress: [{{cidr: {link}/32, ports: [{{port: {allowed.port}}}]}}]}}"
     installed.ready_group(ns, GROUP.format(name="fenced", extra=extra), "fenced")
-    policy = installed.get("networkpolicy", "pynchy-fenced", ns) or {}
     wait_for(
         lambda: any(
             any(t.get("ipBlock", {}).get("cidr") == f"{link}/32" for t in rule.get("to", []))
-            for rule in (installed.get("networkpolicy", "pynchy-fenced", ns) or policy)["spec"]["egress"]
+            for rule in (installed.get("networkpolicy", "pynchy-fenced", ns) or {"spec": {"egress": []}})["spec"][
+                "egress"
+            ]
         ),
         what="the Group's NetworkPolicy allows the CIDR",
     )

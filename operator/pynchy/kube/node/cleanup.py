@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pynchy.kube.node.network import STATE_ROOT, NodeNetwork, destroy, pid_alive
@@ -35,7 +35,6 @@ class NodeState:
     network: NodeNetwork
     data_dir: str
     cgroup: str  # the kubelet's cgroupRoot, "/pynchy-<id>", in every v1 hierarchy
-    extra: dict[str, str] = field(default_factory=dict)
 
     def save(self) -> None:
         self.network.state_file().write_text(json.dumps(asdict(self)))
@@ -43,7 +42,7 @@ class NodeState:
     @classmethod
     def load(cls, path: Path) -> NodeState:
         raw = json.loads(path.read_text())
-        return cls(NodeNetwork(**raw["network"]), raw["data_dir"], raw["cgroup"], raw.get("extra") or {})
+        return cls(NodeNetwork(**raw["network"]), raw["data_dir"], raw["cgroup"])
 
 
 def cgroup_dirs(name: str) -> list[Path]:

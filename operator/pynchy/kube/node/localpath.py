@@ -60,8 +60,6 @@ class LocalPathProvisioner:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self.provisioned: list[str] = []
-        self.deleted: list[str] = []
 
     def start(self) -> LocalPathProvisioner:
         self.storage.mkdir(parents=True, exist_ok=True)
@@ -136,7 +134,6 @@ class LocalPathProvisioner:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-        self.provisioned.append(pv["metadata"]["name"])
         log.info("provisioned volume", pv=pv["metadata"]["name"], claim=claim["metadata"]["name"], path=str(path))
 
     def _delete(self, volume: dict[str, Any]) -> None:
@@ -148,5 +145,4 @@ class LocalPathProvisioner:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-        self.deleted.append(volume["metadata"]["name"])
         log.info("deleted released volume", pv=volume["metadata"]["name"])

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from pynchy.kube.controlplane import SERVICE_CIDR, ControlPlane, ControlPlaneError, KubectlError
+from pynchy.kube.controlplane import SERVICE_CIDR, ControlPlane, KubectlError
 from pynchy.kube.images import BuiltImage, import_images
 from pynchy.kube.node import cleanup, network
 from pynchy.kube.node.config import (
@@ -361,6 +361,3 @@ class RealNode:
             self.plane.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(objects))
         except KubectlError as exc:
             raise NodeError(f"applying the node's objects failed: {exc}") from exc
-
-
-__all__ = ["ControlPlaneError", "NodeError", "RealNode", "missing_prerequisites"]
