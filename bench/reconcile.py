@@ -25,9 +25,9 @@ from install import install, operator_process_env  # noqa: E402
 
 from cluster.helpers import AuditWindow  # noqa: E402
 from conftest import OPERATOR_USER  # noqa: E402
+from pynchy.kube.api import KubeApi  # noqa: E402
 from pynchy.kube.binaries import ensure_binaries  # noqa: E402
 from pynchy.kube.controlplane import ControlPlane  # noqa: E402
-from pynchy.operator.kubeapi import KubeApi  # noqa: E402
 
 
 def ready_count(plane: ControlPlane, namespace: str) -> int:

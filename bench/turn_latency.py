@@ -76,7 +76,7 @@ from pynchy.chat.client import ChatClient, ChatError, Deadline  # noqa: E402
 from pynchy.chat.config import ChatConfig  # noqa: E402
 from pynchy.chat.protocol import ChatMessage, is_final  # noqa: E402
 from pynchy.devnode import DevNode  # noqa: E402
-from pynchy.gateway.run import EmbeddedGateway  # noqa: E402
+from pynchy.gateway.main import EmbeddedGateway  # noqa: E402
 from pynchy.kube.binaries import ensure_binaries, ensure_node_binaries  # noqa: E402
 from pynchy.kube.controlplane import ControlPlane  # noqa: E402
 from pynchy.kube.images import ensure_images  # noqa: E402

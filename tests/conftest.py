@@ -92,7 +92,7 @@ def gateway_kubeconfig(control_plane: ControlPlane) -> Path:
 
 def make_gateway(kubeconfig: Path, data_dir: Path, upstream: str, api_key: str | None, **overrides: object) -> object:
     """An (unstarted) in-process gateway on a free loopback port with its own SQLite store."""
-    from pynchy.gateway.run import EmbeddedGateway
+    from pynchy.gateway.main import EmbeddedGateway
 
     settings: dict[str, object] = {
         "run_token_key": RUN_TOKEN_KEY,

@@ -39,7 +39,7 @@ from pynchy.chat.protocol import (
 from pynchy.chat.render import Style, TurnPrinter, message_block, tool_summary
 from pynchy.chat.state import MAX_SHOWN, StateFile, state_dir
 from pynchy.gateway.channels.local import TurnFeed, final_event
-from pynchy.gateway.turns import TurnWatch
+from pynchy.gateway.turnhub import TurnWatch
 from pynchy.store.models import TurnRow
 
 URL = "http://127.0.0.1:8420"

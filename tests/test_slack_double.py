@@ -26,7 +26,7 @@ from pynchy.gateway.slack.errors import to_delivery_error
 from pynchy.gateway.slack.inbound import dedupe_key
 from pynchy.gateway.slack.replies import ERROR_PREFIX
 from pynchy.gateway.slack.stream import PLACEHOLDER
-from pynchy.gateway.turns import TurnWatch
+from pynchy.gateway.turnhub import TurnWatch
 from pynchy.store import messages, outbound
 from pynchy.store import turns as turn_store
 from pynchy.store.models import OutboundRow, TurnRow

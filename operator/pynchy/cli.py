@@ -94,7 +94,7 @@ def operator_cmd() -> None:
 @main.command("gateway")
 def gateway_cmd() -> None:
     """Run the gateway: run API and model proxy for agent pods (settings from PYNCHY_* variables)."""
-    from pynchy.gateway.run import run_forever
+    from pynchy.gateway.main import run_forever
 
     run_forever()
 

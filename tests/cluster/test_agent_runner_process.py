@@ -27,10 +27,10 @@ import pytest
 from cluster.helpers import get, wait_for
 from conftest import RUN_TOKEN_KEY, make_gateway
 from doubles.anthropic import ScriptedModel, Usage, tool_use
+from pynchy.gateway.agentruns import run_over
 from pynchy.gateway.app import Gateway
-from pynchy.gateway.run import EmbeddedGateway
-from pynchy.gateway.runs import run_over
-from pynchy.gateway.turns import TurnWatch
+from pynchy.gateway.main import EmbeddedGateway
+from pynchy.gateway.turnhub import TurnWatch
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.runtoken import RunClaims, issue
 from pynchy.store import outbound, records

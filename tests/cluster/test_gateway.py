@@ -13,7 +13,7 @@ import pytest
 
 from cluster.helpers import get, wait_for
 from conftest import RUN_TOKEN_KEY, make_gateway
-from pynchy.gateway.run import EmbeddedGateway
+from pynchy.gateway.main import EmbeddedGateway
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.runtoken import RunClaims, issue
 from pynchy.store import outbound, records

@@ -14,7 +14,7 @@ from cluster.helpers import get, wait_for
 from cluster.test_gateway import agent, finish_turn, make_run, token_for, wait_gateway_sees
 from conftest import make_gateway
 from pynchy.gateway.channels.base import Inbound, Outcome
-from pynchy.gateway.run import EmbeddedGateway
+from pynchy.gateway.main import EmbeddedGateway
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.store import outbound, records
 from pynchy.store import turns as turn_store

@@ -18,7 +18,7 @@ import pytest
 from cluster.helpers import wait_for
 from cluster.test_gateway import agent, finish_turn, make_run, token_for, wait_gateway_sees
 from conftest import make_gateway
-from pynchy.gateway.run import EmbeddedGateway
+from pynchy.gateway.main import EmbeddedGateway
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.store import outbound
 from pynchy.store import turns as turn_store

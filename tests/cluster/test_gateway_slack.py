@@ -15,7 +15,7 @@ from cluster.helpers import wait_for
 from cluster.test_gateway import agent, make_run, token_for, wait_gateway_sees
 from conftest import make_gateway
 from doubles.slack import BOT_TOKEN, BOT_USER, OWNER, SIGNING_SECRET, SlackDouble, post_event
-from pynchy.gateway.run import EmbeddedGateway
+from pynchy.gateway.main import EmbeddedGateway
 from pynchy.gateway.slack.replies import ERROR_PREFIX
 from pynchy.gateway.slack.stream import PLACEHOLDER
 from pynchy.kube.controlplane import ControlPlane

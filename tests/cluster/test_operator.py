@@ -374,7 +374,7 @@ def test_a_spec_the_models_reject_becomes_a_condition_not_a_crash(
     """An object stored under an older schema (here: edited in memory) gets Accepted=False InvalidSpec."""
     import asyncio
 
-    from pynchy.operator.kubeapi import KubeApi, load_client
+    from pynchy.kube.api import KubeApi, load_client
     from pynchy.operator.reconcile_group import reconcile_group
     from pynchy.operator.settings import OperatorSettings
 

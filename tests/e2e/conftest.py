@@ -14,7 +14,7 @@ import pytest
 from conftest import RUN_TOKEN_KEY, make_gateway
 from doubles.anthropic import ScriptedModel
 from pynchy.devnode import DevNode
-from pynchy.gateway.run import EmbeddedGateway
+from pynchy.gateway.main import EmbeddedGateway
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.operator.run import EmbeddedOperator
 

@@ -19,8 +19,8 @@ import aiohttp
 import kubernetes
 from kubernetes.client import Configuration
 
+from pynchy.kube.api import KubeError
 from pynchy.logs import get_logger
-from pynchy.operator.kubeapi import KubeError
 
 log = get_logger(__name__)
 

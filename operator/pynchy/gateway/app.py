@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from kubernetes.client import ApiClient
 
+from pynchy.gateway.agentruns import Runs, failed_at_start, run_over, serves_group_turns
 from pynchy.gateway.channels.base import Accepted, Channel, Inbound
 from pynchy.gateway.commands import HELP, Command
 from pynchy.gateway.db import Db
@@ -20,14 +21,13 @@ from pynchy.gateway.proxy import ModelProxy
 from pynchy.gateway.replies import fail_turns, finish_turn
 from pynchy.gateway.routing import Directory, GroupEntry
 from pynchy.gateway.runapi import RunApi
-from pynchy.gateway.runs import Runs, failed_at_start, run_over, serves_group_turns
 from pynchy.gateway.settings import GatewaySettings
 from pynchy.gateway.stats import StatsReporter
 from pynchy.gateway.tools import Tools
-from pynchy.gateway.turns import TurnHub, TurnWatch
+from pynchy.gateway.turnhub import TurnHub, TurnWatch
+from pynchy.kube.api import KubeApi
 from pynchy.kube.informer import Informer
 from pynchy.logs import get_logger
-from pynchy.operator.kubeapi import KubeApi
 from pynchy.store import outbound, records
 from pynchy.store import turns as turn_store
 from pynchy.store.models import TurnRow

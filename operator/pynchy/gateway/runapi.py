@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from pynchy.api.validation import format_errors
-from pynchy.gateway.runs import config_current, run_over, serves_group_turns
+from pynchy.gateway.agentruns import config_current, run_over, serves_group_turns
 from pynchy.gateway.tools import Caller, ToolError
 from pynchy.gateway.usage import ModelUsage
 from pynchy.logs import get_logger

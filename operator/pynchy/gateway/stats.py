@@ -6,8 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from pynchy.kube.api import KubeApi, KubeError
 from pynchy.logs import get_logger
-from pynchy.operator.kubeapi import KubeApi, KubeError
 from pynchy_agent.protocol import UsageReport
 
 log = get_logger(__name__)

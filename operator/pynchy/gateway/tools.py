@@ -12,9 +12,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from pynchy.api.validation import format_errors
+from pynchy.gateway.agentruns import API_VERSION, Runs
 from pynchy.gateway.db import Db
-from pynchy.gateway.runs import API_VERSION, Runs
-from pynchy.operator.kubeapi import KubeApi, KubeError
+from pynchy.kube.api import KubeApi, KubeError
 from pynchy.store import records
 from pynchy_agent.protocol import (
     TOOLS,

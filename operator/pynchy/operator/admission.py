@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pynchy.operator.build.common import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY
 
 if TYPE_CHECKING:
-    from pynchy.operator.kubeapi import KubeApi
+    from pynchy.kube.api import KubeApi
 
 RunKey = tuple[str, str]  # (namespace, AgentRun name)
 FINISHED_PHASES = frozenset({"Succeeded", "Failed", "TimedOut"})

@@ -13,8 +13,8 @@ from typing import Any
 from pynchy.api.base import ConfigMapKeySelector
 from pynchy.api.group import TextSource
 from pynchy.api.resources import Group, Workspace
+from pynchy.kube.api import KubeApi
 from pynchy.operator.build.group import GroupInputs
-from pynchy.operator.kubeapi import KubeApi
 from pynchy.operator.settings import OperatorSettings
 
 Ref = tuple[str, str, str]  # (kind, namespace, name)

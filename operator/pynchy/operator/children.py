@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pynchy.kube.api import KubeApi
 from pynchy.logs import get_logger
 from pynchy.operator.diff import up_to_date
-from pynchy.operator.kubeapi import KubeApi
 
 log = get_logger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pynchy.operator.kubeapi import KubeApi
+from pynchy.kube.api import KubeApi
 
 DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 

@@ -8,11 +8,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from pynchy.kube.api import KubeApi, KubeError
 from pynchy.logs import get_logger
 from pynchy.operator.admission import RunIndex, RunKey
 from pynchy.operator.build.common import LABEL_GROUP, LABEL_MANAGED_BY, LABEL_WORKSPACE, MANAGED_BY
 from pynchy.operator.checks import Ref
-from pynchy.operator.kubeapi import KubeApi, KubeError
 from pynchy.operator.reconcile_agentrun import RunReconciler
 from pynchy.operator.reconcile_group import reconcile_group
 from pynchy.operator.reconcile_scheduledtask import TaskReconciler, utc_now

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from pynchy.operator.kubeapi import KubeApi
+from pynchy.kube.api import KubeApi
 
 COMPONENT = "pynchy-operator"
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import kopf
 
+from pynchy.kube.api import KubeApi, load_client
 from pynchy.logs import get_logger
 from pynchy.operator.admission import AGENT_POD_SELECTOR
 from pynchy.operator.build.common import LABEL_MANAGED_BY, MANAGED_BY
 from pynchy.operator.controller import Controller
-from pynchy.operator.kubeapi import KubeApi, load_client
 from pynchy.operator.settings import OperatorSettings
 from pynchy.settings import load
 

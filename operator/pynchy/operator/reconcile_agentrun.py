@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from pynchy.api.resources import AgentRun, Group, Workspace
 from pynchy.api.validation import format_errors
+from pynchy.kube.api import KubeApi, KubeError
 from pynchy.logs import get_logger
 from pynchy.operator.admission import FINISHED_PHASES, RunIndex, run_view
 from pynchy.operator.build.agentrun import RunInputs, agent_pod, parse_time, token_secret
@@ -31,7 +32,6 @@ from pynchy.operator.build.common import (
 from pynchy.operator.conditions import Cond, condition, merge_conditions, now_rfc3339
 from pynchy.operator.diff import up_to_date
 from pynchy.operator.events import record_event
-from pynchy.operator.kubeapi import KubeApi, KubeError
 from pynchy.operator.settings import OperatorSettings
 from pynchy.operator.status import publish
 

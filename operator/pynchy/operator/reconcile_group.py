@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pynchy.api.resources import Group
+from pynchy.kube.api import KubeApi
 from pynchy.operator.build.common import (
     LABEL_GROUP,
     LABEL_MANAGED_BY,
@@ -20,7 +21,6 @@ from pynchy.operator.build.group import group_children
 from pynchy.operator.checks import CheckResult, check_group
 from pynchy.operator.claims import claim_usable
 from pynchy.operator.conditions import Cond, condition
-from pynchy.operator.kubeapi import KubeApi
 from pynchy.operator.settings import OperatorSettings
 from pynchy.operator.status import (
     NOT_ACCEPTED,

@@ -29,13 +29,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from pynchy.api.resources import ScheduledTask
+from pynchy.kube.api import KubeApi, KubeError
 from pynchy.logs import get_logger
 from pynchy.operator.admission import FINISHED_PHASES
 from pynchy.operator.build.common import LABEL_SCHEDULED_TASK, parse_timestamp, timestamp
 from pynchy.operator.build.scheduledtask import scheduled_run
 from pynchy.operator.conditions import Cond
 from pynchy.operator.events import record_event
-from pynchy.operator.kubeapi import KubeApi, KubeError
 from pynchy.operator.settings import OperatorSettings
 from pynchy.operator.status import NOT_ACCEPTED, invalid_spec_fields, publish, status_fields
 from pynchy.schedule import Decision, Done, Fire, Invalid, Missed, Skip, Suspended, TaskState, decide, run_name

@@ -7,12 +7,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from pynchy.api.resources import Workspace
+from pynchy.kube.api import KubeApi
 from pynchy.operator.build.common import LABEL_MANAGED_BY, LABEL_WORKSPACE, MANAGED_BY, workspace_claim_name
 from pynchy.operator.build.workspace import workspace_children
 from pynchy.operator.checks import CheckResult, check_workspace
 from pynchy.operator.claims import claim_usable
 from pynchy.operator.conditions import Cond
-from pynchy.operator.kubeapi import KubeApi
 from pynchy.operator.status import (
     NOT_ACCEPTED,
     acceptance,

@@ -7,11 +7,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from pynchy.api.validation import format_errors
+from pynchy.kube.api import KubeApi, KubeError
 from pynchy.operator.checks import CheckResult, Problem
 from pynchy.operator.children import sync_children
 from pynchy.operator.conditions import Cond, condition, merge_conditions
 from pynchy.operator.events import record_event
-from pynchy.operator.kubeapi import KubeApi, KubeError
 
 
 def acceptance(problems: list[Problem]) -> Cond:

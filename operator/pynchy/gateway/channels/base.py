@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from pynchy.gateway.turns import TurnWatch
+    from pynchy.gateway.turnhub import TurnWatch
     from pynchy.store.models import OutboundRow, TurnRow
 
 ChannelKind = Literal["slack", "local"]

@@ -58,7 +58,7 @@ from pynchy_agent.protocol import TurnFailed, TurnResult
 
 if TYPE_CHECKING:
     from pynchy.gateway.app import Gateway
-    from pynchy.gateway.turns import TurnWatch
+    from pynchy.gateway.turnhub import TurnWatch
 
 log = get_logger(__name__)
 

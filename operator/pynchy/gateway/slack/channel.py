@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from pynchy.gateway.db import Db
-    from pynchy.gateway.turns import TurnWatch
+    from pynchy.gateway.turnhub import TurnWatch
     from pynchy.store.models import OutboundRow, TurnRow
 
 log = get_logger(__name__)

@@ -25,7 +25,7 @@ from pynchy_agent.protocol import TextDelta, ToolUse, TurnFailed, TurnResult
 
 if TYPE_CHECKING:
     from pynchy.gateway.db import Db
-    from pynchy.gateway.turns import TurnWatch
+    from pynchy.gateway.turnhub import TurnWatch
     from pynchy.store.models import OutboundRow, TurnRow
 
 log = get_logger(__name__)

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pynchy.kube.api import KubeApi
 from pynchy.kube.informer import Informer
 from pynchy.logs import get_logger
-from pynchy.operator.kubeapi import KubeApi
 
 log = get_logger(__name__)
 API_VERSION = "pynchy.dev/v1alpha1"

@@ -14,7 +14,7 @@ from kubernetes.config import new_client_from_config
 
 from pynchy.gateway.app import Gateway
 from pynchy.gateway.settings import GatewaySettings
-from pynchy.operator.kubeapi import load_client
+from pynchy.kube.api import load_client
 from pynchy.settings import load
 
 T = TypeVar("T")
