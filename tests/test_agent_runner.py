@@ -109,7 +109,7 @@ def write_config(folder: Path, agent: dict[str, Any], **files: str) -> Path:
 
 @pytest.mark.parametrize("golden", ["group-slack", "group-admin", "group-local"])
 def test_the_runner_reads_the_agent_json_the_operator_writes(golden: str) -> None:
-    docs = list(yaml.safe_load_all((REPO / "tests" / "golden" / f"{golden}.children.yaml").read_text()))
+    docs = list(yaml.safe_load_all((REPO / "tests" / "golden" / "cases" / f"{golden}.children.yaml").read_text()))
     (config_map,) = [d for d in docs if d and d.get("kind") == "ConfigMap"]
     agent = load_agent(json.loads(config_map["data"]["agent.json"]))
     raw = json.loads(config_map["data"]["agent.json"])

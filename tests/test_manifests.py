@@ -381,7 +381,7 @@ def test_names_and_labels_agree_with_the_operator() -> None:
     assert gateway["metadata"]["namespace"] == defaults.gateway_namespace
 
     # The gateway admits what the operator's agent pods carry (labels from a golden AgentRun pod).
-    golden = yaml.safe_load_all((REPO / "tests" / "golden" / "agentrun-minimal.children.yaml").read_text())
+    golden = yaml.safe_load_all((REPO / "tests" / "golden" / "cases" / "agentrun-minimal.children.yaml").read_text())
     pod = next(d for d in golden if d and d["kind"] == "Pod")
     policy = rendered[("NetworkPolicy", "pynchy-gateway")]
     (rule,) = policy["spec"]["ingress"]

@@ -17,7 +17,7 @@ from pynchy.operator.build.common import (
     group_sa_name,
     group_state_claim_name,
 )
-from pynchy.operator.build.group import group_children
+from pynchy.operator.build.group import OWNED_KINDS, group_children
 from pynchy.operator.checks import CheckResult, check_group
 from pynchy.operator.claims import claim_usable
 from pynchy.operator.conditions import Cond, condition
@@ -30,8 +30,6 @@ from pynchy.operator.status import (
     status_fields,
     sync_or_refusal,
 )
-
-CHILD_KINDS = ("ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "NetworkPolicy")
 
 
 async def reconcile_group(api: KubeApi, raw: dict[str, Any], settings: OperatorSettings) -> CheckResult:
@@ -48,7 +46,7 @@ async def reconcile_group(api: KubeApi, raw: dict[str, Any], settings: OperatorS
     if accepted.status:
         selector = {LABEL_GROUP: name, LABEL_MANAGED_BY: MANAGED_BY}
         live, refusal = await sync_or_refusal(
-            api, raw, selector, CHILD_KINDS, group_children(g, raw, checks.inputs, settings)
+            api, raw, selector, OWNED_KINDS, group_children(g, raw, checks.inputs, settings)
         )
         if live is None:
             ready = refusal or NOT_ACCEPTED

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from pynchy.api.resources import Workspace
 from pynchy.kube.api import KubeApi
 from pynchy.operator.build.common import LABEL_MANAGED_BY, LABEL_WORKSPACE, MANAGED_BY, workspace_claim_name
-from pynchy.operator.build.workspace import workspace_children
+from pynchy.operator.build.workspace import OWNED_KINDS, workspace_children
 from pynchy.operator.checks import CheckResult, check_workspace
 from pynchy.operator.claims import claim_usable
 from pynchy.operator.conditions import Cond
@@ -36,9 +36,7 @@ async def reconcile_workspace(api: KubeApi, raw: dict[str, Any]) -> CheckResult:
     fields: dict[str, Any] = {}
     if accepted.status:
         selector = {LABEL_WORKSPACE: meta["name"], LABEL_MANAGED_BY: MANAGED_BY}
-        live, refusal = await sync_or_refusal(
-            api, raw, selector, ("PersistentVolumeClaim",), workspace_children(ws, raw)
-        )
+        live, refusal = await sync_or_refusal(api, raw, selector, OWNED_KINDS, workspace_children(ws, raw))
         if live is None:
             ready = refusal or NOT_ACCEPTED
         else:

@@ -31,6 +31,10 @@ from pynchy.operator.build.common import (
 from pynchy.operator.settings import OperatorSettings
 from pynchy.runtoken import GRACE_SECONDS, RunClaims, issue
 
+# Every kind agentrun_children emits. Nothing lists or prunes them: the run controls both, so they
+# go with it (garbage collection), and the pod is never replaced.
+OWNED_KINDS: tuple[str, ...] = ("Secret", "Pod")
+
 # Paths inside the agent container (the runner reads them from the environment).
 WORKSPACE_DIR = "/workspace"
 HOME_DIR = "/home/agent"

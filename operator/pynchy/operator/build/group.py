@@ -23,6 +23,9 @@ from pynchy.operator.build.common import (
 from pynchy.operator.settings import OperatorSettings
 
 DIRECTIVE_SEPARATOR = "\n\n---\n\n"
+# Every kind group_children emits. The Group reconciler lists these (and prunes what it controls
+# and no longer wants) by this tuple, so a kind added here is also pruned.
+OWNED_KINDS: tuple[str, ...] = ("ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "NetworkPolicy")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ from pynchy.api.resources import ScheduledTask
 from pynchy.operator.build.common import LABEL_GROUP, LABEL_SCHEDULED_TASK, owner_reference, timestamp
 from pynchy.schedule import run_name
 
+# The kind scheduled_run emits; the task deletes its own runs (history limits), by name.
+OWNED_KINDS: tuple[str, ...] = ("AgentRun",)
+
 
 def scheduled_run(task: ScheduledTask, raw: dict[str, Any], scheduled_time: dt.datetime) -> dict[str, Any]:
     """The AgentRun for the firing of ``task`` due at ``scheduled_time``.

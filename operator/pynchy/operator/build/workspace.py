@@ -7,6 +7,9 @@ from typing import Any
 from pynchy.api.resources import Workspace
 from pynchy.operator.build.common import LABEL_WORKSPACE, base_labels, volume_claim, workspace_claim_name
 
+# Every kind workspace_children emits; the Workspace reconciler lists and prunes by this tuple.
+OWNED_KINDS: tuple[str, ...] = ("PersistentVolumeClaim",)
+
 
 def workspace_claim(ws: Workspace, raw: dict[str, Any]) -> dict[str, Any]:
     """The workspace PVC. With deletionPolicy Retain it has no owner, so deleting the Workspace keeps it."""
