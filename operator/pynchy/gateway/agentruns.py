@@ -1,14 +1,20 @@
-"""What the gateway knows about Groups and AgentRuns, from watch caches; and starting runs."""
+"""What the gateway knows about AgentRuns: each one parsed once, as the watch delivers it, into a
+`RunEntry`; the runs of a Group; and starting the run that answers a Group's queued turns."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
+from pynchy.aio import KeyedLocks
+from pynchy.api.agentrun import AgentRunSpec
+from pynchy.errors import NotFoundError
+from pynchy.gateway.routing import Directory
 from pynchy.kube.api import KubeApi
-from pynchy.kube.informer import Informer
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
@@ -16,35 +22,112 @@ API_VERSION = "pynchy.dev/v1alpha1"
 FINISHED = {"Succeeded", "Failed", "TimedOut"}
 # A run created by us is "live" until the watch shows it, for at most this long.
 CREATE_VISIBILITY_SECONDS = 30.0
+RunKey = tuple[str, str]  # (namespace, name)
 
 
-def run_over(run: dict[str, Any]) -> bool:
-    status = run.get("status") or {}
-    return bool(run["metadata"].get("deletionTimestamp")) or status.get("phase") in FINISHED
+@dataclass(frozen=True)
+class RunEntry:
+    """One AgentRun as the gateway uses it: its spec validated, the status fields it reads."""
+
+    namespace: str
+    name: str
+    uid: str
+    created: datetime
+    deleting: bool
+    spec: AgentRunSpec
+    phase: str | None = None
+    pod_name: str | None = None
+    message: str | None = None
+    turns_served: int = 0
+    config_current: bool = True  # the ConfigCurrent condition is not False
+    status: dict[str, Any] | None = None  # as written; seeds the gateway's per-run counters
+
+    @property
+    def key(self) -> RunKey:
+        return (self.namespace, self.name)
+
+    @property
+    def group(self) -> str:
+        return self.spec.group_ref.name
+
+    @property
+    def over(self) -> bool:
+        return self.deleting or self.phase in FINISHED
+
+    @property
+    def serves_group_turns(self) -> bool:
+        """Runs that continue the Group's conversation take its queued messages; runs with their own
+        prompt (schedules, manual runs) answer that prompt only."""
+        return self.spec.context_mode == "group" and not self.spec.prompt
+
+    @property
+    def failed_at_start(self) -> bool:
+        """A run for the Group's turns that failed without serving one (its pod never got going)."""
+        return self.serves_group_turns and self.phase == "Failed" and not self.turns_served
+
+    @property
+    def prompt_source(self) -> str:
+        """The turn source of the run's own prompt."""
+        return "schedule" if self.spec.trigger.kind == "Schedule" else "manual"
 
 
-def config_current(run: dict[str, Any]) -> bool:
-    for c in (run.get("status") or {}).get("conditions") or []:
+def parse_run(obj: dict[str, Any]) -> RunEntry:
+    """An AgentRun object → RunEntry. Raises pydantic's ValidationError on a spec the CRD should
+    not have admitted."""
+    meta = obj["metadata"]
+    status = obj.get("status") or {}
+    current = True
+    for c in status.get("conditions") or []:
         if c.get("type") == "ConfigCurrent":
-            return c.get("status") != "False"
-    return True
+            current = c.get("status") != "False"
+    created = meta.get("creationTimestamp")
+    return RunEntry(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        created=datetime.fromisoformat(created) if created else datetime.min.replace(tzinfo=UTC),
+        deleting=bool(meta.get("deletionTimestamp")),
+        spec=AgentRunSpec.model_validate(obj.get("spec") or {}),
+        phase=status.get("phase"),
+        pod_name=status.get("podName"),
+        message=status.get("message"),
+        turns_served=int(status.get("turnsServed") or 0),
+        config_current=current,
+        status=dict(status),
+    )
 
 
-def serves_group_turns(run: dict[str, Any]) -> bool:
-    """Runs that continue the Group's conversation take its queued messages; runs with their own
-    prompt (schedules, manual runs) answer that prompt only."""
-    spec = run.get("spec") or {}
-    return spec.get("contextMode", "group") == "group" and not spec.get("prompt")
+class RunIndex:
+    """AgentRuns by key and by Group, kept current by the AgentRun informer's events."""
 
+    def __init__(self) -> None:
+        self._runs: dict[RunKey, RunEntry] = {}
 
-def failed_at_start(run: dict[str, Any]) -> bool:
-    """A run for the Group's turns that failed without serving one (its pod never got going)."""
-    status = run.get("status") or {}
-    return serves_group_turns(run) and status.get("phase") == "Failed" and not status.get("turnsServed")
+    def on_event(self, kind: str, obj: dict[str, Any]) -> RunEntry | None:
+        """Apply a watch event; returns the parsed run (None when its spec is invalid)."""
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        try:
+            entry = parse_run(obj)
+        except ValidationError as exc:
+            # The CRD's schema makes this rare; the operator reports it on the run.
+            log.warning("agent run spec invalid; ignored", namespace=key[0], run=key[1], errors=exc.error_count())
+            self._runs.pop(key, None)
+            return None
+        if kind == "DELETED":
+            self._runs.pop(key, None)
+        else:
+            self._runs[key] = entry
+        return entry
 
+    def get(self, namespace: str, name: str) -> RunEntry | None:
+        return self._runs.get((namespace, name))
 
-def _group_of(run: dict[str, Any]) -> str | None:
-    return (run.get("spec") or {}).get("groupRef", {}).get("name")
+    def of_group(self, namespace: str, group: str) -> list[RunEntry]:
+        return [r for r in self._runs.values() if r.namespace == namespace and r.group == group]
+
+    def __len__(self) -> int:
+        return len(self._runs)
 
 
 def message_run(namespace: str, group: str, name: str, group_uid: str) -> dict[str, Any]:
@@ -68,66 +151,70 @@ def run_name_for(group: str, now: float) -> str:
     return f"{group}-{int(now * 1000):x}"
 
 
-class Runs:
-    def __init__(self, api: KubeApi, groups: Informer, runs: Informer) -> None:
+class AgentRuns:
+    """The runs the gateway can see, and the one run per Group that takes its queued turns."""
+
+    def __init__(self, api: KubeApi, directory: Directory, index: RunIndex) -> None:
         self.api = api
-        self.groups = groups
-        self.runs = runs
+        self.directory = directory
+        self.index = index
         self._created: dict[tuple[str, str], tuple[str, float]] = {}  # (ns, group) -> (run, when)
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self.on_run_over: Callable[[dict[str, Any]], None] | None = None
+        self._locks: KeyedLocks[tuple[str, str]] = KeyedLocks()
 
-    def group(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.groups.get(namespace, name)
+    def run(self, namespace: str, name: str) -> RunEntry | None:
+        return self.index.get(namespace, name)
 
-    def run(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.runs.get(namespace, name)
+    async def fetch(self, namespace: str, name: str) -> RunEntry | None:
+        """The run from the watch cache, or from the API server when the watch has not shown it yet
+        (it may lag a create by milliseconds)."""
+        entry = self.index.get(namespace, name)
+        if entry is not None:
+            return entry
+        obj = await self.api.get("AgentRun", namespace, name)
+        if obj is None:
+            return None
+        try:
+            return parse_run(obj)
+        except ValidationError:
+            return None
 
-    def group_runs(self, namespace: str, group: str) -> list[dict[str, Any]]:
-        return [
-            r
-            for r in self.runs.items()
-            if r["metadata"]["namespace"] == namespace
-            and (r.get("spec") or {}).get("groupRef", {}).get("name") == group
-        ]
+    def group_runs(self, namespace: str, group: str) -> list[RunEntry]:
+        return self.index.of_group(namespace, group)
+
+    def forget(self, namespace: str, group: str) -> None:
+        """The Group is gone: drop what was remembered of the run created for it."""
+        self._created.pop((namespace, group), None)
 
     def serving_run(self, namespace: str, group: str) -> str | None:
         """A live run that takes the Group's queued turns (pending counts: it will start)."""
         for r in self.group_runs(namespace, group):
-            if not run_over(r) and config_current(r) and serves_group_turns(r):
-                return str(r["metadata"]["name"])
+            if not r.over and r.config_current and r.serves_group_turns:
+                return r.name
         created = self._created.get((namespace, group))
         if created and time.monotonic() - created[1] < CREATE_VISIBILITY_SECONDS:
             seen = self.run(namespace, created[0])
-            if seen is None or not run_over(seen):
+            if seen is None or not seen.over:
                 return created[0]
         return None
 
     def prompt_run_waiting(self, namespace: str, group: str, besides: str) -> bool:
         """Is a run with its own prompt (a schedule) waiting for the Group's active run to end?"""
-        for r in self.group_runs(namespace, group):
-            status = r.get("status") or {}
-            if (
-                r["metadata"]["name"] != besides
-                and not run_over(r)
-                and (r.get("spec") or {}).get("prompt")
-                and not status.get("podName")
-            ):
-                return True
-        return False
+        return any(
+            r.name != besides and not r.over and r.spec.prompt and not r.pod_name
+            for r in self.group_runs(namespace, group)
+        )
 
     async def ensure_run(self, namespace: str, group: str) -> str:
         """The run that will answer the Group's queued turns, creating one if none is live."""
-        lock = self._locks.setdefault((namespace, group), asyncio.Lock())
-        async with lock:
+        async with self._locks((namespace, group)):
             name = self.serving_run(namespace, group)
             if name is not None:
                 return name
-            g = self.group(namespace, group)
+            g = self.directory.get(namespace, group)
             if g is None:
-                raise LookupError(f"Group {namespace}/{group} does not exist")
+                raise NotFoundError(f"Group {namespace}/{group} does not exist")
             name = run_name_for(group, time.time())
-            await self.api.create(message_run(namespace, group, name, g["metadata"]["uid"]))
+            await self.api.create(message_run(namespace, group, name, g.uid))
             self._created[(namespace, group)] = (name, time.monotonic())
             log.info("started agent run", namespace=namespace, group=group, run=name)
             return name

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from pynchy.aio import LogOnce
 from pynchy.gateway.channels.base import Channel, DeliveryError
 from pynchy.gateway.db import Db
 from pynchy.logs import get_logger
@@ -33,7 +34,7 @@ class Delivery:
         self._kick = asyncio.Event()
         self._not_before: dict[Conversation, float] = {}
         self.started_at = datetime.now(UTC)
-        self._missing_logged: set[str] = set()
+        self._missing_logged: LogOnce[str] = LogOnce()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -69,8 +70,7 @@ class Delivery:
             assert row.channel is not None
             assert row.channel_id is not None
             if row.channel not in self.channels:
-                if row.channel not in self._missing_logged:
-                    self._missing_logged.add(row.channel)
+                if self._missing_logged.first(row.channel):
                     log.warning("replies waiting for a channel that is not configured", channel=row.channel)
                 continue
             conv = (row.channel, row.channel_id)

@@ -5,20 +5,22 @@ finds the first one and does nothing, even across a gateway restart or a second 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from pynchy.aio import LogOnce
 from pynchy.gateway.channels.base import Accepted, Inbound, Outcome
-from pynchy.gateway.routing import Decision, GroupEntry, decide
+from pynchy.gateway.commands import Command
+from pynchy.gateway.db import Db
+from pynchy.gateway.routing import Decision, Directory, GroupEntry, decide
 from pynchy.logs import get_logger
 from pynchy.store import messages
 from pynchy.store import turns as turn_store
 from pynchy.store.models import MessageRow, TurnRow
 
-if TYPE_CHECKING:
-    from pynchy.gateway.app import Gateway
+RunCommand = Callable[[GroupEntry, Inbound, Command], Awaitable[str]]
 
 log = get_logger(__name__)
 
@@ -80,21 +82,34 @@ def store_inbound(session: Session, inbound: Inbound, entry: GroupEntry | None, 
 
 
 class Inbox:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        self._unknown_logged: set[tuple[str, str]] = set()
+    """`accept(inbound)`: what every channel calls with a message it received."""
+
+    def __init__(
+        self,
+        db: Db,
+        directory: Directory,
+        owner: str | None,
+        run_command: RunCommand,
+        turn_queued: Callable[[TurnRow], None],
+    ) -> None:
+        self.db = db
+        self.directory = directory
+        self.owner = owner
+        self.run_command = run_command
+        self.turn_queued = turn_queued
+        self._unknown_logged: LogOnce[tuple[str, str]] = LogOnce()
 
     async def accept(self, inbound: Inbound) -> Accepted:
-        entry = self.gw.directory.lookup(inbound.channel, inbound.channel_id)
+        entry = self.directory.lookup(inbound.channel, inbound.channel_id)
         decision = None
         if entry is not None:
             agent_thread = False
             if inbound.thread and not (inbound.mentioned or inbound.direct) and entry.spec.trigger.mode == "mention":
-                agent_thread = await self.gw.db.call(
+                agent_thread = await self.db.call(
                     turn_store.answers_thread, entry.namespace, entry.name, inbound.channel_id, inbound.thread
                 )
-            decision = decide(entry, inbound, self.gw.settings.owner, agent_thread=agent_thread)
-        stored = await self.gw.db.call(store_inbound, inbound, entry, decision)
+            decision = decide(entry, inbound, self.owner, agent_thread=agent_thread)
+        stored = await self.db.call(store_inbound, inbound, entry, decision)
         if not stored.created:
             log.info("duplicate message ignored", key=inbound.dedupe_key)
             return Accepted(
@@ -106,8 +121,7 @@ class Inbox:
             )
         if entry is None:
             channel = (inbound.channel, inbound.channel_id)
-            if channel not in self._unknown_logged:  # once per channel: a busy channel must not flood the log
-                self._unknown_logged.add(channel)
+            if self._unknown_logged.first(channel):  # a busy channel must not flood the log
                 log.info("message from a channel no Group is bound to; ignored", channel=f"{channel[0]}:{channel[1]}")
             return Accepted(Outcome.IGNORED, message_id=stored.message.id, reason="no Group is bound to this channel")
         assert decision is not None
@@ -117,11 +131,11 @@ class Inbox:
             return Accepted(Outcome.IGNORED, ns, group, message_id=stored.message.id, reason=decision.reason)
         if decision.action == "command":
             assert decision.command is not None
-            reply = await self.gw.run_command(entry, inbound, decision.command)
+            reply = await self.run_command(entry, inbound, decision.command)
             return Accepted(Outcome.COMMAND, ns, group, message_id=stored.message.id, reply=reply)
         turn = stored.turn
         assert turn is not None
-        self.gw.turn_queued(turn)
+        self.turn_queued(turn)
         return Accepted(
             Outcome.FOLLOW_UP if stored.follow_up else Outcome.QUEUED,
             ns,

@@ -10,11 +10,10 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kubernetes.config import new_client_from_config
-
 from pynchy.gateway.app import Gateway
 from pynchy.gateway.settings import GatewaySettings
 from pynchy.kube.api import load_client
+from pynchy.kube.official import new_client_from_config
 from pynchy.settings import load
 
 T = TypeVar("T")

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from pynchy.aio import LogOnce
 from pynchy.api.group import GroupSpec
 from pynchy.gateway.channels.base import Inbound
 from pynchy.gateway.commands import Command, parse_command
@@ -53,7 +54,7 @@ class Directory:
     def __init__(self) -> None:
         self._groups: dict[tuple[str, str], GroupEntry] = {}
         self._by_channel: dict[ChannelKey, list[GroupEntry]] = {}
-        self._warned: set[ChannelKey] = set()
+        self._warned: LogOnce[ChannelKey] = LogOnce()
 
     def on_event(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -80,8 +81,7 @@ class Directory:
                     index.setdefault(("local", binding.local.name), []).append(entry)
         for channel, entries in index.items():
             entries.sort(key=lambda e: (e.created, e.namespace, e.name))
-            if len(entries) > 1 and channel not in self._warned:
-                self._warned.add(channel)
+            if len(entries) > 1 and self._warned.first(channel):
                 log.warning(
                     "several Groups claim one channel; the oldest gets its messages",
                     channel=f"{channel[0]}:{channel[1]}",
@@ -95,6 +95,9 @@ class Directory:
 
     def get(self, namespace: str, name: str) -> GroupEntry | None:
         return self._groups.get((namespace, name))
+
+    def entries(self) -> list[GroupEntry]:
+        return list(self._groups.values())
 
     def local_channels(self) -> list[str]:
         return sorted(cid for kind, cid in self._by_channel if kind == "local")

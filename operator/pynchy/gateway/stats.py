@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from pynchy.aio import KeyedLocks
+from pynchy.gateway.agentruns import RunEntry, RunKey
 from pynchy.kube.api import KubeApi, KubeError
 from pynchy.logs import get_logger
 from pynchy_agent.protocol import UsageReport
@@ -54,22 +55,23 @@ class StatsReporter:
 
     def __init__(self, api: KubeApi) -> None:
         self.api = api
-        self._stats: dict[tuple[str, str], RunStats] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._stats: dict[RunKey, RunStats] = {}  # until the run is deleted (forget)
+        self._locks: KeyedLocks[RunKey] = KeyedLocks()
 
-    def stats(self, run: dict[str, Any]) -> RunStats:
-        key = (run["metadata"]["namespace"], run["metadata"]["name"])
-        if key not in self._stats:
-            self._stats[key] = RunStats.from_status(run.get("status") or {})
-        return self._stats[key]
+    def stats(self, run: RunEntry) -> RunStats:
+        if run.key not in self._stats:
+            self._stats[run.key] = RunStats.from_status(run.status or {})
+        return self._stats[run.key]
 
     def forget(self, namespace: str, name: str) -> None:
         self._stats.pop((namespace, name), None)
-        self._locks.pop((namespace, name), None)
 
-    async def push(self, run: dict[str, Any]) -> None:
-        key = (run["metadata"]["namespace"], run["metadata"]["name"])
-        async with self._locks.setdefault(key, asyncio.Lock()):
+    def __len__(self) -> int:
+        return len(self._stats)
+
+    async def push(self, run: RunEntry) -> None:
+        key = run.key
+        async with self._locks(key):
             try:
                 await self.api.patch_status("AgentRun", key[0], key[1], self.stats(run).status())
             except KubeError as exc:

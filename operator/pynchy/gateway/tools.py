@@ -6,14 +6,16 @@ Group in the same namespace. Every call is written to the audit table, allowed o
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
 from pynchy.api.validation import format_errors
-from pynchy.gateway.agentruns import API_VERSION, Runs
+from pynchy.gateway.agentruns import API_VERSION
 from pynchy.gateway.db import Db
+from pynchy.gateway.routing import Directory
 from pynchy.kube.api import KubeApi, KubeError
 from pynchy.store import records
 from pynchy_agent.protocol import (
@@ -78,12 +80,16 @@ def _task_summary(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+SendMessage = Callable[[str, str, str], Awaitable[None]]  # (namespace, group, text)
+Handler = Callable[["Caller", str, Any], Awaitable[ToolResult]]
+
+
 class Tools:
-    def __init__(self, api: KubeApi, db: Db, runs: Runs, outbound: Any) -> None:
+    def __init__(self, api: KubeApi, db: Db, directory: Directory, send: SendMessage) -> None:
         self.api = api
         self.db = db
-        self.runs = runs
-        self.outbound = outbound  # async callable(namespace, group, text) -> None
+        self.directory = directory
+        self.send = send
 
     async def call(self, caller: Caller, name: str, arguments: dict[str, Any]) -> ToolResult:
         if name not in TOOLS:
@@ -108,14 +114,15 @@ class Tools:
         )
         if not allowed:
             raise ToolError(403, f"refused: {detail}; leave 'group' empty to act on this group")
-        if target != caller.group and self.runs.group(caller.namespace, target) is None:
+        if target != caller.group and self.directory.get(caller.namespace, target) is None:
             raise ToolError(404, f"Group {target!r} does not exist in namespace {caller.namespace}")
-        return await getattr(self, f"_{name}")(caller, target, args)
+        handler = cast(Handler, getattr(self, f"_{name}"))  # every name in TOOLS has a _<name> method
+        return await handler(caller, target, args)
 
     # -- chat --------------------------------------------------------------------------
 
     async def _send_message(self, caller: Caller, target: str, args: SendMessageArgs) -> ToolResult:
-        await self.outbound(caller.namespace, target, args.text)
+        await self.send(caller.namespace, target, args.text)
         return ToolResult(text=f"Message sent to {target}.")
 
     async def _reset_context(self, caller: Caller, target: str, args: Any) -> ToolResult:

@@ -1,6 +1,6 @@
 """The local channel: `pynchy chat <name>` talks to the gateway over HTTP (see docs/chat.md).
 
-Routes are in pynchy/chat/protocol.py. A message goes through `Gateway.accept()` like a Slack
+Routes are in pynchy/chat/protocol.py. A message goes through the gateway's `accept` like a Slack
 event (dedupe key `local:<clientMessageId>`, sender 'owner'); its turn's events stream to the
 client as NDJSON; everything the gateway sends to the channel (replies, command answers,
 send_message notes, scheduled runs' replies) is read from the outbound ledger by cursor.
@@ -19,20 +19,19 @@ import contextlib
 import hmac
 import uuid
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr
 from sqlalchemy.orm import Session
 
-from pynchy.api.validation import format_errors
 from pynchy.chat.protocol import (
     CHAT_PREFIX,
     MAX_BODY_BYTES,
     MAX_TEXT_CHARS,
     NDJSON,
     PING_SECONDS,
-    ApiError,
     ChannelInfo,
     ChannelList,
     ChannelSummary,
@@ -49,16 +48,16 @@ from pynchy.chat.protocol import (
     is_final,
     message_kind,
 )
-from pynchy.gateway.channels.base import ChannelKind, Inbound, Outcome
+from pynchy.gateway.channels.base import Accepted, ChannelKind, Inbound, Outcome
+from pynchy.gateway.db import Db
+from pynchy.gateway.httpapi.problems import Handler, RequestError, api_error_body, parse, parse_query, problems
+from pynchy.gateway.routing import Directory
+from pynchy.gateway.turnhub import TurnWatch
 from pynchy.logs import get_logger
 from pynchy.store import outbound
 from pynchy.store import turns as turn_store
 from pynchy.store.models import OutboundRow, TurnRow
 from pynchy_agent.protocol import TurnFailed, TurnResult
-
-if TYPE_CHECKING:
-    from pynchy.gateway.app import Gateway
-    from pynchy.gateway.turnhub import TurnWatch
 
 log = get_logger(__name__)
 
@@ -68,27 +67,6 @@ MESSAGES_PER_POLL = 200
 CLIENT_HINT = (
     "`pynchy chat` reads the token from ~/.config/pynchy/chat.yaml (key `token`), --token or $PYNCHY_CHAT_TOKEN"
 )
-
-
-def _fail(status: int, message: str, **headers: str) -> web.HTTPException:
-    """An ApiError response to raise from a handler."""
-    return _ERRORS[status](
-        text=ApiError(error=message).model_dump_json(), content_type="application/json", headers=headers
-    )
-
-
-class _TooLarge(web.HTTPClientError):
-    status_code = 413  # aiohttp's own HTTPRequestEntityTooLarge writes its own text
-
-
-_ERRORS: dict[int, type[web.HTTPException]] = {
-    400: web.HTTPBadRequest,
-    401: web.HTTPUnauthorized,
-    404: web.HTTPNotFound,
-    413: _TooLarge,
-    422: web.HTTPUnprocessableEntity,
-    503: web.HTTPServiceUnavailable,
-}
 
 
 class TurnFeed:
@@ -184,16 +162,28 @@ def _state(row: TurnRow) -> TurnState:
 
 
 class LocalChannel:
-    """The `Channel` of `pynchy chat`. Register with `gateway.add_channel(LocalChannel(gateway))`
-    before `gateway.start()`, always: without PYNCHY_CHAT_TOKEN its API answers 503 saying so."""
+    """The `Channel` of `pynchy chat`. The gateway always registers it: without PYNCHY_CHAT_TOKEN
+    its API answers 503 saying so."""
 
     kind: ChannelKind = "local"
     max_message_chars = MAX_TEXT_CHARS
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        secret = gateway.settings.chat_token
-        self._token = secret.get_secret_value().encode() if secret is not None else None
+    def __init__(
+        self,
+        db: Db,
+        directory: Directory,
+        accept: Callable[[Inbound], Awaitable[Accepted]],
+        watch: Callable[[str], TurnWatch],
+        *,
+        token: SecretStr | None,
+        long_poll_seconds: float,
+    ) -> None:
+        self.db = db
+        self.directory = directory
+        self.accept = accept
+        self.watch = watch
+        self.long_poll_seconds = long_poll_seconds
+        self._token = token.get_secret_value().encode() if token is not None else None
         self._feeds: OrderedDict[str, TurnFeed] = OrderedDict()
         self._arrivals: dict[str, asyncio.Future[None]] = {}
         self._closing = asyncio.Event()
@@ -201,13 +191,18 @@ class LocalChannel:
     # -- Channel ---------------------------------------------------------------------------
 
     def install(self, app: web.Application) -> None:
-        p = CHAT_PREFIX
-        app.router.add_get(p, self.list_channels)
-        app.router.add_get(p + "/", self.list_channels)
-        app.router.add_get(p + "/{channel}", self.channel_info)
-        app.router.add_post(p + "/{channel}/messages", self.post_message)
-        app.router.add_get(p + "/{channel}/messages", self.messages)
-        app.router.add_get(p + "/{channel}/turns/{turn}/events", self.turn_events)
+        api = web.Application(middlewares=[problems(api_error_body), self._authorize])
+        api.router.add_get("", self.list_channels)
+        api.router.add_get("/", self.list_channels)
+        api.router.add_get("/{channel}", self.channel_info)
+        api.router.add_post("/{channel}/messages", self.post_message)
+        api.router.add_get("/{channel}/messages", self.messages)
+        api.router.add_get("/{channel}/turns/{turn}/events", self.turn_events)
+        app.add_subapp(CHAT_PREFIX, api)
+        app.on_shutdown.append(self._on_shutdown)  # before the server waits for open requests
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        await self.stop()
 
     async def start(self) -> None:
         if self._token is None:
@@ -247,7 +242,7 @@ class LocalChannel:
         if feed is not None:
             return feed
         feed = TurnFeed(turn_id)
-        feed.follow(watch if watch is not None else self.gw.watch(turn_id))
+        feed.follow(watch if watch is not None else self.watch(turn_id))
         return self._keep(feed)
 
     def _keep(self, feed: TurnFeed) -> TurnFeed:
@@ -270,7 +265,7 @@ class LocalChannel:
         if row.state == turn_store.DELIVERED:
             feed.add(_running(row))
         # ...and the turn may have ended between the first read and the watch.
-        fresh = await self.gw.db.call(turn_store.get, row.id)
+        fresh = await self.db.call(turn_store.get, row.id)
         if fresh is not None:
             feed.finish_from(fresh)
         return feed
@@ -290,9 +285,11 @@ class LocalChannel:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _authorize(self, request: web.Request) -> None:
+    @web.middleware
+    async def _authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every route needs the chat token."""
         if self._token is None:
-            raise _fail(
+            raise RequestError(
                 503,
                 "the local channel is disabled: set PYNCHY_CHAT_TOKEN on the gateway "
                 "(at least 16 characters) and give `pynchy chat` the same token",
@@ -300,65 +297,55 @@ class LocalChannel:
         header = request.headers.get("Authorization", "")
         challenge = {"WWW-Authenticate": 'Bearer realm="pynchy-chat"'}
         if not header.lower().startswith("bearer ") or not header[7:].strip():
-            raise _fail(
+            raise RequestError(
                 401,
                 f"missing token: send Authorization: Bearer <the gateway's PYNCHY_CHAT_TOKEN>; {CLIENT_HINT}",
-                **challenge,
+                challenge,
             )
         if not hmac.compare_digest(header[7:].strip().encode(), self._token):
-            raise _fail(
+            raise RequestError(
                 401,
                 f"wrong token: it does not match the gateway's PYNCHY_CHAT_TOKEN; {CLIENT_HINT}",
-                **challenge,
+                challenge,
             )
+        response: web.StreamResponse = await handler(request)
+        return response
 
     def _summary(self, name: str) -> ChannelSummary | None:
-        entry = self.gw.directory.lookup("local", name)
+        entry = self.directory.lookup("local", name)
         return None if entry is None else ChannelSummary(channel=name, namespace=entry.namespace, group=entry.name)
 
     def _channels(self) -> list[ChannelSummary]:
-        summaries = (self._summary(name) for name in self.gw.directory.local_channels())
+        summaries = (self._summary(name) for name in self.directory.local_channels())
         return [s for s in summaries if s is not None]
 
     def _channel(self, request: web.Request) -> ChannelSummary:
-        self._authorize(request)
         name = request.match_info["channel"]
         summary = self._summary(name)
         if summary is None:
-            known = self.gw.directory.local_channels()
+            known = self.directory.local_channels()
             listing = (
                 f"local channels: {', '.join(known)}"
                 if known
                 else "no Group has one yet; add `channels: [{local: {name: " + name + "}}]` to a Group's spec"
             )
-            raise _fail(404, f"no local channel {name!r} ({listing})")
+            raise RequestError(404, f"no local channel {name!r} ({listing})")
         return summary
 
-    @staticmethod
-    def _query(model: type[Any], request: web.Request) -> Any:
-        try:
-            return model.model_validate(dict(request.query))
-        except ValidationError as exc:
-            raise _fail(422, "invalid query: " + "; ".join(format_errors(exc))) from None
-
     async def list_channels(self, request: web.Request) -> web.Response:
-        self._authorize(request)
         return _json(ChannelList(channels=self._channels()))
 
     async def channel_info(self, request: web.Request) -> web.Response:
         ch = self._channel(request)
-        cursor = await self.gw.db.call(outbound.latest_id, "local", ch.channel)
+        cursor = await self.db.call(outbound.latest_id, "local", ch.channel)
         return _json(ChannelInfo(**ch.model_dump(), cursor=cursor))
 
     async def post_message(self, request: web.Request) -> web.Response:
         ch = self._channel(request)
         body = await _read_body(request)
-        try:
-            msg = PostMessage.model_validate_json(body)
-        except ValidationError as exc:
-            raise _fail(422, "invalid message: " + "; ".join(format_errors(exc))) from None
+        msg = parse(PostMessage, body, "message")
         if len(msg.text) > MAX_TEXT_CHARS:
-            raise _fail(
+            raise RequestError(
                 413,
                 f"the message is {len(msg.text)} characters; the local channel takes at most "
                 f"{MAX_TEXT_CHARS} per message (send a shorter one, or several)",
@@ -371,11 +358,11 @@ class LocalChannel:
             dedupe_key=f"local:{msg.client_message_id}",
             direct=True,
         )
-        accepted = await self.gw.accept(inbound)
+        accepted = await self.accept(inbound)
         reply = accepted.reply
         if accepted.outcome == Outcome.DUPLICATE and accepted.turn_id is None and reply is None:
             # A retried command: answer it again from the ledger (it was answered the first time).
-            row = await self.gw.db.call(outbound.by_key, f"cmd:{inbound.dedupe_key}")
+            row = await self.db.call(outbound.by_key, f"cmd:{inbound.dedupe_key}")
             reply = row.text if row is not None else None
         log.info(
             "local message",
@@ -397,12 +384,12 @@ class LocalChannel:
 
     async def messages(self, request: web.Request) -> web.Response:
         ch = self._channel(request)
-        q: MessagesQuery = self._query(MessagesQuery, request)
+        q = parse_query(MessagesQuery, request)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(q.wait, self.gw.settings.long_poll_seconds)
+        deadline = loop.time() + min(q.wait, self.long_poll_seconds)
         while True:
             arrival = self._arrival(ch.channel)  # taken before the read: a row added after it wakes us
-            batch = await self.gw.db.call(_messages_after, ch.channel, q.after)
+            batch = await self.db.call(_messages_after, ch.channel, q.after)
             remaining = deadline - loop.time()
             if batch.messages or remaining <= 0 or self._closing.is_set():
                 return _json(batch)
@@ -411,11 +398,11 @@ class LocalChannel:
 
     async def turn_events(self, request: web.Request) -> web.StreamResponse:
         ch = self._channel(request)
-        q: EventsQuery = self._query(EventsQuery, request)
+        q = parse_query(EventsQuery, request)
         turn_id = request.match_info["turn"]
-        row = await self.gw.db.call(turn_store.get, turn_id)
+        row = await self.db.call(turn_store.get, turn_id)
         if row is None or row.reply_channel != "local" or row.reply_channel_id != ch.channel:
-            raise _fail(404, f"no turn {turn_id!r} in local channel {ch.channel!r}")
+            raise RequestError(404, f"no turn {turn_id!r} in local channel {ch.channel!r}")
         feed = await self._feed_for(row)
         index = q.from_ if q.stream == feed.id else 0
         response = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-store"})
@@ -435,7 +422,7 @@ class LocalChannel:
                 except TimeoutError:
                     await response.write(Ping().line())
                     # A quiet turn: make sure it has not ended without a word reaching the feed.
-                    fresh = await self.gw.db.call(turn_store.get, turn_id)
+                    fresh = await self.db.call(turn_store.get, turn_id)
                     if fresh is not None:
                         feed.finish_from(fresh)
             await response.write_eof()
@@ -448,10 +435,11 @@ def _json(model: BaseModel) -> web.Response:
     return web.json_response(model.wire())  # type: ignore[attr-defined]
 
 
-def _line(event: Any) -> bytes:
+def _line(event: BaseModel) -> bytes:
     line = getattr(event, "line", None)
     if line is not None:
-        return line()
+        data: bytes = line()  # the chat protocol's own event types render themselves
+        return data
     return event.model_dump_json(by_alias=True, exclude_none=True).encode() + b"\n"
 
 
@@ -461,16 +449,16 @@ async def _read_body(request: web.Request) -> bytes:
         f"{MAX_TEXT_CHARS} characters per message"
     )
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise _fail(413, too_big)
+        raise RequestError(413, too_big)
     body = bytearray()
     async for chunk in request.content.iter_chunked(64 << 10):
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise _fail(413, too_big)
+            raise RequestError(413, too_big)
     return bytes(body)
 
 
-# -- store reads (one transaction each, through Gateway.db.call) ------------------------------
+# -- store reads (one transaction each, through Db.call) ------------------------------
 
 
 def _messages_after(session: Session, channel: str, after: int) -> MessageBatch:

@@ -8,13 +8,14 @@ shown while the agent works. See docs/slack.md.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_sdk.errors import SlackApiError
 
+from pynchy.aio import KeyedLocks, TaskSet
 from pynchy.gateway.channels.base import Accepted, ChannelKind, Inbound
 from pynchy.gateway.settings import GatewaySettings
 from pynchy.gateway.slack.client import SlackApi, make_client
@@ -23,7 +24,7 @@ from pynchy.gateway.slack.events import EVENTS_PATH, EventReceiver
 from pynchy.gateway.slack.inbound import Identity
 from pynchy.gateway.slack.reactions import Reactions
 from pynchy.gateway.slack.replies import Replies
-from pynchy.gateway.slack.stream import UPDATE_INTERVAL, KeyLocks, Streamer
+from pynchy.gateway.slack.stream import UPDATE_INTERVAL, Streamer
 from pynchy.logs import get_logger
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class SlackChannel:
         self.api = SlackApi(self.client)
         self.identity = Identity(None)
         self.socket_mode = settings.slack_app_token is not None
-        locks = KeyLocks()
+        locks: KeyedLocks[str] = KeyedLocks()
         self.replies = Replies(gateway.db, self.api, locks)
         self.streamer = Streamer(
             gateway.db, SlackApi(self.stream_client), locks, self.max_message_chars, interval=update_interval
@@ -83,7 +84,7 @@ class SlackChannel:
         self._socket: AsyncSocketModeHandler | None = None
         self._http: aiohttp.ClientSession | None = None
         self._auth_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -139,24 +140,20 @@ class SlackChannel:
     async def _connect_socket(self, handler: AsyncSocketModeHandler) -> None:
         """Open the Socket Mode connection. slack_sdk retries by itself (every 10 s, logging why)
         until Slack takes it, and reconnects after that, so there is no loop of ours around it."""
-        await handler.connect_async()
+        await handler.connect_async()  # type: ignore[no-untyped-call]  # slack_bolt leaves it unannotated
         log.info("slack socket mode connected")
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         if self._socket is not None:
-            await self._socket.close_async()
+            await self._socket.close_async()  # type: ignore[no-untyped-call]  # slack_bolt leaves it unannotated
             self._socket = None
         if self._http is not None:
             await self._http.close()
             self._http = None
 
-    def _background(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._tasks.spawn(coro, name="slack")
 
     async def _reply_directly(self, channel: str, thread: str, text: str) -> None:
         """A short notice outside the ledger (no Group is known for it): best effort."""

@@ -10,7 +10,7 @@ hooks and by the delivery loop."""
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +22,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
+from pynchy.aio import LogOnce
 from pynchy.gateway.channels.base import Accepted, Inbound, Outcome
 from pynchy.gateway.slack.inbound import Identity, Skip, parse
 from pynchy.logs import get_logger
@@ -38,7 +39,7 @@ TOO_LONG_REPLY = (
 
 Accept = Callable[[Inbound], Awaitable[Accepted]]
 WhoAmI = Callable[[], Awaitable[Identity]]  # the app's identity; raises when it cannot be known
-Reply = Callable[[str, str, str], Awaitable[None]]  # (channel, thread ts, text)
+Reply = Callable[[str, str, str], Coroutine[Any, Any, None]]  # (channel, thread ts, text)
 
 
 class EventReceiver:
@@ -53,7 +54,7 @@ class EventReceiver:
         accept: Accept,
         whoami: WhoAmI,
         reply: Reply,
-        background: Callable[[Awaitable[Any]], None],
+        background: Callable[[Coroutine[Any, Any, Any]], None],
     ) -> None:
         self._token = token
         self._accept = accept
@@ -61,7 +62,7 @@ class EventReceiver:
         self._reply = reply
         self._background = background
         self._verifier = SignatureVerifier(signing_secret) if signing_secret else None
-        self._unhandled_logged: set[str] = set()
+        self._unhandled_logged: LogOnce[str] = LogOnce()
         self.app = AsyncApp(
             # Bolt's own client is not used for calls (the channel has its own); no token here, the
             # authorize function below supplies it.
@@ -181,8 +182,7 @@ class EventReceiver:
             log.debug("slack event ignored", event_id=body.get("event_id"), reason=skip.reason)
             return
         # An event type the app is subscribed to but does not handle: say so once per type.
-        if skip.reason not in self._unhandled_logged:
-            self._unhandled_logged.add(skip.reason)
+        if self._unhandled_logged.first(skip.reason):
             log.info("slack event ignored", event_id=body.get("event_id"), reason=skip.reason)
 
 

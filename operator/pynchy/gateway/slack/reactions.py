@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pynchy.aio import KeyedLocks
 from pynchy.gateway.slack.client import SlackApi
-from pynchy.gateway.slack.stream import KeyLocks
 from pynchy.logs import get_logger
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def target(turn: TurnRow) -> tuple[str, str] | None:
 class Reactions:
     def __init__(self, api: SlackApi) -> None:
         self.api = api
-        self._locks = KeyLocks()
+        self._locks: KeyedLocks[str] = KeyedLocks()
 
     async def queued(self, turn: TurnRow) -> None:
         async with self._locks(turn.id):

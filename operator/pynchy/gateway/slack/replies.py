@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 from slack_sdk.errors import SlackApiError
 
+from pynchy.aio import KeyedLocks
 from pynchy.gateway.slack.client import SlackApi
 from pynchy.gateway.slack.errors import error_code, to_delivery_error
 from pynchy.gateway.slack.mrkdwn import to_mrkdwn
-from pynchy.gateway.slack.stream import KeyLocks
 from pynchy.logs import get_logger
 from pynchy.store import outbound
 
@@ -39,7 +39,7 @@ def render(text: str, is_error: bool) -> str:
 
 
 class Replies:
-    def __init__(self, db: Db, api: SlackApi, locks: KeyLocks) -> None:
+    def __init__(self, db: Db, api: SlackApi, locks: KeyedLocks[str]) -> None:
         self.db = db
         self.api = api
         self.locks = locks

@@ -13,9 +13,9 @@ touches a row that is still `streaming`."""
 from __future__ import annotations
 
 import asyncio
-import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from pynchy.aio import KeyedLocks
 from pynchy.gateway.slack.client import SlackApi
 from pynchy.gateway.slack.errors import describe
 from pynchy.gateway.slack.mrkdwn import to_mrkdwn
@@ -32,20 +32,6 @@ log = get_logger(__name__)
 
 PLACEHOLDER = "_working…_"
 UPDATE_INTERVAL = 1.0  # seconds between two updates of one placeholder (Slack's chat.update is Tier 3)
-
-
-class KeyLocks:
-    """One asyncio.Lock per key, alive while someone holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-
-    def __call__(self, key: str) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[key] = lock
-        return lock
 
 
 def preview(text: str, tool: str | None, limit: int) -> str:
@@ -65,7 +51,7 @@ class Streamer:
         self,
         db: Db,
         api: SlackApi,
-        locks: KeyLocks,
+        locks: KeyedLocks[str],
         limit: int,
         *,
         interval: float = UPDATE_INTERVAL,
@@ -196,7 +182,8 @@ async def _next_event(watch: TurnWatch) -> object:
         return _DONE
     getter = asyncio.ensure_future(watch.events.get())
     try:
-        await asyncio.wait({getter, watch.done}, return_when=asyncio.FIRST_COMPLETED)
+        waits: set[asyncio.Future[Any]] = {getter, watch.done}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:
         getter.cancel()
         raise

@@ -1,0 +1,38 @@
+"""Messages out that are not a turn's reply (an agent's send_message, a command's answer): a row in
+the outbound ledger first, then a kick of the delivery loop."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pynchy.gateway.db import Db
+from pynchy.gateway.delivery import Delivery
+from pynchy.gateway.routing import Directory
+from pynchy.store import outbound
+
+
+class Outbox:
+    def __init__(self, db: Db, delivery: Delivery, directory: Directory) -> None:
+        self.db = db
+        self.delivery = delivery
+        self.directory = directory
+
+    async def add(self, **row: Any) -> None:
+        """A ledger row (see store.outbound.add); idempotent by its key."""
+        await self.db.call(outbound.add, **row)
+        self.delivery.kick()
+
+    async def send(self, namespace: str, group: str, text: str, turn_id: str | None = None) -> None:
+        """A message from the agent (send_message) to the Group's first channel."""
+        entry = self.directory.get(namespace, group)
+        channel, channel_id = entry.default_channel() if entry is not None else (None, None)
+        await self.add(
+            key=f"send:{uuid.uuid4().hex}",
+            namespace=namespace,
+            group=group,
+            text=text,
+            channel=channel,
+            channel_id=channel_id,
+            turn_id=turn_id,
+        )
