@@ -55,6 +55,24 @@ def resync(op: Any) -> None:
     synced(op, what="the resync reconciled")
 
 
+def group(name: str, **spec: Any) -> dict[str, Any]:
+    """A Group manifest with a local channel of its own name; `spec` adds or replaces fields."""
+    return {
+        "apiVersion": "pynchy.dev/v1alpha1",
+        "kind": "Group",
+        "metadata": {"name": name},
+        "spec": {"channels": [{"local": {"name": name}}], **spec},
+    }
+
+
+def workspace(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "pynchy.dev/v1alpha1", "kind": "Workspace", "metadata": {"name": name}, "spec": spec}
+
+
+def apply(plane: ControlPlane, namespace: str, obj: dict[str, Any]) -> None:
+    plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+
 def get(plane: ControlPlane, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
     proc = plane.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
     return json.loads(proc.stdout) if proc.returncode == 0 else None

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from cluster.helpers import AuditWindow, condition, describe, get, is_ready, resync, synced, wait_for
-from cluster.test_operator import apply, group
+from cluster.helpers import AuditWindow, apply, condition, describe, get, group, is_ready, resync, synced, wait_for
 from conftest import OPERATOR_USER
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.runtoken import GRACE_SECONDS, verify

@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from cluster.gateway_helpers import agent, finish_turn, make_run, token_for, wait_gateway_sees
 from cluster.helpers import get, wait_for
-from conftest import RUN_TOKEN_KEY, make_gateway
+from conftest import make_gateway
 from pynchy.gateway.main import EmbeddedGateway
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.runtoken import RunClaims, issue
@@ -26,15 +27,6 @@ metadata: {{name: {name}}}
 spec:
   admin: {admin}
   channels: [{{local: {{name: {name}}}}}]
-"""
-
-RUN = """
-apiVersion: pynchy.dev/v1alpha1
-kind: AgentRun
-metadata: {{name: {name}}}
-spec:
-  groupRef: {{name: {group}}}
-  {extra}
 """
 
 
@@ -52,43 +44,6 @@ def gateway(gateway_kubeconfig: Path, tmp_path: Path) -> Iterator[EmbeddedGatewa
 def make_group(plane: ControlPlane, ns: str, name: str, admin: bool = False) -> dict[str, Any]:
     plane.kubectl("apply", "-n", ns, "-f", "-", input=GROUP.format(name=name, admin=str(admin).lower()))
     return get(plane, "group", name, ns)  # type: ignore[return-value]
-
-
-def make_run(plane: ControlPlane, ns: str, name: str, group: str, extra: str = "") -> dict[str, Any]:
-    plane.kubectl("apply", "-n", ns, "-f", "-", input=RUN.format(name=name, group=group, extra=extra))
-    return get(plane, "agentrun", name, ns)  # type: ignore[return-value]
-
-
-def token_for(run: dict[str, Any], group: str, expires: int | None = None) -> str:
-    meta = run["metadata"]
-    claims = RunClaims(meta["namespace"], meta["name"], meta["uid"], group, expires or int(time.time()) + 600)
-    return issue(RUN_TOKEN_KEY, claims, issued_at=int(time.time()))
-
-
-def agent(gw: EmbeddedGateway, token: str) -> httpx.Client:
-    return httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-
-
-def wait_gateway_sees(gw: EmbeddedGateway, ns: str, kind: str, name: str) -> None:
-    assert gw.gateway is not None
-    cache = gw.gateway.groups if kind == "group" else gw.gateway.run_cache
-    wait_for(lambda: cache.get(ns, name), what=f"gateway cache has {kind} {name}")
-
-
-def finish_turn(client: httpx.Client, turn_id: str, text: str, session: str = "sess-1") -> None:
-    events = [
-        {"type": "text_delta", "text": text[:3]},
-        {"type": "text_delta", "text": text[3:]},
-        {
-            "type": "result",
-            "text": text,
-            "sessionId": session,
-            "usage": {"inputTokens": 100, "outputTokens": 20, "costUSD": 0.01},
-            "numTurns": 1,
-        },
-    ]
-    r = client.post(f"/v1/run/turns/{turn_id}/events", json={"events": events})
-    assert r.status_code == 204, r.text
 
 
 def test_turn_round_trip_reports_usage_and_reply(control_plane: ControlPlane, namespace: str, gateway) -> None:

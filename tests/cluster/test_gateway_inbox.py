@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from cluster.gateway_helpers import agent, finish_turn, make_run, token_for, wait_gateway_sees
 from cluster.helpers import get, wait_for
-from cluster.test_gateway import agent, finish_turn, make_run, token_for, wait_gateway_sees
 from conftest import make_gateway
 from pynchy.gateway.channels.base import Inbound, Outcome
 from pynchy.gateway.main import EmbeddedGateway

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from cluster.gateway_helpers import agent, finish_turn, make_run, token_for, wait_gateway_sees
 from cluster.helpers import wait_for
-from cluster.test_gateway import agent, finish_turn, make_run, token_for, wait_gateway_sees
 from conftest import make_gateway
 from pynchy.gateway.main import EmbeddedGateway
 from pynchy.kube.controlplane import ControlPlane

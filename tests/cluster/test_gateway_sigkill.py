@@ -16,8 +16,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select
 
+from cluster.gateway_helpers import token_for
 from cluster.helpers import get, wait_for
-from cluster.test_gateway import token_for
 from doubles.slack import BOT_TOKEN, OWNER, SIGNING_SECRET, SlackDouble, post_event
 from gatewayproc import GatewayProcess
 from pynchy.kube.controlplane import ControlPlane

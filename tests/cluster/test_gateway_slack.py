@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from cluster.gateway_helpers import agent, make_run, token_for, wait_gateway_sees
 from cluster.helpers import wait_for
-from cluster.test_gateway import agent, make_run, token_for, wait_gateway_sees
 from conftest import make_gateway
 from doubles.slack import BOT_TOKEN, BOT_USER, OWNER, SIGNING_SECRET, SlackDouble, post_event
 from pynchy.gateway.main import EmbeddedGateway

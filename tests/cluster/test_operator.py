@@ -7,26 +7,21 @@ from typing import Any
 
 import pytest
 
-from cluster.helpers import AuditWindow, condition, describe, get, is_ready, resync, synced, wait_for
+from cluster.helpers import (
+    AuditWindow,
+    apply,
+    condition,
+    describe,
+    get,
+    group,
+    is_ready,
+    resync,
+    synced,
+    wait_for,
+    workspace,
+)
 from conftest import OPERATOR_USER, RUN_TOKEN_KEY
 from pynchy.kube.controlplane import ControlPlane
-
-
-def group(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "pynchy.dev/v1alpha1",
-        "kind": "Group",
-        "metadata": {"name": name},
-        "spec": {"channels": [{"local": {"name": name}}], **spec},
-    }
-
-
-def workspace(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "pynchy.dev/v1alpha1", "kind": "Workspace", "metadata": {"name": name}, "spec": spec}
-
-
-def apply(plane: ControlPlane, namespace: str, obj: dict[str, Any]) -> None:
-    plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
 
 
 def test_group_becomes_ready_with_isolated_children(control_plane: ControlPlane, namespace: str, operator: Any) -> None:

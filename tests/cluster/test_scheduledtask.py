@@ -19,8 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cluster.helpers import AuditWindow, condition, describe, get, on_loop, resync, synced, wait_for
-from cluster.test_operator import apply, group
+from cluster.helpers import AuditWindow, apply, condition, describe, get, group, on_loop, resync, synced, wait_for
 from conftest import OPERATOR_USER
 from doubles.clock import TestClock
 from pynchy.kube.controlplane import ControlPlane

@@ -9,9 +9,10 @@ from typing import Any
 
 import httpx
 
-from cluster.helpers import get, is_ready, wait_for
+from cluster.helpers import get, wait_for
 from doubles.anthropic import Usage, text, tool_use, write_in_cwd
 from e2e.conftest import MODEL_KEY, Stack
+from e2e.helpers import apply, ask, ready_group, run_status, runs
 from pynchy.operator.run import EmbeddedOperator
 from pynchy.store import records
 
@@ -22,52 +23,6 @@ metadata: {name: notes}
 spec:
   storage: {size: 1Gi}
 """
-
-GROUP = """
-apiVersion: pynchy.dev/v1alpha1
-kind: Group
-metadata: {{name: {name}}}
-spec:
-  channels: [{{local: {{name: {name}}}}}]
-  {workspace}
-  agent:
-    idleTimeoutSeconds: {idle}
-"""
-
-
-def apply(stack: Stack, manifest: str) -> None:
-    stack.plane.kubectl("apply", "-n", stack.namespace, "-f", "-", input=manifest)
-
-
-def ready_group(stack: Stack, name: str, *, workspace: str | None = None, idle: int = 600) -> None:
-    ws = f"workspaceRef: {{name: {workspace}}}" if workspace else ""
-    apply(stack, GROUP.format(name=name, workspace=ws, idle=idle))
-    wait_for(lambda: is_ready(stack.plane, "group", name, stack.namespace), timeout=60, what=f"Group {name} Ready")
-    gw = stack.gateway.gateway
-    assert gw is not None
-    wait_for(lambda: gw.groups.get(stack.namespace, name), what="the gateway sees the Group")
-
-
-def ask(stack: Stack, group: str, prompt: str, timeout: float = 90) -> Any:
-    """Send a message as the local channel would, and wait for the agent's final event."""
-    gw = stack.gateway.gateway
-    assert gw is not None
-
-    async def go() -> Any:
-        row = await gw.submit(stack.namespace, group, prompt, sender="owner")
-        watch = gw.watch(row.id)
-        return await asyncio.wait_for(watch.done, timeout)
-
-    return stack.gateway.call(go(), timeout=timeout + 5)
-
-
-def runs(stack: Stack) -> list[dict[str, Any]]:
-    out = stack.plane.kubectl("get", "agentruns", "-n", stack.namespace, "-o", "json").stdout
-    return sorted(json.loads(out)["items"], key=lambda r: r["metadata"]["creationTimestamp"])
-
-
-def run_status(stack: Stack, name: str) -> dict[str, Any]:
-    return (get(stack.plane, "agentrun", name, stack.namespace) or {}).get("status") or {}
 
 
 def claim_dir(stack: Stack, claim: str) -> Path:

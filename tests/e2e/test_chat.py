@@ -12,7 +12,7 @@ import pytest
 
 from doubles.anthropic import tool_use
 from e2e.conftest import Stack
-from e2e.test_agent_runs import ready_group
+from e2e.helpers import ready_group
 
 CHAT_TOKEN = "e2e-chat-token-0123456789abcdef"
 

@@ -22,7 +22,7 @@ from cluster.helpers import get, wait_for
 from doubles.anthropic import text
 from doubles.clock import TestClock
 from e2e.conftest import Stack
-from e2e.test_agent_runs import apply, ask, ready_group, run_status, runs
+from e2e.helpers import apply, ask, ready_group, run_status, runs
 from pynchy.operator.build.common import parse_timestamp, timestamp
 from pynchy.operator.run import EmbeddedOperator
 from pynchy.schedule import run_name
