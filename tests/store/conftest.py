@@ -18,7 +18,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from pgserver import PgServer
-from pynchy.store.db import create_schema, make_engine, session_factory
+from pynchy.store.db import make_engine, session_factory
+from pynchy.store.migrate import create_schema
 
 T = TypeVar("T")
 DATABASES = ["sqlite", "postgresql"]

@@ -15,7 +15,8 @@ from sqlalchemy import inspect, text
 
 from pynchy.cli import main
 from pynchy.store import migrate
-from pynchy.store.db import create_schema, make_engine
+from pynchy.store.db import make_engine
+from pynchy.store.migrate import create_schema
 from pynchy.store.models import Base
 from store.helpers import pg_waiters, wait_until
 
@@ -94,7 +95,8 @@ STARTER = """
 import sys
 from pathlib import Path
 from pynchy.logs import configure_logging
-from pynchy.store.db import create_schema, make_engine
+from pynchy.store.db import make_engine
+from pynchy.store.migrate import create_schema
 configure_logging("INFO", "json")
 Path(sys.argv[2]).touch()
 create_schema(make_engine(sys.argv[1]))

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from pynchy.store.db import create_schema, make_engine, session_factory
+from pynchy.store.db import make_engine, session_factory
+from pynchy.store.migrate import create_schema
 
 T = TypeVar("T")
 

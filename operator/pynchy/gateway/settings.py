@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pynchy.store.db import DEFAULT_DATABASE_URL
+
 CommaList = Annotated[list[str], NoDecode]
 
 
@@ -20,7 +22,7 @@ class GatewaySettings(BaseSettings):
         description="Key that signs run tokens; the same value as the operator's (keep it in a shared Secret).",
     )
     database_url: str = Field(
-        default="sqlite:////var/lib/pynchy/gateway.db",
+        default=DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL of the conversation store: sqlite:///path or postgresql+psycopg://...",
     )
     listen_host: str = Field(default="0.0.0.0", description="Address the run API and model proxy listen on.")

@@ -8,6 +8,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+DEFAULT_DATABASE_URL = "sqlite:////var/lib/pynchy/gateway.db"
 
 
 def make_engine(url: str) -> Engine:
@@ -47,14 +48,6 @@ def _sqlite_transactions(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def create_schema(engine: Engine) -> None:
-    """Bring the database to the newest schema (alembic `upgrade head`); safe with several
-    processes starting at once."""
-    from pynchy.store.migrate import upgrade
-
-    upgrade(engine)
 
 
 def session_factory(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]

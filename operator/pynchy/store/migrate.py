@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pynchy.errors import PynchyError
 from pynchy.logs import get_logger
 
 if TYPE_CHECKING:
@@ -95,8 +96,14 @@ def locked(engine: Engine) -> Iterator[Connection]:
                 conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # type: ignore[union-attr]
 
 
-class UnversionedSchemaError(RuntimeError):
+class UnversionedSchemaError(PynchyError, RuntimeError):
     """The database has the store's tables but no alembic version: made before migrations existed."""
+
+
+def create_schema(engine: Engine) -> None:
+    """Bring the database to the newest schema (alembic `upgrade head`); safe with several
+    processes starting at once."""
+    upgrade(engine)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -188,10 +195,10 @@ def _engine(url: str | None) -> Engine:
     from pynchy.store.db import make_engine
 
     if url is None:
-        from pynchy.gateway.settings import GatewaySettings
+        from pynchy.store.db import DEFAULT_DATABASE_URL
 
         # Not GatewaySettings(): that needs the gateway's secrets, and this needs only the URL.
-        url = os.environ.get("PYNCHY_DATABASE_URL") or GatewaySettings.model_fields["database_url"].default
+        url = os.environ.get("PYNCHY_DATABASE_URL") or DEFAULT_DATABASE_URL
     return make_engine(url)
 
 

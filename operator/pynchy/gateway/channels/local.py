@@ -20,7 +20,7 @@ import hmac
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from pydantic import BaseModel, SecretStr
@@ -50,8 +50,7 @@ from pynchy.chat.protocol import (
 )
 from pynchy.gateway.channels.base import Accepted, ChannelKind, Inbound, Outcome
 from pynchy.gateway.db import Db
-from pynchy.gateway.httpapi.problems import Handler, RequestError, api_error_body, parse, parse_query, problems
-from pynchy.gateway.routing import Directory
+from pynchy.gateway.problems import Handler, RequestError, api_error_body, parse, parse_query, problems
 from pynchy.gateway.turnhub import TurnWatch
 from pynchy.logs import get_logger
 from pynchy.store import outbound
@@ -67,6 +66,21 @@ MESSAGES_PER_POLL = 200
 CLIENT_HINT = (
     "`pynchy chat` reads the token from ~/.config/pynchy/chat.yaml (key `token`), --token or $PYNCHY_CHAT_TOKEN"
 )
+
+
+class BoundGroup(Protocol):
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
+class LocalDirectory(Protocol):
+    """What the channel reads of the Group directory (gateway/routing.py's Directory)."""
+
+    def lookup(self, kind: str, channel_id: str) -> BoundGroup | None: ...
+
+    def local_channels(self) -> list[str]: ...
 
 
 class TurnFeed:
@@ -171,7 +185,7 @@ class LocalChannel:
     def __init__(
         self,
         db: Db,
-        directory: Directory,
+        directory: LocalDirectory,
         accept: Callable[[Inbound], Awaitable[Accepted]],
         watch: Callable[[str], TurnWatch],
         *,

@@ -8,8 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from pynchy.gateway.db import Db
-from pynchy.gateway.httpapi.problems import Handler, RequestError, bearer, problems
 from pynchy.gateway.httpapi.runauth import RUN_CONTEXT, RunAuth, RunTokenError
+from pynchy.gateway.problems import Handler, RequestError, bearer, problems
 from pynchy.gateway.proxy import ModelProxy
 from pynchy.gateway.usage import ModelUsage, usage_row
 from pynchy.store import records

@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 from pynchy.aio import TaskSet
 from pynchy.gateway.agentruns import AgentRuns
 from pynchy.gateway.db import Db
-from pynchy.gateway.httpapi.problems import Handler, RequestError, api_error_body, bearer, parse, problems
 from pynchy.gateway.httpapi.runauth import RUN_CONTEXT, RunAuth, RunContext, RunTokenError
 from pynchy.gateway.lifecycle import TurnLifecycle
+from pynchy.gateway.problems import Handler, RequestError, api_error_body, bearer, parse, problems
 from pynchy.gateway.stats import StatsReporter
 from pynchy.gateway.tools import ToolError, Tools
 from pynchy.gateway.turnhub import TurnHub
