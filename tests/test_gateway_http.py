@@ -1,0 +1,359 @@
+"""The gateway's HTTP APIs in-process (aiohttp's test client): authentication and every error path
+of the run API, the model proxy and the local chat API, without a cluster. The parts are the real
+ones, wired as gateway/app.py wires them; the Group and the run come in as watch events would.
+Also: the keyed state of the gateway does not grow with every Group, run and turn it has seen."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+
+from pynchy.aio import TaskSet
+from pynchy.chat.protocol import CHAT_PREFIX
+from pynchy.gateway.agentruns import AgentRuns, RunIndex
+from pynchy.gateway.db import Db
+from pynchy.gateway.delivery import Delivery
+from pynchy.gateway.hooks import ChannelHooks
+from pynchy.gateway.httpapi.model_api import ModelApi
+from pynchy.gateway.httpapi.run_api import RunApi
+from pynchy.gateway.httpapi.runauth import RunAuth
+from pynchy.gateway.lifecycle import TurnLifecycle
+from pynchy.gateway.outbox import Outbox
+from pynchy.gateway.proxy import ModelProxy
+from pynchy.gateway.routing import Directory
+from pynchy.gateway.stats import StatsReporter
+from pynchy.gateway.tools import Tools
+from pynchy.gateway.turnhub import TurnHub
+from pynchy.runtoken import RunClaims, issue
+from pynchy_agent.protocol import MODEL_PROXY_PREFIX, RUN_API_PREFIX
+
+KEY = "in-process-run-token-key-0123456789abcdef012345"
+CHAT_TOKEN = "in-process-chat-token-0123456789"
+GROUP = yaml.safe_load((Path(__file__).parents[1] / "manifests" / "examples" / "group-local.yaml").read_text())
+NS = "home"
+
+
+class EmptyKube:
+    """The narrow Kubernetes API the parts call, holding nothing: no object exists beyond what the
+    watch events brought, and writes are recorded (none of the paths here should succeed in one)."""
+
+    def __init__(self) -> None:
+        self.created: list[dict[str, Any]] = []
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.created.append(obj)
+        return obj
+
+    async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        return None
+
+
+def group_obj(name: str = "demo", uid: str = "uid-demo") -> dict[str, Any]:
+    meta = {"name": name, "namespace": NS, "uid": uid, "creationTimestamp": "2026-12-01T00:00:00Z"}
+    return {**GROUP, "metadata": meta}
+
+
+def run_obj(name: str, group: str = "demo", phase: str | None = "Running", **spec: Any) -> dict[str, Any]:
+    meta = {"name": name, "namespace": NS, "uid": f"uid-{name}", "creationTimestamp": "2026-12-01T00:00:00Z"}
+    status = {"phase": phase} if phase else {}
+    return {"metadata": meta, "spec": {"groupRef": {"name": group}, **spec}, "status": status}
+
+
+def token(run: str, group: str = "demo", uid: str | None = None, expires: int | None = None) -> str:
+    claims = RunClaims(NS, run, uid or f"uid-{run}", group, expires or int(time.time()) + 600)
+    return issue(KEY, claims, issued_at=int(time.time()))
+
+
+@dataclass
+class Parts:
+    db: Db
+    kube: EmptyKube
+    directory: Directory
+    index: RunIndex
+    runs: AgentRuns
+    hub: TurnHub
+    stats: StatsReporter
+    tasks: TaskSet
+    lifecycle: TurnLifecycle
+
+
+def build(tmp_path: Path) -> tuple[Parts, web.Application]:
+    db = Db(f"sqlite:///{tmp_path}/gateway.db")
+    kube = EmptyKube()
+    directory, index, tasks = Directory(), RunIndex(), TaskSet()
+    directory.on_event("ADDED", group_obj())
+    runs = AgentRuns(kube, directory, index)  # type: ignore[arg-type]  # EmptyKube has the methods used
+    hub = TurnHub(db)
+    hooks = ChannelHooks(tasks)
+    delivery = Delivery(db, hooks.channels)
+    stats = StatsReporter(kube)  # type: ignore[arg-type]
+    lifecycle = TurnLifecycle(db, hub, runs, directory, hooks, delivery, stats, tasks)
+    tools = Tools(kube, db, directory, Outbox(db, delivery, directory).send)  # type: ignore[arg-type]
+    auth = RunAuth(KEY, runs, directory)
+    app = web.Application()
+    app.add_subapp(RUN_API_PREFIX, RunApi(db, hub, runs, lifecycle, tools, stats, tasks, 60.0).app(auth))
+    proxy = ModelProxy("http://127.0.0.1:9", None, None)
+    app.add_subapp(MODEL_PROXY_PREFIX, ModelApi(db, proxy).app(auth))
+    return Parts(db, kube, directory, index, runs, hub, stats, tasks, lifecycle), app
+
+
+Scenario = Callable[[TestClient[Any, Any], Parts], Awaitable[None]]
+
+
+def serve(tmp_path: Path, scenario: Scenario, add: Callable[[Parts, web.Application], None] | None = None) -> None:
+    async def main() -> None:
+        parts, app = build(tmp_path)
+        if add is not None:
+            add(parts, app)
+        try:
+            async with TestClient(TestServer(app)) as client:
+                await scenario(client, parts)
+        finally:
+            await parts.tasks.close()
+            parts.db.close()
+
+    asyncio.run(main())
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
+
+
+async def error_of(response: Any) -> str:
+    body = await response.json()
+    return str(body["error"])
+
+
+# -- run API -------------------------------------------------------------------------------
+
+
+def test_run_api_refuses_missing_forged_expired_and_orphaned_tokens(tmp_path: Path) -> None:
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        parts.index.on_event("ADDED", run_obj("r1"))
+        cases = [
+            ({}, "missing run token"),
+            (bearer("not-a-token"), ""),
+            (bearer(token("r1", expires=int(time.time()) - 10)), "expired"),
+            (bearer(token("r1", uid="uid-of-an-older-r1")), "no longer exists"),
+            (bearer(token("gone")), "no longer exists"),  # the API server has no such run either
+        ]
+        for path in ("", "/turns/next", "/session", "/tools/list_tasks", "/turns/t1/events"):
+            for headers, says in cases:
+                method = client.get if path in ("", "/turns/next") else client.post
+                r = await method(RUN_API_PREFIX + path, headers=headers)
+                assert r.status == 401, (path, headers)
+                assert says in await error_of(r)
+        ok = await client.get(RUN_API_PREFIX, headers=bearer(token("r1")))
+        assert ok.status == 200
+        assert (await ok.json())["run"] == "r1"
+
+    serve(tmp_path, scenario)
+
+
+def test_run_api_error_paths_say_what_is_wrong(tmp_path: Path) -> None:
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        parts.index.on_event("ADDED", run_obj("live"))
+        parts.index.on_event("ADDED", run_obj("over", phase="Succeeded"))
+        live, over = bearer(token("live")), bearer(token("over"))
+        r = await client.get(RUN_API_PREFIX + "/turns/next?wait=soon", headers=live)
+        assert (r.status, await error_of(r)) == (400, "wait must be a number of seconds")
+        r = await client.get(RUN_API_PREFIX + "/turns/next", headers=over)
+        assert (r.status, await error_of(r)) == (410, "the run is over")
+        r = await client.post(RUN_API_PREFIX + "/tools/save_memory", headers=over, json={"arguments": {}})
+        assert r.status == 410
+        r = await client.post(RUN_API_PREFIX + "/turns/t1/events", headers=live, data=b"{not json")
+        assert r.status == 422
+        assert (await error_of(r)).startswith("invalid event batch: ")
+        r = await client.post(RUN_API_PREFIX + "/turns/t1/events", headers=live, json={"events": [{"type": "result"}]})
+        assert (r.status, await error_of(r)) == (404, "turn t1 was not delivered to this run")
+        r = await client.post(RUN_API_PREFIX + "/session", headers=live, json={"sessionId": 7})
+        assert r.status == 422
+        assert "session report" in await error_of(r)
+        r = await client.post(RUN_API_PREFIX + "/tools/no_such_tool", headers=live, json={"arguments": {}})
+        assert r.status == 404
+        assert "unknown tool 'no_such_tool'" in await error_of(r)
+        r = await client.post(RUN_API_PREFIX + "/tools/send_message", headers=live, json={"arguments": {}})
+        assert r.status == 422
+        assert "invalid arguments for send_message" in await error_of(r)
+        args = {"arguments": {"group": "other", "text": "hi"}}
+        r = await client.post(RUN_API_PREFIX + "/tools/send_message", headers=live, json=args)
+        assert r.status == 403
+        assert "not an admin group" in await error_of(r)
+        r = await client.get(RUN_API_PREFIX + "/no/such/route", headers=live)
+        assert r.status == 404
+        assert await error_of(r)  # rendered as the API's JSON error, not aiohttp's text page
+        assert parts.kube.created == []
+
+    serve(tmp_path, scenario)
+
+
+def test_run_config_changed_and_prompt_answered_end_the_run(tmp_path: Path) -> None:
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        stale = run_obj("stale")
+        stale["status"]["conditions"] = [{"type": "ConfigCurrent", "status": "False"}]
+        parts.index.on_event("ADDED", stale)
+        r = await client.get(RUN_API_PREFIX + "/turns/next", headers=bearer(token("stale")))
+        assert r.status == 410
+        assert "configuration changed" in await error_of(r)
+        parts.index.on_event("ADDED", run_obj("once", prompt="say hi", contextMode="isolated"))
+        first = await client.get(RUN_API_PREFIX + "/turns/next", headers=bearer(token("once")))
+        assert first.status == 200
+        assert (await first.json())["prompt"] == "say hi"
+        again = await client.get(RUN_API_PREFIX + "/turns/next", headers=bearer(token("once")))
+        assert again.status == 410
+        assert "own prompt has been answered" in await error_of(again)
+
+    serve(tmp_path, scenario)
+
+
+# -- model proxy ---------------------------------------------------------------------------
+
+
+def test_model_proxy_refuses_in_anthropic_format(tmp_path: Path) -> None:
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        parts.index.on_event("ADDED", run_obj("over", phase="Failed"))
+        cases = [
+            ({}, "missing run token"),
+            ({"x-api-key": "sk-ant-real-looking-key"}, ""),
+            ({"x-api-key": token("over")}, "the run is over"),
+            (bearer(token("unknown")), "no longer exists"),
+        ]
+        for headers, says in cases:
+            r = await client.post(MODEL_PROXY_PREFIX + "/v1/messages", headers=headers, json={})
+            assert r.status == 401
+            body = await r.json()
+            assert body["type"] == "error"
+            assert body["error"]["type"] == "authentication_error"
+            assert says in body["error"]["message"]
+
+    serve(tmp_path, scenario)
+
+
+# -- local chat API ------------------------------------------------------------------------
+
+
+def _local(token_value: str | None) -> Callable[[Parts, web.Application], None]:
+    from pynchy.gateway.channels.local import LocalChannel
+
+    def add(parts: Parts, app: web.Application) -> None:
+        async def accept(inbound: Any) -> Any:
+            raise AssertionError("no message should get this far")
+
+        secret = SecretStr(token_value) if token_value else None
+        channel = LocalChannel(parts.db, parts.directory, accept, parts.hub.watch, token=secret, long_poll_seconds=1.0)
+        channel.install(app)
+
+    return add
+
+
+def test_local_chat_disabled_without_a_token(tmp_path: Path) -> None:
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        r = await client.get(CHAT_PREFIX, headers=bearer(CHAT_TOKEN))
+        assert r.status == 503
+        assert "set PYNCHY_CHAT_TOKEN" in await error_of(r)
+
+    serve(tmp_path, scenario, _local(None))
+
+
+def test_local_chat_error_paths(tmp_path: Path) -> None:
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        r = await client.get(CHAT_PREFIX + "/demo")
+        assert r.status == 401
+        assert r.headers["WWW-Authenticate"] == 'Bearer realm="pynchy-chat"'
+        assert "missing token" in await error_of(r)
+        r = await client.get(CHAT_PREFIX + "/demo", headers=bearer("wrong-token-0123456789"))
+        assert (r.status, "wrong token" in await error_of(r)) == (401, True)
+        auth = bearer(CHAT_TOKEN)
+        r = await client.get(CHAT_PREFIX + "/nowhere", headers=auth)
+        assert r.status == 404
+        assert "local channels: demo" in await error_of(r)
+        r = await client.post(CHAT_PREFIX + "/demo/messages", headers=auth, data=b"[]")
+        assert r.status == 422
+        assert (await error_of(r)).startswith("invalid message: ")
+        r = await client.post(CHAT_PREFIX + "/demo/messages", headers=auth, data=b"x" * (2 << 20))
+        assert r.status == 413
+        r = await client.get(CHAT_PREFIX + "/demo/messages?after=minus-one", headers=auth)
+        assert r.status == 422
+        assert (await error_of(r)).startswith("invalid query: ")
+        r = await client.get(CHAT_PREFIX + "/demo/turns/t9/events", headers=auth)
+        assert r.status == 404
+        ok = await client.get(CHAT_PREFIX, headers=auth)
+        assert ok.status == 200
+        assert [c["channel"] for c in (await ok.json())["channels"]] == ["demo"]
+
+    serve(tmp_path, scenario, _local(CHAT_TOKEN))
+
+
+# -- keyed state stays bounded -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("many", [80])  # under the test client's 100 connections
+def test_keyed_state_does_not_grow_with_groups_runs_and_turns(tmp_path: Path, many: int) -> None:
+    """Long-polls of many Groups, runs started for them, their stats pushed, their turns watched
+    and finished: afterwards no per-key lock, wake-up or watch is left behind."""
+
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        for i in range(many):
+            parts.directory.on_event("ADDED", group_obj(f"g{i}", f"uid-g{i}"))
+            parts.index.on_event("ADDED", run_obj(f"r{i}", group=f"g{i}"))
+        polls = [
+            client.get(RUN_API_PREFIX + "/turns/next?wait=60", headers=bearer(token(f"r{i}", f"g{i}")))
+            for i in range(many)
+        ]
+        pending = [asyncio.ensure_future(p) for p in polls]
+        await wait_until(lambda: parts.hub.pending_sizes()[0] == many)  # every Group has a waiter
+        for i in range(many):
+            await parts.hub.enqueue(NS, f"g{i}", f"prompt {i}", turn_id=f"t{i}")
+        responses = await asyncio.gather(*pending)
+        assert [r.status for r in responses] == [200] * many
+        for i in range(many):
+            parts.hub.watch(f"t{i}")
+            events = {"events": [{"type": "result", "text": f"answer {i}"}]}
+            r = await client.post(
+                f"{RUN_API_PREFIX}/turns/t{i}/events", headers=bearer(token(f"r{i}", f"g{i}")), json=events
+            )
+            assert r.status == 204, await r.text()
+        await wait_until(lambda: len(parts.tasks) == 0)  # the stats pushes the finishes spawned
+        for i in range(many):
+            await parts.runs.ensure_run(NS, f"g{i}")  # a live run serves: nothing created, lock used
+        assert parts.kube.created == []
+        assert parts.hub.pending_sizes() == (0, 0)
+        assert len(parts.runs._locks) == 0
+        assert len(parts.stats._locks) == 0
+        for i in range(many):
+            parts.index.on_event("DELETED", run_obj(f"r{i}", group=f"g{i}"))
+            parts.lifecycle.run_event("DELETED", _gone(f"r{i}", f"g{i}"))
+        await wait_until(lambda: len(parts.tasks) == 0)  # each deleted run's end handled
+        assert len(parts.stats) == 0
+        assert len(parts.index) == 0
+        assert parts.lifecycle._ended == set()
+
+    serve(tmp_path, scenario)
+
+
+def _gone(name: str, group: str) -> Any:
+    from pynchy.gateway.agentruns import parse_run
+
+    return parse_run(run_obj(name, group=group))
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
