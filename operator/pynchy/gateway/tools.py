@@ -13,6 +13,7 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from pynchy.api.validation import format_errors
+from pynchy.errors import PynchyError
 from pynchy.gateway.agentruns import API_VERSION
 from pynchy.gateway.db import Db
 from pynchy.gateway.routing import Directory
@@ -39,7 +40,7 @@ class Caller:
     admin: bool
 
 
-class ToolError(Exception):
+class ToolError(PynchyError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

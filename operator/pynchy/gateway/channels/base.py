@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from pynchy.errors import PynchyError
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -57,7 +59,7 @@ class Accepted:
     reason: str = ""  # why it was ignored, for the log
 
 
-class DeliveryError(Exception):
+class DeliveryError(PynchyError):
     """A send failed. `retry_after` (seconds) when the channel said when to retry; `permanent`
     when retrying cannot help (a deleted channel, a rejected message)."""
 
