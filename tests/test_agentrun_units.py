@@ -16,7 +16,7 @@ from pynchy.operator.conditions import Cond
 from pynchy.operator.reconcile_agentrun import Outcome, config_condition, pod_outcome, run_status, ttl_remaining
 from pynchy.operator.settings import OperatorSettings
 from pynchy.runtoken import GRACE_SECONDS, verify
-from pynchy.settings import SettingsError, load
+from pynchy.settings import SettingsExit, load
 
 KEY = "unit-test-run-token-key-0123456789abcdefghijklmn"
 SETTINGS = OperatorSettings(run_token_key=KEY)
@@ -327,11 +327,11 @@ def test_credentials_cannot_override_what_pynchy_sets() -> None:
 
 def test_run_token_key_is_required_and_named_at_startup(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PYNCHY_RUN_TOKEN_KEY", raising=False)
-    with pytest.raises(SettingsError) as missing:
+    with pytest.raises(SettingsExit) as missing:
         load(OperatorSettings)
     assert "PYNCHY_RUN_TOKEN_KEY: Field required" in str(missing.value)
     monkeypatch.setenv("PYNCHY_RUN_TOKEN_KEY", "too-short")
-    with pytest.raises(SettingsError) as short:
+    with pytest.raises(SettingsExit) as short:
         load(OperatorSettings)
     assert "PYNCHY_RUN_TOKEN_KEY" in str(short.value)
     assert "at least 32 characters" in str(short.value)

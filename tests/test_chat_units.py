@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from doubles.server import ThreadedServer
 from pynchy.api.validation import format_errors
 from pynchy.chat.client import ChatClient, ChatTimeoutError, Deadline
-from pynchy.chat.config import ChatConfig, ConfigError, resolve
+from pynchy.chat.config import ChatConfig, ChatConfigError, resolve
 from pynchy.chat.protocol import (
     ChatMessage,
     EventsQuery,
@@ -81,7 +81,7 @@ def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
 
 def test_missing_file_names_the_file_the_keys_and_the_alternatives(tmp_path: Path) -> None:
     f = tmp_path / "nope" / "chat.yaml"
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(ChatConfigError) as exc:
         resolve(environ={}, path=f)
     msg = str(exc.value)
     assert str(f) in msg
@@ -95,7 +95,7 @@ def test_missing_file_names_the_file_the_keys_and_the_alternatives(tmp_path: Pat
 
 def test_only_the_missing_key_is_named(tmp_path: Path) -> None:
     f = write(tmp_path / "chat.yaml", f"gateway_url: {URL}\n")
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(ChatConfigError) as exc:
         resolve(environ={}, path=f)
     msg = str(exc.value)
     assert "no token" in msg
@@ -113,7 +113,7 @@ def test_only_the_missing_key_is_named(tmp_path: Path) -> None:
 )
 def test_bad_files_say_what_is_wrong(tmp_path: Path, text: str, expected: str) -> None:
     f = write(tmp_path / "chat.yaml", text)
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(ChatConfigError) as exc:
         resolve(environ={}, path=f)
     assert expected in str(exc.value)
     assert str(f) in str(exc.value)
@@ -121,9 +121,9 @@ def test_bad_files_say_what_is_wrong(tmp_path: Path, text: str, expected: str) -
 
 def test_a_bad_url_names_where_it_came_from(tmp_path: Path) -> None:
     f = write(tmp_path / "chat.yaml", f"gateway_url: localhost:8420\ntoken: {TOKEN}\n")
-    with pytest.raises(ConfigError, match=r"chat.yaml: gateway_url: 'localhost:8420' is not an http"):
+    with pytest.raises(ChatConfigError, match=r"chat.yaml: gateway_url: 'localhost:8420' is not an http"):
         resolve(environ={}, path=f)
-    with pytest.raises(ConfigError, match=r"^PYNCHY_CHAT_URL: 'ftp://x'"):
+    with pytest.raises(ChatConfigError, match=r"^PYNCHY_CHAT_URL: 'ftp://x'"):
         resolve(environ={"PYNCHY_CHAT_URL": "ftp://x"}, path=f)
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from pynchy.logs import choose_format, configure_logging, get_logger
-from pynchy.settings import ControlPlaneSettings, LogSettings, SettingsError, load
+from pynchy.settings import ControlPlaneSettings, LogSettings, SettingsExit, load
 
 
 def test_format_follows_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,7 +52,7 @@ def test_bad_level_is_refused() -> None:
 
 def test_invalid_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYNCHY_LOG_LEVEL", "chatty")
-    with pytest.raises(SettingsError) as err:
+    with pytest.raises(SettingsExit) as err:
         load(LogSettings)
     assert "PYNCHY_LOG_LEVEL" in str(err.value)
 

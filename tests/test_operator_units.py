@@ -11,7 +11,7 @@ from pynchy.operator.conditions import Cond, merge_conditions
 from pynchy.operator.diff import contains, up_to_date
 from pynchy.operator.settings import OperatorSettings
 from pynchy.operator.workqueue import WorkQueue, retry_delay
-from pynchy.settings import SettingsError, load
+from pynchy.settings import SettingsExit, load
 
 
 def test_contains_ignores_server_added_fields_but_not_changes() -> None:
@@ -142,7 +142,7 @@ def test_workqueue_schedules_a_retry_instead_of_hot_looping() -> None:
 def test_operator_settings_are_validated_with_variable_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYNCHY_HOST_PATH_ALLOWLIST", "relative/path")
     monkeypatch.setenv("PYNCHY_MAX_CONCURRENT_RUNS", "0")
-    with pytest.raises(SettingsError) as err:
+    with pytest.raises(SettingsExit) as err:
         load(OperatorSettings)
     text = str(err.value)
     assert "PYNCHY_HOST_PATH_ALLOWLIST" in text

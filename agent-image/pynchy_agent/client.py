@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from pynchy_agent.errors import AgentError
 from pynchy_agent.protocol import (
     RUN_API_PREFIX,
     ApiError,
@@ -29,7 +30,7 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_BATCH = 1000
 
 
-class RunApiError(Exception):
+class RunApiError(AgentError):
     """The gateway answered with an error status; `message` is its ApiError text."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -46,7 +47,7 @@ class RunOverError(RunApiError):
     """410: the run takes no more turns."""
 
 
-class GatewayUnavailableError(Exception):
+class GatewayUnavailableError(AgentError):
     """The gateway could not be reached (or kept answering 502/503/504) for the whole retry window."""
 
 

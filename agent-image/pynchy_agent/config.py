@@ -11,12 +11,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from pynchy_agent.errors import AgentError
+
 AGENT_JSON = "agent.json"
 MEMORY_SEED = "CLAUDE.md"
 DIRECTIVES = "directives.md"
 
 
-class ConfigError(Exception):
+class ConfigError(AgentError):
     """The Group's configuration is missing or invalid."""
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pynchy_agent.errors import AgentError
 from pynchy_agent.settings import RunnerSettings
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ CREDENTIAL_HELPER = (
 )
 
 
-class GitError(Exception):
+class GitError(AgentError):
     """Preparing the workspace failed; the message says what git said (credentials redacted)."""
 
 

@@ -32,6 +32,7 @@ from pynchy_agent.client import (
 )
 from pynchy_agent.config import ConfigError, GroupConfig, load_config, mcp_servers, seed_memory
 from pynchy_agent.conversation import Conversation
+from pynchy_agent.errors import AgentError
 from pynchy_agent.gitclone import GitError, git_environment, prepare_workspace
 from pynchy_agent.logs import configure_logging
 from pynchy_agent.options import build_options
@@ -54,7 +55,7 @@ STOP_GRACE_SECONDS = 15  # Kubernetes gives 30 before SIGKILL
 MIN_POLL_INTERVAL = 1.0  # a gateway answering 204 at once is never polled in a hot loop
 
 
-class FatalError(Exception):
+class FatalError(AgentError):
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.code = code

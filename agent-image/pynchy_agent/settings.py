@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pynchy_agent.errors import AgentError
+
 
 class RunnerSettings(BaseSettings):
     """Set by the operator on every agent pod; validated before the first turn."""
@@ -61,7 +63,7 @@ class RunnerSettings(BaseSettings):
         return self.home / ".pynchy"
 
 
-class SettingsError(Exception):
+class SettingsError(AgentError):
     """Invalid or missing settings: one message naming every bad variable."""
 
 

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 import jwt
 
+from pynchy.errors import PynchyError
+
 AUDIENCE = "pynchy-run-api"
 ISSUER = "pynchy-operator"
 GRACE_SECONDS = 300
 
 
-class TokenError(Exception):
+class TokenError(PynchyError):
     """The token is missing, malformed, forged or expired; the message says which."""
 
 

@@ -13,8 +13,13 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class SettingsError(SystemExit):
-    """Raised (and exits non-zero) when settings are invalid; the text says what to fix."""
+class SettingsExit(SystemExit):
+    """Raised (and exits non-zero) when settings are invalid; the text says what to fix.
+
+    A SystemExit on purpose, and so not a PynchyError: settings are read at start-up, and no
+    ``except Exception`` on the way (a supervisor, a work queue) may turn a misconfiguration
+    into a logged error and carry on.
+    """
 
 
 class LogSettings(BaseSettings):
@@ -69,4 +74,4 @@ def load(cls: type[T], **overrides: object) -> T:
             field = ".".join(str(p) for p in err["loc"]).upper()
             name = field if field.startswith("PYNCHY_") else prefix + field  # an alias is the full name
             lines.append(f"  {name}: {err['msg']}")
-        raise SettingsError("\n".join(lines)) from None
+        raise SettingsExit("\n".join(lines)) from None

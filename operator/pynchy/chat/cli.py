@@ -12,7 +12,7 @@ from typing import TextIO
 import click
 
 from pynchy.chat.client import ChatClient, ChatError, ChatTimeoutError, Deadline
-from pynchy.chat.config import ChatConfig, ConfigError, resolve
+from pynchy.chat.config import ChatConfig, ChatConfigError, resolve
 from pynchy.chat.protocol import ChannelInfo, MessageAccepted, MessageBatch
 from pynchy.chat.render import Style, TurnPrinter, message_block
 from pynchy.chat.state import StateFile
@@ -37,7 +37,7 @@ def chat(channel: str, message: str | None, timeout: float, gateway_url: str | N
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = resolve(gateway_url=gateway_url, token=token)
-    except ConfigError as exc:
+    except ChatConfigError as exc:
         raise click.ClickException(str(exc)) from None
     session = Session(config, channel, sys.stdout, sys.stderr)
     if message is not None:

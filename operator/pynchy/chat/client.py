@@ -25,6 +25,7 @@ from pynchy.chat.protocol import (
     is_final,
     parse_event,
 )
+from pynchy.errors import PynchyError
 
 T = TypeVar("T")
 RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -32,7 +33,7 @@ STREAM_READ_TIMEOUT = 60.0  # the gateway pings every 15 s; silence this long me
 RETRYABLE_STATUS = {502, 504}  # a proxy in front of a restarting gateway
 
 
-class ChatError(Exception):
+class ChatError(PynchyError):
     """The gateway refused or could not be reached; the message is for the user."""
 
     def __init__(self, message: str, status: int | None = None) -> None:

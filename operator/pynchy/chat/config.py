@@ -19,13 +19,15 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pynchy.errors import PynchyError
+
 CONFIG_ENV = "PYNCHY_CONFIG"
 URL_ENV = "PYNCHY_CHAT_URL"
 TOKEN_ENV = "PYNCHY_CHAT_TOKEN"
 URL_PATTERN = re.compile(r"^https?://[^/\s]+(/\S*)?$")
 
 
-class ConfigError(Exception):
+class ChatConfigError(PynchyError):
     """The configuration is missing or wrong; the message says where and what to set."""
 
 
@@ -60,23 +62,23 @@ def load_file(path: Path) -> ChatFile:
     except FileNotFoundError:
         return ChatFile()
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ChatConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None)
         at = f" (line {where.line + 1}{': ' + problem if problem else ''})" if where is not None else ""
-        raise ConfigError(f"{path} is not valid YAML{at}; expected keys gateway_url, token, namespace") from None
+        raise ChatConfigError(f"{path} is not valid YAML{at}; expected keys gateway_url, token, namespace") from None
     if data is None:
         return ChatFile()
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must be a mapping with keys gateway_url, token and (optionally) namespace")
+        raise ChatConfigError(f"{path} must be a mapping with keys gateway_url, token and (optionally) namespace")
     try:
         return ChatFile.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].lower()}" for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ChatConfigError(f"{path}: {problems}") from None
 
 
 def _pick(*candidates: tuple[str | None, str]) -> tuple[str, str] | None:
@@ -105,13 +107,15 @@ def resolve(
         flags = " and ".join(
             {"gateway_url": f"--gateway-url/{URL_ENV}", "token": f"--token/{TOKEN_ENV}"}[k] for k in missing
         )
-        raise ConfigError(
+        raise ChatConfigError(
             f"no {' and no '.join(missing)} for the gateway: set {' and '.join(missing)} in {path}{state}, "
             f"or use {flags}"
         )
     assert url is not None
     assert tok is not None
     if not URL_PATTERN.match(url[0]):
-        raise ConfigError(f"{url[1]}: {url[0]!r} is not an http:// or https:// URL (for example http://127.0.0.1:8420)")
+        raise ChatConfigError(
+            f"{url[1]}: {url[0]!r} is not an http:// or https:// URL (for example http://127.0.0.1:8420)"
+        )
     namespace = file.namespace.strip() if file.namespace and file.namespace.strip() else None
     return ChatConfig(gateway_url=url[0].rstrip("/"), token=tok[0], namespace=namespace, path=path)

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from pynchy.errors import PynchyError
 from pynchy_agent.protocol import ApiError, TextDelta, ToolUse, TurnFailed, TurnResult
 
 CHAT_PREFIX = "/v1/chat"
@@ -181,7 +182,7 @@ _EVENT = TypeAdapter(ChatEvent)
 _KNOWN = {"stream", "status", "ping", "text_delta", "tool_use", "result", "error"}
 
 
-class StreamError(ValueError):
+class StreamError(PynchyError, ValueError):
     """A line of the event stream that is not what the protocol says."""
 
 

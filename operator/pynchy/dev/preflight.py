@@ -18,9 +18,10 @@ from typing import Any
 
 from pynchy.dev.components import process_cmdline, same_process
 from pynchy.dev.config import DevPaths
+from pynchy.errors import PynchyError
 
 
-class DevError(Exception):
+class DevError(PynchyError):
     """`pynchy dev` cannot go on; str() is the message for the user."""
 
 

@@ -19,29 +19,12 @@ import aiohttp
 import kubernetes
 from kubernetes.client import Configuration
 
-from pynchy.kube.api import KubeError
+from pynchy.kube.api import KubeError, KubeNotFoundError, kube_error, retry_after_seconds
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
-
-
-class ApiError(KubeError):
-    """A failed API call (status 0: no connection). Unlike the operator, the dev node does not retry
-    409s blindly: a conflict on binding or deletion means another actor already did it."""
-
-    @property
-    def not_found(self) -> bool:
-        return self.status == 404
-
-    @property
-    def conflict(self) -> bool:
-        return self.status == 409
-
-    @property
-    def temporary(self) -> bool:
-        return self.status in (0, 408, 429) or self.status >= 500
 
 
 def q(segment: str) -> str:
@@ -63,7 +46,12 @@ def config_object_path(namespace: str, kind: str, name: str) -> str:
 
 
 class Kube:
-    """One aiohttp session against the cluster of a kubeconfig; open() inside the event loop."""
+    """One aiohttp session against the cluster of a kubeconfig; open() inside the event loop.
+
+    Failures raise the operator's KubeError family (`kube_error`; status 0: no connection).
+    Unlike the operator, the dev node does not retry 409s blindly: its callers test for a
+    conflict first, since on binding or deletion it means another actor already did it.
+    """
 
     def __init__(self, kubeconfig: Path) -> None:
         cfg = Configuration()
@@ -125,22 +113,20 @@ class Kube:
             ) as resp:
                 text = await resp.text()
                 if resp.status >= 400:
-                    raise _error(resp.status, text)
+                    raise _error(resp.status, text, resp.headers.get("Retry-After"))
                 return json.loads(text) if text else None
-        except ApiError:
+        except KubeError:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ApiError(0, type(exc).__name__, str(exc) or type(exc).__name__) from None
+            raise kube_error(0, type(exc).__name__, str(exc) or type(exc).__name__) from None
 
     # -- verbs ------------------------------------------------------------------------
 
     async def get(self, path: str) -> dict[str, Any] | None:
         try:
             return await self.request("GET", path)  # type: ignore[no-any-return]
-        except ApiError as exc:
-            if exc.not_found:
-                return None
-            raise
+        except KubeNotFoundError:
+            return None
 
     async def create(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
         return await self.request("POST", path, body=obj)  # type: ignore[no-any-return]
@@ -165,7 +151,7 @@ class Kube:
                 self.host + path, params={**query, "watch": "1"}, headers=self._headers(None), timeout=timeout
             ) as resp:
                 if resp.status >= 400:
-                    raise _error(resp.status, await resp.text())
+                    raise _error(resp.status, await resp.text(), resp.headers.get("Retry-After"))
                 buf = b""
                 async for chunk in resp.content.iter_any():
                     buf += chunk
@@ -173,21 +159,21 @@ class Kube:
                         line, buf = buf.split(b"\n", 1)
                         if line.strip():
                             yield json.loads(line)
-        except ApiError:
+        except KubeError:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ApiError(0, type(exc).__name__, str(exc) or type(exc).__name__) from None
+            raise kube_error(0, type(exc).__name__, str(exc) or type(exc).__name__) from None
 
 
-def _error(status: int, text: str) -> ApiError:
-    reason, message = "", text[:500]
+def _error(status: int, text: str, retry_after: str | None = None) -> KubeError:
+    reason, message, body = "", text[:500], None
     try:
         body = json.loads(text)
         reason = str(body.get("reason", ""))
         message = str(body.get("message", message))
     except (ValueError, AttributeError):
         pass
-    return ApiError(status, reason, message)
+    return kube_error(status, reason, message, retry_after_seconds(retry_after, body))
 
 
 async def informer(
@@ -240,7 +226,7 @@ async def informer(
                         if obj.get("code") == 410:
                             expired = True
                             break
-                        raise ApiError(int(obj.get("code") or 0), str(obj.get("reason", "")), str(obj.get("message")))
+                        raise kube_error(int(obj.get("code") or 0), str(obj.get("reason", "")), str(obj.get("message")))
                     rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
                     if kind == "BOOKMARK":
                         continue
@@ -254,7 +240,7 @@ async def informer(
                     break
         except asyncio.CancelledError:
             raise
-        except ApiError as exc:
+        except KubeError as exc:
             if exc.status == 410:
                 continue
             log.warning("watch failed; relisting", watch=what, error=str(exc), retry_in=delay)

@@ -20,13 +20,15 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+from pynchy.errors import PynchyError
+
 SECRET = "Secret"
 CONFIG_MAP = "ConfigMap"
 ObjectKey = tuple[str, str]  # (kind, name)
 ObjectData = Mapping[ObjectKey, Mapping[str, str] | None]
 
 
-class EnvError(Exception):
+class EnvError(PynchyError):
     """The environment cannot be built; the kubelet reports this as CreateContainerConfigError."""
 
     reason = "CreateContainerConfigError"

@@ -9,8 +9,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pynchy.devnode.client import ApiError, Kube, q
+from pynchy.devnode.client import Kube, q
 from pynchy.devnode.status import LOOPBACK, RUNTIME, micro_now, now
+from pynchy.kube.api import KubeError, KubeNotFoundError
 
 LEASE_NAMESPACE = "kube-node-lease"
 LEASE_DURATION_SECONDS = 40
@@ -133,7 +134,7 @@ async def server_version(kube: Kube) -> str:
     try:
         info = await kube.request("GET", "/version")
         return str(info.get("gitVersion") or "v0.0.0")
-    except ApiError:
+    except KubeError:
         return "v0.0.0"
 
 
@@ -150,8 +151,8 @@ async def register(kube: Kube, name: str, data_dir: Path, kubelet_version: str) 
         }
         try:
             existing = await kube.create("/api/v1/nodes", body)
-        except ApiError as exc:
-            if not exc.conflict:
+        except KubeError as exc:
+            if exc.status != 409:
                 raise
             existing = await kube.get(node_path(name))
     else:
@@ -174,9 +175,8 @@ async def renew_lease(kube: Kube, name: str, node_uid: str) -> None:
     try:
         await kube.merge_patch(lease_path(name), {"spec": spec})
         return
-    except ApiError as exc:
-        if not exc.not_found:
-            raise
+    except KubeNotFoundError:
+        pass
     lease = {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
@@ -189,6 +189,6 @@ async def renew_lease(kube: Kube, name: str, node_uid: str) -> None:
     }
     try:
         await kube.create(lease_path(), lease)
-    except ApiError as exc:
-        if not exc.conflict:
+    except KubeError as exc:
+        if exc.status != 409:
             raise

@@ -44,8 +44,10 @@ import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from pynchy.errors import PynchyError
 
-class MountPathError(ValueError):
+
+class MountPathError(PynchyError, ValueError):
     """A mount path the dev node cannot represent (relative, or the root itself)."""
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pynchy.devnode import process
-from pynchy.devnode.client import ApiError, Kube, config_object_path, pod_path
+from pynchy.devnode.client import Kube, config_object_path, pod_path
 from pynchy.devnode.envvars import EnvError, container_env, env_references, expand, object_data
 from pynchy.devnode.pathmap import MountPathError, PathMap, normalize_container_path, plan_links
 from pynchy.devnode.status import (
@@ -41,6 +41,8 @@ from pynchy.devnode.status import (
     termination_message,
 )
 from pynchy.devnode.volumes import VolumeError, VolumePreparer, make_links, remove_links
+from pynchy.errors import NotFoundError, RefusedError, TemporaryError
+from pynchy.kube.api import KubeError
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
@@ -51,17 +53,12 @@ FORCED_DELETE_GRACE = 2.0
 UNSUPPORTED_REASON = "DevNodeUnsupported"
 
 
-class PodGoneError(Exception):
+class PodGoneError(NotFoundError):
     """The pod object no longer exists (or was replaced): stop without writing anything."""
 
 
-class PodFailedError(Exception):
+class PodFailedError(RefusedError):
     """The pod cannot run on the dev node at all; it is marked Failed with this reason and message."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass
@@ -297,7 +294,7 @@ class PodWorker:
                 if exc.permanent:
                     raise PodFailedError("FailedMount", str(exc)) from None
                 message = f"MountVolume failed: {exc}"
-            except ApiError as exc:
+            except KubeError as exc:
                 message = f"MountVolume failed: {exc.message}"
             if message != last:
                 self.log.info("waiting for volumes", message=message)
@@ -364,8 +361,8 @@ class PodWorker:
         while True:
             try:
                 return await self._launch(c)
-            except (EnvError, VolumeError, ApiError) as exc:
-                message = exc.message if isinstance(exc, ApiError) else str(exc)
+            except (EnvError, VolumeError, KubeError) as exc:
+                message = exc.message if isinstance(exc, KubeError) else str(exc)
                 if isinstance(exc, VolumeError) and exc.permanent:
                     return self._start_error(rec, message)
             except (process.StartError, MountPathError) as exc:
@@ -597,11 +594,11 @@ class PodWorker:
             try:
                 await self.ctx.kube.merge_patch(pod_path(self.ns, self.name, "status"), body)
                 return
-            except ApiError as exc:
-                if exc.not_found or exc.conflict:
+            except KubeError as exc:
+                if exc.status in (404, 409):
                     self.gone = True
                     raise PodGoneError from None
-                if not exc.temporary or attempt == attempts - 1:
+                if not isinstance(exc, TemporaryError) or attempt == attempts - 1:
                     self.log.error("pod status update refused", error=str(exc))
                     return
             await asyncio.sleep(delay)
@@ -625,8 +622,8 @@ class PodWorker:
                 await self.ctx.kube.delete(pod_path(self.ns, self.name), body)
                 self.log.info("pod deleted")
                 break
-            except ApiError as exc:
-                if exc.not_found or exc.conflict:
+            except KubeError as exc:
+                if exc.status in (404, 409):
                     break
                 self.log.warning("final pod deletion failed; retrying", error=str(exc))
             await asyncio.sleep(delay)

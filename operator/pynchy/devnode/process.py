@@ -12,10 +12,12 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pynchy.errors import PynchyError
+
 _PR_SET_PDEATHSIG = 1
 
 
-class StartError(Exception):
+class StartError(PynchyError):
     """The process could not be started (the kubelet's StartError, exit code 128)."""
 
 

@@ -13,10 +13,12 @@ from urllib.parse import urlsplit
 
 from pynchy.devnode import node as nodeapi
 from pynchy.devnode import process
-from pynchy.devnode.client import ApiError, Kube, informer, pod_path, pods_path
+from pynchy.devnode.client import Kube, informer, pod_path, pods_path
 from pynchy.devnode.pods import NodeContext, PodWorker, host_environment, remove_pod_files
 from pynchy.devnode.status import node_selector_matches, now
 from pynchy.devnode.volumes import release
+from pynchy.errors import PynchyError
+from pynchy.kube.api import KubeError, KubeNotFoundError
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
@@ -25,7 +27,7 @@ DEFAULT_SCHEDULER = "default-scheduler"
 UNSCHEDULABLE_MESSAGE = "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
 
 
-class DevNodeError(RuntimeError):
+class DevNodeError(PynchyError, RuntimeError):
     """The dev node could not start; the message says why."""
 
 
@@ -239,14 +241,13 @@ class DevNode:
                 self._node = await nodeapi.post_ready(kube, self.name, True, self._node)
             except asyncio.CancelledError:
                 raise
-            except ApiError as exc:
-                if exc.not_found:
-                    log.warning("node object gone; registering again", node=self.name)
-                    with contextlib.suppress(Exception):
-                        version = await nodeapi.server_version(kube)
-                        self._node = await nodeapi.register(kube, self.name, self.data_dir, version)
-                else:
-                    log.warning("heartbeat failed", node=self.name, error=str(exc))
+            except KubeNotFoundError:
+                log.warning("node object gone; registering again", node=self.name)
+                with contextlib.suppress(Exception):
+                    version = await nodeapi.server_version(kube)
+                    self._node = await nodeapi.register(kube, self.name, self.data_dir, version)
+            except KubeError as exc:
+                log.warning("heartbeat failed", node=self.name, error=str(exc))
             except Exception:
                 log.exception("heartbeat failed", node=self.name)
 
@@ -306,8 +307,8 @@ class DevNode:
         try:
             await kube.create(pod_path(meta["namespace"], meta["name"], "binding"), binding)
             log.info("bound pod", pod=f"{meta['namespace']}/{meta['name']}", node=self.name)
-        except ApiError as exc:
-            if not (exc.conflict or exc.not_found):
+        except KubeError as exc:
+            if exc.status not in (404, 409):
                 log.warning("binding failed", pod=f"{meta['namespace']}/{meta['name']}", error=str(exc))
 
     async def _mark_unschedulable(self, kube: Kube, pod: dict[str, Any]) -> None:
@@ -323,7 +324,7 @@ class DevNode:
             "lastProbeTime": None,
             "lastTransitionTime": now(),
         }
-        with contextlib.suppress(ApiError):
+        with contextlib.suppress(KubeError):
             await kube.merge_patch(
                 pod_path(meta["namespace"], meta["name"], "status"),
                 {"metadata": {"uid": meta["uid"]}, "status": {"conditions": [condition]}},

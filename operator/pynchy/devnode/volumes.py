@@ -32,8 +32,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pynchy.devnode.client import ApiError, Kube, config_object_path, q
+from pynchy.devnode.client import Kube, config_object_path, q
 from pynchy.devnode.envvars import EnvError, field_value, object_bytes, resource_value
+from pynchy.errors import PynchyError
+from pynchy.kube.api import KubeError
 from pynchy.kube.volumes import host_path_volume
 from pynchy.logs import get_logger
 
@@ -46,7 +48,7 @@ DEFAULT_MODE = 0o644
 READ_ONLY_MASK = ~0o222 & 0o7777
 
 
-class VolumeError(Exception):
+class VolumeError(PynchyError):
     """A volume cannot be prepared; ``permanent`` ones fail the pod, the others are retried."""
 
     def __init__(self, message: str, *, permanent: bool = False) -> None:
@@ -252,7 +254,7 @@ class VolumePreparer:
         }
         try:
             result = await self.kube.create(f"/api/v1/namespaces/{q(self.ns)}/serviceaccounts/{q(sa)}/token", body)
-        except ApiError as exc:
+        except KubeError as exc:
             raise VolumeError(f"failed to fetch token for serviceaccount {sa!r}: {exc.message}") from None
         return str(result["status"]["token"])
 
@@ -324,8 +326,8 @@ class VolumePreparer:
         try:
             await self.kube.create("/api/v1/persistentvolumes", pv)
             log.info("provisioned volume", claim=f"{meta['namespace']}/{meta['name']}", path=str(directory))
-        except ApiError as exc:
-            if not exc.conflict:
+        except KubeError as exc:
+            if exc.status != 409:
                 raise VolumeError(f"provisioning a volume for claim {meta['name']!r} failed: {exc.message}") from None
 
 
@@ -411,8 +413,8 @@ async def release(kube: Kube, pv: Mapping[str, Any], volumes_root: Path) -> bool
             f"/api/v1/persistentvolumes/{q(meta['name'])}",
             {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": meta["uid"]}},
         )
-    except ApiError as exc:
-        if not (exc.not_found or exc.conflict):
+    except KubeError as exc:
+        if exc.status not in (404, 409):
             raise
     log.info("deleted released volume", pv=meta["name"], path=str(directory))
     return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from urllib.parse import quote, urlencode
 import kubernetes
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
+
+from pynchy.errors import NotFoundError, PynchyError, TemporaryError
 
 FIELD_MANAGER = "pynchy-operator"
 
@@ -49,8 +52,13 @@ RESOURCES: dict[str, ResourceType] = {
 }
 
 
-class KubeError(Exception):
-    """A failed API call, with the server's status code and message."""
+class KubeError(PynchyError):
+    """A failed API call, with the server's status code (0: no connection), reason and message.
+
+    Raised through `kube_error`, so its class says what to do: `TemporaryKubeError` is worth
+    retrying, `KubeNotFoundError` is a 404; any other status is a plain KubeError (a refusal:
+    400, 403, 422, ...).
+    """
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(f"{status} {reason}: {message}")
@@ -59,27 +67,66 @@ class KubeError(Exception):
         self.message = message
 
     @property
-    def temporary(self) -> bool:
-        """Worth retrying with backoff: no connection, conflicts, throttling, server errors."""
-        return self.status in (0, 408, 409, 429) or self.status >= 500
-
-    @property
     def gone(self) -> bool:
         """The object or its namespace is going away: stop working on it, do not retry."""
         return self.status == 404 or (self.status == 403 and "being terminated" in self.message)
 
-    @classmethod
-    def from_exception(cls, exc: ApiException) -> KubeError:
-        message = exc.reason or ""
-        reason = exc.reason or ""
-        if exc.body:
-            try:
-                body = json.loads(exc.body)
-                message = body.get("message", message)
-                reason = body.get("reason", reason)
-            except (ValueError, AttributeError):
-                message = str(exc.body)[:500]
-        return cls(int(exc.status or 0), str(reason), str(message))
+
+class TemporaryKubeError(KubeError, TemporaryError):
+    """No connection (status 0), a timeout, a conflict, throttling or a server error: retry, after
+    `retry_after` seconds when the server said (Retry-After, or the Status' retryAfterSeconds)."""
+
+    def __init__(self, status: int, reason: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(status, reason, message)
+        self.retry_after = retry_after
+
+
+class KubeNotFoundError(KubeError, NotFoundError):
+    """404: the object (or its kind, or its namespace) does not exist."""
+
+
+TEMPORARY_STATUSES = frozenset({0, 408, 409, 429})  # and every 5xx
+
+
+def kube_error(status: int, reason: str, message: str, retry_after: float | None = None) -> KubeError:
+    """The KubeError of the class that fits `status`."""
+    if status == 404:
+        return KubeNotFoundError(status, reason, message)
+    if status in TEMPORARY_STATUSES or status >= 500:
+        return TemporaryKubeError(status, reason, message, retry_after)
+    return KubeError(status, reason, message)
+
+
+def retry_after_seconds(header: str | None, body: Any = None) -> float | None:
+    """The delay the server asks for: a Retry-After header in seconds, else a Status body's
+    details.retryAfterSeconds; None when neither says (or says nothing usable)."""
+    candidates: list[Any] = [header]
+    if isinstance(body, dict) and isinstance(body.get("details"), dict):
+        candidates.append(body["details"].get("retryAfterSeconds"))
+    for value in candidates:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    return None
+
+
+def error_from_exception(exc: ApiException) -> KubeError:
+    """The KubeError for a response the API server answered with an error status."""
+    message = exc.reason or ""
+    reason = exc.reason or ""
+    body: Any = None
+    if exc.body:
+        try:
+            body = json.loads(exc.body)
+            message = body.get("message", message)
+            reason = body.get("reason", reason)
+        except (ValueError, AttributeError):
+            message = str(exc.body)[:500]
+    header = exc.headers.get("Retry-After") if exc.headers else None
+    return kube_error(int(exc.status or 0), str(reason), str(message), retry_after_seconds(header, body))
 
 
 def load_client() -> ApiClient:
@@ -130,11 +177,11 @@ class KubeApi:
             resp = self.client.call_api(method, url, header_params=headers, body=body)
             resp.read()
         except ApiException as exc:
-            raise KubeError.from_exception(exc) from None
+            raise error_from_exception(exc) from None
         except Exception as exc:  # urllib3 connection errors and the like
-            raise KubeError(0, type(exc).__name__, str(exc)) from None
+            raise kube_error(0, type(exc).__name__, str(exc)) from None
         if resp.status >= 400:
-            raise KubeError.from_exception(ApiException(http_resp=resp))
+            raise error_from_exception(ApiException(http_resp=resp))
         return json.loads(resp.data) if resp.data else None
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -146,10 +193,8 @@ class KubeApi:
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
             return await self.request("GET", self.path(kind, namespace, name))  # type: ignore[no-any-return]
-        except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except KubeNotFoundError:
+            return None
 
     async def list(
         self, kind: str, namespace: str | None, labels: dict[str, str] | None = None

@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from pynchy.errors import PynchyError
 from pynchy.logs import get_logger
 from pynchy.paths import KUBE_TOOLS_DIR, NODE_TOOLS_DIR
 from pynchy.settings import ControlPlaneSettings, load
@@ -15,7 +16,7 @@ NODE_REQUIRED = ("kubelet", "kube-scheduler", "kube-proxy", "kube-router", "core
 log = get_logger(__name__)
 
 
-class BinariesUnavailableError(RuntimeError):
+class BinariesUnavailableError(PynchyError, RuntimeError):
     """The control plane cannot start; the message says what is missing and how to get it."""
 
 

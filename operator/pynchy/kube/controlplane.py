@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from pynchy.errors import PynchyError
 from pynchy.kube.pki import CertificateAuthority, service_account_keys
 from pynchy.kube.processes import ManagedProcess
 from pynchy.logs import get_logger
@@ -43,11 +44,11 @@ AUDIT_POLICY = {
 }
 
 
-class ControlPlaneError(RuntimeError):
+class ControlPlaneError(PynchyError, RuntimeError):
     """The control plane failed to start; the message carries the component's last log lines."""
 
 
-class KubectlError(subprocess.CalledProcessError):
+class KubectlError(PynchyError, subprocess.CalledProcessError):
     """kubectl failed; str() includes what it printed, so test failures explain themselves."""
 
     def __str__(self) -> str:

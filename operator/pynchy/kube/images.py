@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pynchy.errors import PynchyError
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
@@ -159,7 +160,7 @@ IMAGE_RECIPE = 1  # bump when the way the images below are made changes
 KEEP_ARCHIVES = 3
 
 
-class ImageBuildError(RuntimeError):
+class ImageBuildError(PynchyError, RuntimeError):
     """An image could not be built or imported; the message says which step and why."""
 
 

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from pynchy.api.resources import AgentRun, Group, Workspace
 from pynchy.api.validation import format_errors
+from pynchy.errors import TemporaryError
 from pynchy.kube.api import KubeApi, KubeError
 from pynchy.logs import get_logger
 from pynchy.operator.admission import FINISHED_PHASES, RunIndex, run_view
@@ -317,7 +318,7 @@ class RunReconciler:
             if exc.status == 409:
                 return 0.0  # the pod exists after all (a lagging read): adopt it on the next pass
             self.index.unadmit(key)
-            if exc.temporary or exc.gone:
+            if isinstance(exc, TemporaryError) or exc.gone:
                 raise
             message = f"the API server refused the agent pod: {exc.message}"
             await self._publish(raw, Outcome("Pending", "PodRejected", message[:MAX_MESSAGE]))

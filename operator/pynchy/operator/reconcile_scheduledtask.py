@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pynchy.api.resources import ScheduledTask
+from pynchy.errors import TemporaryError
 from pynchy.kube.api import KubeApi, KubeError
 from pynchy.logs import get_logger
 from pynchy.operator.admission import FINISHED_PHASES
@@ -674,7 +675,7 @@ class TaskReconciler:
             if exc.status == 409:
                 log.info("scheduled run exists already (fired before)", namespace=ns, task=name, run=new_name)
                 return None
-            if exc.temporary or exc.gone:
+            if isinstance(exc, TemporaryError) or exc.gone:
                 raise
             log.warning(
                 "the API server refused a scheduled run", namespace=ns, task=name, run=new_name, error=exc.message

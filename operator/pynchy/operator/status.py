@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pynchy.api.validation import format_errors
+from pynchy.errors import TemporaryError
 from pynchy.kube.api import KubeApi, KubeError
 from pynchy.operator.checks import CheckResult, Problem
 from pynchy.operator.children import sync_children
@@ -43,9 +44,9 @@ async def sync_or_refusal(
     meta = raw["metadata"]
     try:
         return await sync_children(api, meta["namespace"], selector, kinds, desired, meta["uid"]), None
+    except TemporaryError:
+        raise
     except KubeError as exc:
-        if exc.temporary:
-            raise
         return None, Cond("Ready", False, "ApplyFailed", f"the API server refused a child object: {exc.message}")
 
 

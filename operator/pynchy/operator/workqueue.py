@@ -12,6 +12,7 @@ import random
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
+from pynchy.errors import RefusedError, TemporaryError
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
@@ -94,19 +95,29 @@ class WorkQueue:
                 requeue = await self._reconcile(key)
             except asyncio.CancelledError:
                 raise
+            except RefusedError as exc:
+                # The reconciler should have reported it; retrying unchanged input changes nothing.
+                self._failures.pop(key, None)
+                log.warning("reconcile refused; not retrying", key=str(key), reason=exc.reason, error=exc.message)
+                requeue = None
             except Exception as exc:
-                # Unexpected errors are retried with exponential backoff, never in a hot loop,
-                # and never crash the operator.
+                # Temporary errors and unexpected ones are retried with exponential backoff (or
+                # when a TemporaryError asks), never in a hot loop, and never crash the operator.
+                # Only unexpected ones are bugs worth a traceback.
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
-                delay = retry_delay(failures, self._base, self._max, random.random())
+                asked = exc.retry_after if isinstance(exc, TemporaryError) else None
+                if asked is not None:
+                    delay = min(asked, self._max)
+                else:
+                    delay = retry_delay(failures, self._base, self._max, random.random())
                 log.warning(
                     "reconcile failed; retrying",
                     key=str(key),
                     attempt=failures,
                     retry_in=round(delay, 1),
                     error=str(exc),
-                    exc_info=not getattr(exc, "temporary", False),
+                    exc_info=not isinstance(exc, TemporaryError),
                 )
                 requeue = delay
             else:

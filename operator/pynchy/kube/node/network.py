@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pynchy.errors import PynchyError
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
@@ -44,7 +45,7 @@ NAMESPACE_SYSCTLS = {
 }
 
 
-class NetworkError(RuntimeError):
+class NetworkError(PynchyError, RuntimeError):
     """The node's network could not be set up; the message says which command failed."""
 
 

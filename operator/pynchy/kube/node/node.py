@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from pynchy.errors import PynchyError
 from pynchy.kube.controlplane import SERVICE_CIDR, ControlPlane, KubectlError
 from pynchy.kube.images import BuiltImage, import_images
 from pynchy.kube.node import cleanup, network
@@ -60,7 +61,7 @@ LOCAL_PATH_CLASS = {
 }
 
 
-class NodeError(RuntimeError):
+class NodeError(PynchyError, RuntimeError):
     """The node could not start; the message says what failed and shows its last log lines."""
 
 
