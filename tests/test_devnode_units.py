@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pynchy.devnode import client
 from pynchy.devnode.envvars import (
     CONFIG_MAP,
     SECRET,
@@ -344,3 +348,41 @@ def test_node_selector() -> None:
     assert node_selector_matches(None, labels)
     assert node_selector_matches({"kubernetes.io/os": "linux"}, labels)
     assert not node_selector_matches({"disktype": "ssd"}, labels)
+
+
+class _OneEventKube:
+    """Lists one object, then watches: one event, and the stream stays open."""
+
+    def __init__(self) -> None:
+        self.lists = 0
+
+    async def request(self, method: str, path: str, **_: Any) -> dict[str, Any]:
+        self.lists += 1
+        return {"metadata": {"resourceVersion": "1"}, "items": [{"metadata": {"uid": "a", "name": "a"}}]}
+
+    async def watch_stream(self, path: str, query: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
+        yield {"type": "ADDED", "object": {"metadata": {"uid": "b", "name": "b", "resourceVersion": "2"}}}
+        await asyncio.Event().wait()
+
+
+def test_informer_logs_a_failing_handler_and_goes_on_watching() -> None:
+    kube = _OneEventKube()
+    seen: list[tuple[str, str]] = []
+    done = asyncio.Event()
+
+    async def handler(kind: str, obj: dict[str, Any]) -> None:
+        seen.append((kind, obj["metadata"]["name"]))
+        if obj["metadata"]["name"] == "a":
+            raise RuntimeError("the handler failed")
+        done.set()
+
+    async def scenario() -> None:
+        task = asyncio.create_task(client.informer(kube, "/api/v1/pods", handler, what="pods"))
+        try:
+            await asyncio.wait_for(done.wait(), 5)
+        finally:
+            task.cancel()
+
+    asyncio.run(scenario())
+    assert seen == [("ADDED", "a"), ("ADDED", "b")]
+    assert kube.lists == 1  # no relist: the failure stayed inside the handler

@@ -53,7 +53,7 @@ class GatewayUnavailableError(AgentError):
 
 def backoff(attempt: int, *, base: float = 0.5, cap: float = 10.0) -> float:
     """0.5, 1, 2, 4, 8, 10, 10, ... seconds."""
-    return min(cap, base * (2**attempt))
+    return min(cap, base * 2.0**attempt)
 
 
 def _message(response: httpx.Response) -> str:

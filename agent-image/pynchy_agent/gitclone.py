@@ -61,14 +61,14 @@ def git_environment(settings: RunnerSettings, private_dir: Path | None = None) -
     for i, (key, value) in enumerate(config):
         env[f"GIT_CONFIG_KEY_{i}"] = key
         env[f"GIT_CONFIG_VALUE_{i}"] = value
-    key = settings.git_ssh_key_file
-    if key.is_file():
+    key_file = settings.git_ssh_key_file
+    if key_file.is_file():
         folder = private_dir or Path(tempfile.mkdtemp(prefix="pynchy-git-"))
         folder.mkdir(parents=True, exist_ok=True)
         private = folder / "ssh-key"
         fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
-            out.write(key.read_bytes())
+            out.write(key_file.read_bytes())
         known_hosts = settings.home / ".ssh" / "known_hosts"
         known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         env["GIT_SSH_COMMAND"] = (

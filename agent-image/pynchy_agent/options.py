@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from claude_agent_sdk import ClaudeAgentOptions
-from claude_agent_sdk.types import McpSdkServerConfig
+from claude_agent_sdk.types import McpSdkServerConfig, SystemPromptPreset
 
 from pynchy_agent.config import GroupConfig, mcp_servers
 from pynchy_agent.settings import RunnerSettings
@@ -29,8 +29,8 @@ def builtin_tools(allowed: list[str]) -> list[str] | None:
     return names or None
 
 
-def system_prompt(directives: str | None) -> dict[str, Any]:
-    prompt: dict[str, Any] = {"type": "preset", "preset": "claude_code"}
+def system_prompt(directives: str | None) -> SystemPromptPreset:
+    prompt: SystemPromptPreset = {"type": "preset", "preset": "claude_code"}
     if directives:
         prompt["append"] = directives
     return prompt
@@ -53,7 +53,7 @@ def build_options(
     servers[SERVER_NAME] = pynchy
     return ClaudeAgentOptions(
         cwd=str(cwd),
-        system_prompt=system_prompt(config.directives),  # type: ignore[arg-type]
+        system_prompt=system_prompt(config.directives),
         tools=builtin_tools(agent.allowed_tools),
         allowed_tools=[*agent.allowed_tools, *tool_names()],
         mcp_servers=servers,

@@ -174,6 +174,8 @@ class Runner:
     async def _poll(self) -> str:
         """Queue turns until the run is over ('over') or idle for the idle timeout ('idle')."""
         errors = 0
+        wait: float  # seconds the gateway may hold the poll
+        retry: float  # seconds to keep retrying an unreachable gateway
         while True:
             if self.busy:
                 # No longer than the idle timeout: a poll still waiting when the turn ends delays the exit.

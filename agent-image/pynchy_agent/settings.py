@@ -69,7 +69,7 @@ class SettingsError(AgentError):
 
 def load_settings() -> RunnerSettings:
     try:
-        return RunnerSettings()  # type: ignore[call-arg]
+        return RunnerSettings()
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

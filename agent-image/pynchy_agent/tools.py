@@ -42,6 +42,7 @@ def _without_titles(node: Any) -> Any:
 def input_schema(model: type[WireModel]) -> dict[str, Any]:
     """The tool's JSON schema: the argument model's, by alias (camelCase, as the gateway reads it)."""
     schema = _without_titles(model.model_json_schema(by_alias=True))
+    assert isinstance(schema, dict)
     schema.setdefault("properties", {})
     return schema
 
@@ -53,7 +54,9 @@ def _text(text: str, *, error: bool = False) -> dict[str, Any]:
     return result
 
 
-def make_tool(api: RunApiClient, name: str, description: str, model: type[WireModel], on_success: Callable[[], None]):
+def make_tool(
+    api: RunApiClient, name: str, description: str, model: type[WireModel], on_success: Callable[[], None]
+) -> SdkMcpTool[Any]:
     async def call(arguments: dict[str, Any]) -> dict[str, Any]:
         try:
             result = await api.call_tool(name, dict(arguments or {}))

@@ -16,8 +16,10 @@ _configured = False
 def choose_format(explicit: str | None = None, *, stream_is_tty: bool | None = None) -> LogFormat:
     """JSON unless a person is watching: PYNCHY_LOG_FORMAT wins, then whether stderr is a TTY."""
     value = (explicit or os.environ.get("PYNCHY_LOG_FORMAT") or "").strip().lower()
-    if value in ("json", "console"):
-        return value  # type: ignore[return-value]
+    if value == "json":
+        return "json"
+    if value == "console":
+        return "console"
     if value:
         raise ValueError(f"PYNCHY_LOG_FORMAT must be 'json' or 'console', not {value!r}")
     tty = sys.stderr.isatty() if stream_is_tty is None else stream_is_tty

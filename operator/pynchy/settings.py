@@ -7,7 +7,7 @@ with a message naming the variable, never a silent fallback.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,7 +63,7 @@ class ControlPlaneSettings(BaseSettings):
 T = TypeVar("T", bound=BaseSettings)
 
 
-def load(cls: type[T], **overrides: object) -> T:
+def load(cls: type[T], **overrides: Any) -> T:
     """Instantiate settings, turning validation errors into one readable start-up error."""
     try:
         return cls(**overrides)

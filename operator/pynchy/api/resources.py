@@ -8,7 +8,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from pynchy.api.agentrun import AgentRunSpec, AgentRunStatus
-from pynchy.api.base import API_GROUP, API_VERSION, GROUP_VERSION, ApiModel
+from pynchy.api.base import API_GROUP, API_VERSION, ApiModel
 from pynchy.api.group import GroupSpec, GroupStatus
 from pynchy.api.scheduledtask import ScheduledTaskSpec, ScheduledTaskStatus
 from pynchy.api.workspace import WorkspaceSpec, WorkspaceStatus
@@ -31,7 +31,7 @@ class ObjectMeta(BaseModel):
 
 
 class Resource(ApiModel, Generic[SpecT, StatusT]):
-    api_version: Literal["pynchy.dev/v1alpha1"] = Field(default=GROUP_VERSION, alias="apiVersion")
+    api_version: Literal["pynchy.dev/v1alpha1"] = Field(default="pynchy.dev/v1alpha1", alias="apiVersion")
     kind: str
     metadata: ObjectMeta
     spec: SpecT

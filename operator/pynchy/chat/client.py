@@ -190,7 +190,7 @@ def _parse(r: httpx.Response, model: type[T]) -> T:
         raise ChatError(error_text(r.content, r.status_code), r.status_code)
     assert issubclass(model, Response)
     try:
-        return model.model_validate_json(r.content)  # type: ignore[return-value]
+        return model.model_validate_json(r.content)
     except ValueError as exc:
         raise ChatError(f"the gateway answered something unexpected ({exc.__class__.__name__})") from None
 

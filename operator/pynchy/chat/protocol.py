@@ -218,6 +218,7 @@ def error_text(body: bytes | str, status: int) -> str:
         data = json.loads(text)
     except json.JSONDecodeError:
         data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return data["error"]
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, str):
+        return error
     return text.strip()[:500] or f"HTTP {status}"

@@ -8,7 +8,8 @@ module is the one place that bridges the two.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
@@ -56,7 +57,8 @@ class CrdJsonSchema(GenerateJsonSchema):
 
     def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
         if "default_factory" in schema and not schema.get("default_factory_takes_data"):
-            value = schema["default_factory"]()  # type: ignore[call-arg]
+            factory = cast(Callable[[], Any], schema["default_factory"])  # takes no data: checked just above
+            value = factory()
             if isinstance(value, BaseModel):
                 return value.model_dump(mode="json", by_alias=True, exclude_none=True)
             if value in ([], {}):

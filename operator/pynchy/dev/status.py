@@ -42,23 +42,30 @@ def _channels(group: dict[str, Any]) -> str:
     return ",".join(out) or "-"
 
 
+def _items(listing: object) -> list[dict[str, Any]]:
+    """The items of a custom object list (the client hands it over as decoded JSON)."""
+    assert isinstance(listing, dict)
+    return list(listing["items"])
+
+
 def _cluster(state: dict[str, Any]) -> dict[str, Any]:
     """Groups, AgentRuns and the dev node, or an error saying why they could not be read."""
     from kubernetes.client import CoreV1Api, CustomObjectsApi
-    from kubernetes.config import new_client_from_config
+
+    from pynchy.kube import official
 
     now = dt.datetime.now(dt.UTC)
     try:
-        client = new_client_from_config(state["kubeconfig"])
+        client = official.new_client_from_config(state["kubeconfig"])
         custom = CustomObjectsApi(client)
-        groups = custom.list_cluster_custom_object("pynchy.dev", "v1alpha1", "groups", _request_timeout=5)["items"]
-        runs = custom.list_cluster_custom_object("pynchy.dev", "v1alpha1", "agentruns", _request_timeout=5)["items"]
-        node = client.sanitize_for_serialization(CoreV1Api(client).read_node(state["node"], _request_timeout=5))
+        groups = _items(custom.list_cluster_custom_object("pynchy.dev", "v1alpha1", "groups", _request_timeout=5))
+        runs = _items(custom.list_cluster_custom_object("pynchy.dev", "v1alpha1", "agentruns", _request_timeout=5))
+        node = official.to_json(client, CoreV1Api(client).read_node(state["node"], _request_timeout=5))
     except Exception as exc:
         return {"api_error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"}
     finally:
         with contextlib.suppress(Exception):
-            client.close()
+            official.close_client(client)
     out_groups = []
     for g in sorted(groups, key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"])):
         ready = condition_of(g, "Ready")
@@ -92,7 +99,7 @@ def _cluster(state: dict[str, Any]) -> dict[str, Any]:
         )
     ready = condition_of(node, "Ready")
     beat = ready.get("lastHeartbeatTime")
-    fresh = bool(beat) and (now - dt.datetime.fromisoformat(beat.replace("Z", "+00:00"))).total_seconds() < 60
+    fresh = bool(beat and (now - dt.datetime.fromisoformat(beat.replace("Z", "+00:00"))).total_seconds() < 60)
     return {
         "api_error": None,
         "groups": out_groups,

@@ -35,7 +35,7 @@ from pynchy.dev.components import Child, LogStream, Spec, pynchy_argv, stop_chil
 from pynchy.dev.config import DevPaths
 from pynchy.dev.preflight import DevError, PidLock, Port, check_ports, http_ok, stale_report
 from pynchy.dev.status import condition_of
-from pynchy.paths import CRDS_DIR
+from pynchy.paths import CRDS_DIR, REPO_ROOT
 
 STABLE_SECONDS = 60.0
 MAX_CRASHES = 5
@@ -403,7 +403,7 @@ class Supervisor:
 
     def _instructions(self) -> None:
         # The other terminal has no venv on its PATH: `uv run` from the checkout, else the venv's script.
-        in_checkout = Path.cwd().resolve() == config.REPO_ROOT
+        in_checkout = Path.cwd().resolve() == REPO_ROOT
         run = "uv run " if in_checkout and shutil.which("uv") else f"{Path(sys.executable).parent}/"
         lines = [
             "",

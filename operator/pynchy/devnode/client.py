@@ -16,9 +16,9 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import kubernetes
 from kubernetes.client import Configuration
 
+from pynchy.kube import official
 from pynchy.kube.api import KubeError, KubeNotFoundError, kube_error, retry_after_seconds
 from pynchy.logs import get_logger
 
@@ -55,7 +55,7 @@ class Kube:
 
     def __init__(self, kubeconfig: Path) -> None:
         cfg = Configuration()
-        kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg, persist_config=False)
+        official.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg, persist_config=False)
         self._cfg = cfg
         self.host = cfg.host.rstrip("/")
         ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
@@ -120,21 +120,24 @@ class Kube:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise kube_error(0, type(exc).__name__, str(exc) or type(exc).__name__) from None
 
+    async def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """A request the server answers with an object (the resource itself, or a list)."""
+        obj: dict[str, Any] = await self.request(method, path, **kwargs)
+        return obj
+
     # -- verbs ------------------------------------------------------------------------
 
     async def get(self, path: str) -> dict[str, Any] | None:
         try:
-            return await self.request("GET", path)  # type: ignore[no-any-return]
+            return await self._object("GET", path)
         except KubeNotFoundError:
             return None
 
     async def create(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("POST", path, body=obj)  # type: ignore[no-any-return]
+        return await self._object("POST", path, body=obj)
 
     async def merge_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return await self.request(  # type: ignore[no-any-return]
-            "PATCH", path, body=patch, content_type="application/merge-patch+json"
-        )
+        return await self._object("PATCH", path, body=patch, content_type="application/merge-patch+json")
 
     async def delete(self, path: str, body: dict[str, Any] | None = None) -> None:
         await self.request("DELETE", path, body=body)
@@ -200,7 +203,7 @@ async def informer(
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("handler failed", watch=what, event=kind, object=(obj.get("metadata") or {}).get("name"))
+            log.exception("handler failed", watch=what, kind=kind, object=(obj.get("metadata") or {}).get("name"))
 
     while True:
         try:

@@ -107,7 +107,9 @@ def conditions(ready: bool, previous: list[dict[str, Any]] | None = None, messag
     ]
 
 
-def node_status(name: str, data_dir: Path, kubelet_version: str, ready: bool, previous: dict[str, Any] | None) -> dict:
+def node_status(
+    name: str, data_dir: Path, kubelet_version: str, ready: bool, previous: dict[str, Any] | None
+) -> dict[str, Any]:
     cap = capacity(data_dir)
     return {
         "capacity": cap,

@@ -226,7 +226,8 @@ class PodWorker:
         self._arm_deadline()
         await self._write_status()
         life = asyncio.get_running_loop().create_task(self._life())
-        await asyncio.wait({life, self.interrupt}, return_when=asyncio.FIRST_COMPLETED)
+        either: set[asyncio.Future[Any]] = {life, self.interrupt}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if life.done():
             life.result()
             return

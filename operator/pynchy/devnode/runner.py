@@ -276,7 +276,7 @@ class DevNode:
         self._workers[uid] = worker
         self._live.add(worker)
         task = worker.start()
-        task.add_done_callback(lambda _t, w=worker: self._worker_done(w))
+        task.add_done_callback(lambda _t: self._worker_done(worker))
 
     def _worker_done(self, worker: PodWorker) -> None:
         self._live.discard(worker)

@@ -158,7 +158,7 @@ class VolumePreparer:
         return paths
 
     async def prepare_one(self, volume: Mapping[str, Any]) -> Path:
-        name = volume["name"]
+        name: str = volume["name"]
         local = self.pod_dir / "volumes" / name
         if "emptyDir" in volume:
             local.mkdir(parents=True, exist_ok=True)
@@ -226,7 +226,9 @@ class VolumePreparer:
                     value = field_value(self.pod, item["fieldRef"].get("fieldPath", ""))
                 elif item.get("resourceFieldRef"):
                     ref = item["resourceFieldRef"]
-                    container = containers.get(ref.get("containerName") or "") or next(iter(containers.values()), {})
+                    container: Mapping[str, Any] = containers.get(ref.get("containerName") or "") or next(
+                        iter(containers.values()), {}
+                    )
                     value = resource_value(container, ref, self.allocatable)
                 else:
                     continue

@@ -20,6 +20,7 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from pynchy.errors import NotFoundError, PynchyError, TemporaryError
+from pynchy.kube import official
 
 FIELD_MANAGER = "pynchy-operator"
 
@@ -132,10 +133,10 @@ def error_from_exception(exc: ApiException) -> KubeError:
 def load_client() -> ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG)."""
     try:
-        kubernetes.config.load_incluster_config()
+        official.load_incluster_config()
     except kubernetes.config.ConfigException:
         # The client reads $KUBECONFIG once at import; read it now so a later setting counts.
-        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
+        official.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
     return ApiClient()
 
 
@@ -146,7 +147,7 @@ class KubeApi:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
+        official.close_client(self.client)
 
     @staticmethod
     def path(kind: str, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
@@ -175,7 +176,7 @@ class KubeApi:
         try:
             # The REST layer serialises dict bodies itself (JSON is valid YAML for apply patches).
             resp = self.client.call_api(method, url, header_params=headers, body=body)
-            resp.read()
+            official.read_response(resp)
         except ApiException as exc:
             raise error_from_exception(exc) from None
         except Exception as exc:  # urllib3 connection errors and the like
@@ -188,11 +189,16 @@ class KubeApi:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: self._request(method, path, **kwargs))
 
+    async def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """A request the server answers with an object (the resource itself, or a list)."""
+        obj: dict[str, Any] = await self.request(method, path, **kwargs)
+        return obj
+
     # -- verbs ---------------------------------------------------------------------------
 
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
-            return await self.request("GET", self.path(kind, namespace, name))  # type: ignore[no-any-return]
+            return await self._object("GET", self.path(kind, namespace, name))
         except KubeNotFoundError:
             return None
 
@@ -207,7 +213,7 @@ class KubeApi:
         """Server-side apply of a whole desired object (create or update in one request)."""
         kind = obj["kind"]
         meta = obj["metadata"]
-        return await self.request(  # type: ignore[no-any-return]
+        return await self._object(
             "PATCH",
             self.path(kind, meta.get("namespace"), meta["name"]),
             query={"fieldManager": FIELD_MANAGER, "force": "true"},
@@ -226,7 +232,7 @@ class KubeApi:
                 raise
 
     async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        return await self.request(  # type: ignore[no-any-return]
+        return await self._object(
             "PATCH",
             self.path(kind, namespace, name, "status"),
             body={"status": status},
@@ -235,4 +241,4 @@ class KubeApi:
 
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
-        return await self.request("POST", self.path(obj["kind"], meta.get("namespace")), body=obj)  # type: ignore[no-any-return]
+        return await self._object("POST", self.path(obj["kind"], meta.get("namespace")), body=obj)

@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import watch
 from kubernetes.client import ApiClient, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
+from pynchy.kube import official
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
@@ -34,7 +34,7 @@ class Informer:
     ) -> None:
         self._api = CustomObjectsApi(client)
         self._gvp = (group, version, plural)
-        self._namespaces = namespaces or [None]  # type: ignore[list-item]
+        self._namespaces: list[str | None] = list(namespaces) if namespaces else [None]  # None: all namespaces
         self._on_event = on_event
         self.store: dict[tuple[str, str], dict[str, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -42,7 +42,7 @@ class Informer:
         self._threads: list[threading.Thread] = []
         self._synced = 0
         self._synced_event = asyncio.Event()
-        self._watches: list[watch.Watch] = []
+        self._watches: list[official.Watch] = []
         self.last_error: str | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
@@ -114,7 +114,7 @@ class Informer:
                     first = False
                 backoff = 0.5
                 while not self._stop.is_set():
-                    w = watch.Watch()
+                    w = official.Watch()
                     self._watches.append(w)
                     try:
                         for event in w.stream(

@@ -42,10 +42,13 @@ class CertificateAuthority:
         directory.mkdir(parents=True, exist_ok=True)
         self.cert_path = directory / "ca.crt"
         self.key_path = directory / "ca.key"
+        self._key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
         if self.cert_path.exists() and self.key_path.exists():
-            self._key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+            key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
             self._cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
-            if self._cert.not_valid_after_utc - dt.timedelta(days=2) > dt.datetime.now(dt.UTC):
+            fresh = self._cert.not_valid_after_utc - dt.timedelta(days=2) > dt.datetime.now(dt.UTC)
+            if fresh and isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):  # a key we wrote
+                self._key = key
                 return
         self._key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
@@ -94,7 +97,7 @@ class CertificateAuthority:
             sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
             sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self._key, hashes.SHA256())  # type: ignore[arg-type]
+        cert = builder.sign(self._key, hashes.SHA256())
         pair = KeyPair(self.directory / f"{file_stem}.crt", self.directory / f"{file_stem}.key")
         _write_key(pair.key, key)
         pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

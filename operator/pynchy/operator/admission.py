@@ -185,7 +185,8 @@ class RunIndex:
         limits before the watches have delivered everything."""
         if self._seeded:
             return
-        for ns in namespaces or [None]:
+        scopes: list[str | None] = [*namespaces] or [None]  # []: every namespace
+        for ns in scopes:
             for body in await api.list("AgentRun", ns):
                 view = run_view(body)
                 if view is not None:

@@ -77,22 +77,22 @@ def queue_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
 
 
 @kopf.on.event(GROUP, VERSION, "groups")
-async def group_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def group_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_owner_event("Group", event.get("type"), dict(body))
 
 
 @kopf.on.event(GROUP, VERSION, "workspaces")
-async def workspace_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def workspace_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_owner_event("Workspace", event.get("type"), dict(body))
 
 
 @kopf.on.event(GROUP, VERSION, "scheduledtasks")
-async def scheduledtask_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def scheduledtask_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_task_event(event.get("type"), dict(body))
 
 
 @kopf.on.event(GROUP, VERSION, "agentruns")
-async def agentrun_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def agentrun_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_run_event(event.get("type"), dict(body))
 
 
@@ -100,7 +100,7 @@ _MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
 
 
 @kopf.on.event("v1", "pods", labels=AGENT_POD_SELECTOR)
-async def pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_pod_event(event.get("type"), dict(body))
 
 

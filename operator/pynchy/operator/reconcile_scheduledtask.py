@@ -390,8 +390,9 @@ class TaskRuns:
             return
         async with self.lock:
             if self._seeded:
-                return
-            for ns in namespaces or [None]:
+                return  # type: ignore[unreachable]  # mypy keeps the narrowing across the await; another task seeded
+            scopes: list[str | None] = [*namespaces] or [None]  # []: every namespace
+            for ns in scopes:
                 listed = await api.request(
                     "GET", api.path("AgentRun", ns), query={"labelSelector": LABEL_SCHEDULED_TASK}
                 )

@@ -22,7 +22,7 @@ Reconcile = Callable[[Any], Awaitable[float | None]]
 def retry_delay(failures: int, base: float, cap: float, jitter: float = 0.0) -> float:
     """Exponential backoff after `failures` consecutive failures (1, 2, ...), capped, with up to 20 %
     jitter (`jitter` in [0, 1)) so many keys failing together do not retry in lockstep."""
-    return min(cap, base * 2 ** (failures - 1)) * (1 + jitter / 5)
+    return min(cap, base * 2.0 ** (failures - 1)) * (1 + jitter / 5)
 
 
 class WorkQueue:

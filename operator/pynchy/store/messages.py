@@ -9,7 +9,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from pynchy.store.models import MessageRow
+from pynchy.store.models import MessageRow, table_of
 
 IN, OUT = "in", "out"
 
@@ -51,7 +51,7 @@ def record_inbound(
     }
     dialect = session.get_bind().dialect.name
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    table = MessageRow.__table__  # Core, not the ORM's bulk insert path: this runs for every message
+    table = table_of(MessageRow)  # Core, not the ORM's bulk insert path: this runs for every message
     stmt = insert(table).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
     new_id = session.execute(stmt.returning(table.c.id)).scalar()
     if new_id is None:

@@ -82,8 +82,7 @@ def locked(engine: Engine) -> Iterator[Connection]:
     """A connection in a transaction that holds the migration lock until it commits."""
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
-            # Set on the driver connection: a statement through `conn` would begin the transaction.
-            conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={SQLITE_MIGRATION_WAIT_MS}")  # type: ignore[union-attr]
+            _sqlite_busy_timeout(conn, SQLITE_MIGRATION_WAIT_MS)
         try:
             with conn.begin():
                 if engine.dialect.name == "postgresql":
@@ -93,7 +92,14 @@ def locked(engine: Engine) -> Iterator[Connection]:
             if engine.dialect.name == "sqlite":
                 from pynchy.store.db import SQLITE_BUSY_TIMEOUT_MS
 
-                conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # type: ignore[union-attr]
+                _sqlite_busy_timeout(conn, SQLITE_BUSY_TIMEOUT_MS)
+
+
+def _sqlite_busy_timeout(conn: Connection, ms: int) -> None:
+    # Set on the driver connection: a statement through `conn` would begin the transaction.
+    driver = conn.connection.driver_connection
+    assert driver is not None  # the connection is open
+    driver.execute(f"PRAGMA busy_timeout={ms}")
 
 
 class UnversionedSchemaError(PynchyError, RuntimeError):
@@ -152,7 +158,7 @@ def diff(engine: Engine) -> list[Any]:
 
     opts = context_options()
     with engine.connect() as conn:
-        return compare_metadata(MigrationContext.configure(conn, opts=opts), opts["target_metadata"])
+        return list(compare_metadata(MigrationContext.configure(conn, opts=opts), opts["target_metadata"]))
 
 
 def _skip_empty(_context: Any, _revision: Any, directives: list[Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import CursorResult, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -57,7 +57,8 @@ def forget_memory(session: Session, namespace: str, group: str, key: str) -> boo
     result = session.execute(
         delete(MemoryRow).where(MemoryRow.namespace == namespace, MemoryRow.group == group, MemoryRow.key == key)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    assert isinstance(result, CursorResult)  # a DML statement's result has a row count
+    return bool(result.rowcount)
 
 
 def audit(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import CursorResult, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from pynchy.store.models import TurnRow
+from pynchy.store.models import TurnRow, table_of
 
 QUEUED, DELIVERED, DONE, FAILED = "queued", "delivered", "done", "failed"
 MAX_ATTEMPTS = 3
@@ -47,7 +47,7 @@ def enqueue(
         # Two transactions must not both read the same max(seq); this lock lasts until commit.
         # (SQLite transactions begin IMMEDIATE, so writers already take turns there.)
         session.execute(select(func.pg_advisory_xact_lock(SEQ_LOCK_KEY)))
-    turns = TurnRow.__table__
+    turns = table_of(TurnRow)
     # Core statements: this runs for every message, and the ORM's unit of work costs more than the SQL.
     seq = (session.execute(select(func.max(turns.c.seq))).scalar() or 0) + 1
     values = {
@@ -91,7 +91,8 @@ def claim_next(session: Session, namespace: str, group: str, run: str, *, bound_
             .where(TurnRow.id == row.id, TurnRow.state == QUEUED)
             .values(state=DELIVERED, delivered_to=run, delivered_at=datetime.now(UTC), attempts=TurnRow.attempts + 1)
         )
-        if claimed.rowcount == 1:  # type: ignore[attr-defined]
+        assert isinstance(claimed, CursorResult)  # a DML statement's result has a row count
+        if claimed.rowcount == 1:
             session.refresh(row)
             return row
     return None

@@ -21,9 +21,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config, watch
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from pynchy.kube import official
 from pynchy.kube.volumes import host_path_volume
 from pynchy.logs import get_logger
 
@@ -55,7 +56,7 @@ class LocalPathProvisioner:
     def __init__(self, kubeconfig: Path, node_name: str, storage: Path) -> None:
         self.node_name = node_name
         self.storage = storage
-        self._api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+        self._api = client.CoreV1Api(official.new_client_from_config(config_file=str(kubeconfig)))
         self._storage_api = client.StorageV1Api(self._api.api_client)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -82,7 +83,7 @@ class LocalPathProvisioner:
     def _watch(self, lister: Any) -> None:
         while not self._stop.is_set():
             try:
-                for _ in watch.Watch().stream(
+                for _ in official.Watch().stream(
                     lister, timeout_seconds=RESYNC_SECONDS, _request_timeout=RESYNC_SECONDS + 5
                 ):
                     self.reconcile()
@@ -130,7 +131,7 @@ class LocalPathProvisioner:
         reclaim = self._reclaim_policy(claim["spec"].get("storageClassName"))
         pv = host_path_volume(claim, self.node_name, path, reclaim, {PROVISIONED_BY: PROVISIONER})
         try:
-            self._api.create_persistent_volume(pv)
+            self._api.create_persistent_volume(client.V1PersistentVolume.model_validate(pv))
         except ApiException as exc:
             if exc.status != 409:
                 raise
