@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 
-class _Wire(BaseModel):
+class ChatWire(BaseModel):
     def wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
@@ -54,13 +54,13 @@ class _Wire(BaseModel):
         return json.dumps(self.wire(), separators=(",", ":")).encode() + b"\n"
 
 
-class Request(_Wire):
+class Request(ChatWire):
     """What a client sends: camelCase, unknown fields refused, no type coercion."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True)
 
 
-class Response(_Wire):
+class Response(ChatWire):
     """What the gateway answers; a client ignores fields it does not know (newer gateways)."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")

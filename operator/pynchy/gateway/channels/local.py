@@ -36,6 +36,7 @@ from pynchy.chat.protocol import (
     ChannelList,
     ChannelSummary,
     ChatMessage,
+    ChatWire,
     EventsQuery,
     MessageAccepted,
     MessageBatch,
@@ -166,13 +167,16 @@ def _running(row: TurnRow) -> Status:
     return Status(attempt=max(1, row.attempts))
 
 
+_STATES: dict[str, TurnState] = {
+    turn_store.QUEUED: "queued",
+    turn_store.DELIVERED: "running",
+    turn_store.DONE: "done",
+    turn_store.FAILED: "failed",
+}
+
+
 def _state(row: TurnRow) -> TurnState:
-    return {
-        turn_store.QUEUED: "queued",
-        turn_store.DELIVERED: "running",
-        turn_store.DONE: "done",
-        turn_store.FAILED: "failed",
-    }.get(row.state, "queued")  # type: ignore[return-value]
+    return _STATES.get(row.state, "queued")
 
 
 class LocalChannel:
@@ -445,8 +449,8 @@ class LocalChannel:
         return response
 
 
-def _json(model: BaseModel) -> web.Response:
-    return web.json_response(model.wire())  # type: ignore[attr-defined]
+def _json(model: ChatWire) -> web.Response:
+    return web.json_response(model.wire())
 
 
 def _line(event: BaseModel) -> bytes:

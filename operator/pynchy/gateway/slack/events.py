@@ -107,7 +107,7 @@ class EventReceiver:
         headers = dict(request.headers.items())
         retry = request.headers.get("X-Slack-Retry-Num")
         try:
-            bolt_request = AsyncBoltRequest(body=raw, query=request.query_string, headers=headers)  # type: ignore[arg-type]
+            bolt_request = AsyncBoltRequest(body=raw, query=request.query_string, headers=headers)  # type: ignore[arg-type]  # bolt annotates headers as dict[str, str | Sequence[str]], invariant
         except ValueError:
             # Unparseable: refuse it, as a bad signature if it is not even signed correctly.
             if not self._signed(raw, request):
