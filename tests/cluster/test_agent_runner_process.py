@@ -27,7 +27,7 @@ import pytest
 from cluster.helpers import get, wait_for
 from conftest import RUN_TOKEN_KEY, make_gateway
 from doubles.anthropic import ScriptedModel, Usage, tool_use
-from pynchy.gateway.agentruns import run_over
+from pynchy.gateway.agentruns import parse_run
 from pynchy.gateway.app import Gateway
 from pynchy.gateway.main import EmbeddedGateway
 from pynchy.gateway.turnhub import TurnWatch
@@ -143,7 +143,11 @@ class Cluster:
         self.plane.kubectl(
             "patch", "agentrun", name, "-n", self.namespace, "--subresource=status", "--type=merge", "-p", patch
         )
-        wait_for(lambda: run_over(self.gw.run_cache.get(self.namespace, name) or {"metadata": {}}), what="run over")
+        wait_for(lambda: self._run_over(name), what="run over")
+
+    def _run_over(self, name: str) -> bool:
+        obj = self.gw.run_cache.get(self.namespace, name)
+        return obj is not None and parse_run(obj).over
 
     def run_status(self, name: str) -> dict[str, Any]:
         return (get(self.plane, "agentrun", name, self.namespace) or {}).get("status") or {}

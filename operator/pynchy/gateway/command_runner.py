@@ -3,6 +3,8 @@ ledger like any reply, audited."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy.orm import Session
 
 from pynchy.gateway.agentruns import AgentRuns
@@ -23,16 +25,14 @@ log = get_logger(__name__)
 PENDING_LISTED = 20
 
 
+@dataclass(eq=False)  # a service: identity, not value
 class CommandRunner:
-    def __init__(
-        self, db: Db, api: KubeApi, hub: TurnHub, runs: AgentRuns, hooks: ChannelHooks, outbox: Outbox
-    ) -> None:
-        self.db = db
-        self.api = api
-        self.hub = hub
-        self.runs = runs
-        self.hooks = hooks
-        self.outbox = outbox
+    db: Db
+    api: KubeApi
+    hub: TurnHub
+    runs: AgentRuns
+    hooks: ChannelHooks
+    outbox: Outbox
 
     async def run(self, entry: GroupEntry, inbound: Inbound, command: Command) -> str:
         """Answer a command; the answer goes back through the ledger, keyed by the message."""

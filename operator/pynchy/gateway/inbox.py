@@ -6,7 +6,7 @@ finds the first one and does nothing, even across a gateway restart or a second 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
@@ -81,23 +81,17 @@ def store_inbound(session: Session, inbound: Inbound, entry: GroupEntry | None, 
     return Stored(message, True, turn, follow_up=running)
 
 
+@dataclass(eq=False)  # a service: identity, not value
 class Inbox:
     """`accept(inbound)`: what every channel calls with a message it received."""
 
-    def __init__(
-        self,
-        db: Db,
-        directory: Directory,
-        owner: str | None,
-        run_command: RunCommand,
-        turn_queued: Callable[[TurnRow], None],
-    ) -> None:
-        self.db = db
-        self.directory = directory
-        self.owner = owner
-        self.run_command = run_command
-        self.turn_queued = turn_queued
-        self._unknown_logged: LogOnce[tuple[str, str]] = LogOnce()
+    db: Db
+    directory: Directory
+    owner: str | None
+    run_command: RunCommand
+    turn_queued: Callable[[TurnRow], None]
+    # Channels no Group is bound to, each reported once (bounded).
+    _unknown_logged: LogOnce[tuple[str, str]] = field(default_factory=LogOnce, init=False)
 
     async def accept(self, inbound: Inbound) -> Accepted:
         entry = self.directory.lookup(inbound.channel, inbound.channel_id)

@@ -4,6 +4,8 @@ it held (requeued, failed with a message, or a new run started for what is still
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from pynchy.aio import TaskSet
 from pynchy.errors import NotFoundError
 from pynchy.gateway.agentruns import AgentRuns, RunEntry, RunKey
@@ -22,27 +24,18 @@ log = get_logger(__name__)
 TIMED_OUT = "the agent ran out of time before answering (the Group's agent.timeoutSeconds)"
 
 
+@dataclass(eq=False)  # a service: identity, not value
 class TurnLifecycle:
-    def __init__(
-        self,
-        db: Db,
-        hub: TurnHub,
-        runs: AgentRuns,
-        directory: Directory,
-        hooks: ChannelHooks,
-        delivery: Delivery,
-        stats: StatsReporter,
-        tasks: TaskSet,
-    ) -> None:
-        self.db = db
-        self.hub = hub
-        self.runs = runs
-        self.directory = directory
-        self.hooks = hooks
-        self.delivery = delivery
-        self.stats = stats
-        self.tasks = tasks
-        self._ended: set[RunKey] = set()  # runs whose end was handled; pruned when they are deleted
+    db: Db
+    hub: TurnHub
+    runs: AgentRuns
+    directory: Directory
+    hooks: ChannelHooks
+    delivery: Delivery
+    stats: StatsReporter
+    tasks: TaskSet
+    # Runs whose end was handled; pruned when they are deleted.
+    _ended: set[RunKey] = field(default_factory=set, init=False)
 
     # -- turns -------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ the outbound ledger first, then a kick of the delivery loop."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from pynchy.gateway.db import Db
@@ -12,11 +13,11 @@ from pynchy.gateway.routing import Directory
 from pynchy.store import outbound
 
 
+@dataclass(eq=False)  # a service: identity, not value
 class Outbox:
-    def __init__(self, db: Db, delivery: Delivery, directory: Directory) -> None:
-        self.db = db
-        self.delivery = delivery
-        self.directory = directory
+    db: Db
+    delivery: Delivery
+    directory: Directory
 
     async def add(self, **row: Any) -> None:
         """A ledger row (see store.outbound.add); idempotent by its key."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from pynchy.store.models import UsageRow
 
@@ -74,27 +74,8 @@ class SseUsage:
             self.usage.update(event.get("usage"))
 
 
-class TokenCounts(Protocol):
-    @property
-    def input_tokens(self) -> int: ...
-    @property
-    def output_tokens(self) -> int: ...
-    @property
-    def cache_read_input_tokens(self) -> int: ...
-    @property
-    def cache_creation_input_tokens(self) -> int: ...
-
-
-def usage_row(namespace: str, group: str, run: str, source: str, usage: TokenCounts, **extra: Any) -> UsageRow:
-    """One usage record: 'proxy' (metered from the model's responses) or 'runner' (as reported)."""
-    return UsageRow(
-        namespace=namespace,
-        group=group,
-        run=run,
-        source=source,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_input_tokens=usage.cache_read_input_tokens,
-        cache_creation_input_tokens=usage.cache_creation_input_tokens,
-        **extra,
-    )
+def usage_row(namespace: str, group: str, run: str, source: str, usage: object, **extra: Any) -> UsageRow:
+    """One usage record: 'proxy' (metered from the model's responses) or 'runner' (as reported by
+    the agent); `usage` has the token counts of FIELDS as attributes."""
+    counts = {name: getattr(usage, name) for name in FIELDS}
+    return UsageRow(namespace=namespace, group=group, run=run, source=source, **counts, **extra)

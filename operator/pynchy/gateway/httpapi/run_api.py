@@ -3,6 +3,7 @@ Pynchy's tools). Every route is authenticated by the run token, in one middlewar
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -53,26 +54,16 @@ def _live(ctx: RunContext) -> None:
         raise RequestError(410, "the run is over")
 
 
+@dataclass(eq=False)  # a service: identity, not value
 class RunApi:
-    def __init__(
-        self,
-        db: Db,
-        hub: TurnHub,
-        runs: AgentRuns,
-        lifecycle: TurnLifecycle,
-        tools: Tools,
-        stats: StatsReporter,
-        tasks: TaskSet,
-        long_poll_seconds: float,
-    ) -> None:
-        self.db = db
-        self.hub = hub
-        self.runs = runs
-        self.lifecycle = lifecycle
-        self.tools = tools
-        self.stats = stats
-        self.tasks = tasks
-        self.long_poll_seconds = long_poll_seconds
+    db: Db
+    hub: TurnHub
+    runs: AgentRuns
+    lifecycle: TurnLifecycle
+    tools: Tools
+    stats: StatsReporter
+    tasks: TaskSet
+    long_poll_seconds: float
 
     def app(self, auth: RunAuth) -> web.Application:
         """The sub-app, to mount at RUN_API_PREFIX."""
