@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from cluster.gateway_helpers import agent, finish_turn, make_run, token_for, wait_gateway_sees
-from cluster.helpers import get, wait_for
+from cluster.helpers import apply, get, group, wait_for
 from conftest import make_gateway
 from pynchy.gateway.main import EmbeddedGateway
 from pynchy.kube.controlplane import ControlPlane
@@ -20,20 +20,18 @@ from pynchy.runtoken import RunClaims, issue
 from pynchy.store import outbound, records
 from pynchy_agent.protocol import TurnResult
 
-GROUP = """
-apiVersion: pynchy.dev/v1alpha1
-kind: Group
-metadata: {{name: {name}}}
-spec:
-  admin: {admin}
-  channels: [{{local: {{name: {name}}}}}]
-"""
-
 
 @pytest.fixture
-def gateway(gateway_kubeconfig: Path, tmp_path: Path) -> Iterator[EmbeddedGateway]:
+def gateway(gateway_kubeconfig: Path, tmp_path: Path, namespace: str) -> Iterator[EmbeddedGateway]:
+    # Only the test's namespace: a Group of the same name in an earlier test's (terminating) namespace
+    # would claim the same channel.
     gw = make_gateway(
-        gateway_kubeconfig, tmp_path, "http://127.0.0.1:9", "sk-real-key-never-in-pods", long_poll_seconds=5
+        gateway_kubeconfig,
+        tmp_path,
+        "http://127.0.0.1:9",
+        "sk-real-key-never-in-pods",
+        long_poll_seconds=5,
+        namespaces=[namespace],
     ).start()
     try:
         yield gw
@@ -42,7 +40,7 @@ def gateway(gateway_kubeconfig: Path, tmp_path: Path) -> Iterator[EmbeddedGatewa
 
 
 def make_group(plane: ControlPlane, ns: str, name: str, admin: bool = False) -> dict[str, Any]:
-    plane.kubectl("apply", "-n", ns, "-f", "-", input=GROUP.format(name=name, admin=str(admin).lower()))
+    apply(plane, ns, group(name, admin=admin))
     return get(plane, "group", name, ns)  # type: ignore[return-value]
 
 

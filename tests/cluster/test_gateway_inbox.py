@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cluster.gateway_helpers import agent, finish_turn, make_run, token_for, wait_gateway_sees
-from cluster.helpers import get, wait_for
+from cluster.helpers import apply, get, group, wait_for
 from conftest import make_gateway
 from pynchy.gateway.channels.base import Inbound, Outcome
 from pynchy.gateway.main import EmbeddedGateway
@@ -19,21 +19,19 @@ from pynchy.kube.controlplane import ControlPlane
 from pynchy.store import outbound, records
 from pynchy.store import turns as turn_store
 
-GROUP = """
-apiVersion: pynchy.dev/v1alpha1
-kind: Group
-metadata: {{name: {name}}}
-spec:
-  channels: [{{local: {{name: {name}}}}}, {{slack: {{channelId: {slack}}}}}]
-  trigger: {{mode: mention, aliases: [pynchy]}}
-  allowedSenders: [owner, "slack:U0FRIEND01"]
-"""
-
 
 @pytest.fixture
-def gateway(gateway_kubeconfig: Path, tmp_path: Path) -> Iterator[EmbeddedGateway]:
+def gateway(gateway_kubeconfig: Path, tmp_path: Path, namespace: str) -> Iterator[EmbeddedGateway]:
+    # Only the test's namespace: a Group of the same name in an earlier test's (terminating) namespace
+    # would claim the same channel.
     gw = make_gateway(
-        gateway_kubeconfig, tmp_path, "http://127.0.0.1:9", "sk-test", long_poll_seconds=5, owner="U0OWNER001"
+        gateway_kubeconfig,
+        tmp_path,
+        "http://127.0.0.1:9",
+        "sk-test",
+        long_poll_seconds=5,
+        owner="U0OWNER001",
+        namespaces=[namespace],
     ).start()
     try:
         yield gw
@@ -42,7 +40,9 @@ def gateway(gateway_kubeconfig: Path, tmp_path: Path) -> Iterator[EmbeddedGatewa
 
 
 def setup_group(plane: ControlPlane, ns: str, gw: EmbeddedGateway, name: str, slack: str) -> None:
-    plane.kubectl("apply", "-n", ns, "-f", "-", input=GROUP.format(name=name, slack=slack))
+    channels = [{"local": {"name": name}}, {"slack": {"channelId": slack}}]
+    trigger = {"mode": "mention", "aliases": ["pynchy"]}
+    apply(plane, ns, group(name, channels=channels, trigger=trigger, allowedSenders=["owner", "slack:U0FRIEND01"]))
     wait_gateway_sees(gw, ns, "group", name)
     assert gw.gateway is not None
     wait_for(lambda: gw.gateway.directory.lookup("slack", slack), what="directory routes the channel")  # type: ignore[union-attr]

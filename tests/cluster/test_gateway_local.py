@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from cluster.gateway_helpers import agent, finish_turn, make_run, token_for, wait_gateway_sees
-from cluster.helpers import wait_for
+from cluster.helpers import apply, group, wait_for
 from conftest import make_gateway
 from pynchy.gateway.main import EmbeddedGateway
 from pynchy.kube.controlplane import ControlPlane
@@ -24,13 +24,6 @@ from pynchy.store import outbound
 from pynchy.store import turns as turn_store
 
 CHAT_TOKEN = "local-chat-token-for-tests-0123456789"
-GROUP = """
-apiVersion: pynchy.dev/v1alpha1
-kind: Group
-metadata: {{name: {name}}}
-spec:
-  channels: [{{local: {{name: {channel}}}}}]
-"""
 
 
 def start_gateway(kubeconfig: Path, data_dir: Path, **overrides: Any) -> EmbeddedGateway:
@@ -39,8 +32,10 @@ def start_gateway(kubeconfig: Path, data_dir: Path, **overrides: Any) -> Embedde
 
 
 @pytest.fixture
-def gateway(gateway_kubeconfig: Path, tmp_path: Path) -> Iterator[EmbeddedGateway]:
-    gw = start_gateway(gateway_kubeconfig, tmp_path)
+def gateway(gateway_kubeconfig: Path, tmp_path: Path, namespace: str) -> Iterator[EmbeddedGateway]:
+    # Only the test's namespace: a Group of the same name in an earlier test's (terminating) namespace
+    # would claim the same channel.
+    gw = start_gateway(gateway_kubeconfig, tmp_path, namespaces=[namespace])
     try:
         yield gw
     finally:
@@ -54,7 +49,7 @@ def chat_client(gw: EmbeddedGateway, token: str | None = CHAT_TOKEN) -> httpx.Cl
 
 def setup_group(plane: ControlPlane, ns: str, gw: EmbeddedGateway, name: str, channel: str | None = None) -> None:
     channel = channel or name
-    plane.kubectl("apply", "-n", ns, "-f", "-", input=GROUP.format(name=name, channel=channel))
+    apply(plane, ns, group(name, channels=[{"local": {"name": channel}}]))
     assert gw.gateway is not None
     directory = gw.gateway.directory
     wait_for(lambda: directory.lookup("local", channel), what=f"the gateway routes local channel {channel}")
@@ -259,7 +254,7 @@ def test_a_message_becomes_one_turn_whose_events_stream(
 
     # Another gateway process over the same store (a restart): the finished turn comes from the store.
     gateway.stop()
-    restarted = start_gateway(gateway_kubeconfig, tmp_path)
+    restarted = start_gateway(gateway_kubeconfig, tmp_path, namespaces=[namespace])
     try:
         setup_group(control_plane, namespace, restarted, "talk")
         fresh = chat_client(restarted)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from cluster.gateway_helpers import agent, make_run, token_for, wait_gateway_sees
-from cluster.helpers import wait_for
+from cluster.helpers import apply, group, wait_for
 from conftest import make_gateway
 from doubles.slack import BOT_TOKEN, BOT_USER, OWNER, SIGNING_SECRET, SlackDouble, post_event
 from pynchy.gateway.main import EmbeddedGateway
@@ -24,15 +24,6 @@ from pynchy.store import turns as turn_store
 
 T = TypeVar("T")
 CHANNEL = "C0SLACKGW01"
-GROUP = """
-apiVersion: pynchy.dev/v1alpha1
-kind: Group
-metadata: {{name: {name}}}
-spec:
-  channels: [{{slack: {{channelId: {channel}}}}}]
-  trigger: {{mode: mention}}
-  allowedSenders: [owner]
-"""
 
 
 @dataclass
@@ -88,9 +79,8 @@ def world(control_plane: ControlPlane, namespace: str, gateway_kubeconfig: Path,
         ).start()
         try:
             w = World(control_plane, namespace, slack, gw)
-            control_plane.kubectl(
-                "apply", "-n", namespace, "-f", "-", input=GROUP.format(name=w.group, channel=CHANNEL)
-            )
+            slack_group = group(w.group, channels=[{"slack": {"channelId": CHANNEL}}], trigger={"mode": "mention"})
+            apply(control_plane, namespace, slack_group)
             wait_gateway_sees(gw, namespace, "group", w.group)
             assert gw.gateway is not None
             directory = gw.gateway.directory

@@ -6,19 +6,8 @@ import asyncio
 import json
 from typing import Any
 
-from cluster.helpers import get, is_ready, wait_for
+from cluster.helpers import get, group, is_ready, wait_for
 from e2e.conftest import Stack
-
-GROUP = """
-apiVersion: pynchy.dev/v1alpha1
-kind: Group
-metadata: {{name: {name}}}
-spec:
-  channels: [{{local: {{name: {name}}}}}]
-  {workspace}
-  agent:
-    idleTimeoutSeconds: {idle}
-"""
 
 
 def apply(stack: Stack, manifest: str) -> None:
@@ -26,8 +15,10 @@ def apply(stack: Stack, manifest: str) -> None:
 
 
 def ready_group(stack: Stack, name: str, *, workspace: str | None = None, idle: int = 600) -> None:
-    ws = f"workspaceRef: {{name: {workspace}}}" if workspace else ""
-    apply(stack, GROUP.format(name=name, workspace=ws, idle=idle))
+    spec: dict[str, Any] = {"agent": {"idleTimeoutSeconds": idle}}
+    if workspace:
+        spec["workspaceRef"] = {"name": workspace}
+    apply(stack, json.dumps(group(name, **spec)))
     wait_for(lambda: is_ready(stack.plane, "group", name, stack.namespace), timeout=60, what=f"Group {name} Ready")
     gw = stack.gateway.gateway
     assert gw is not None

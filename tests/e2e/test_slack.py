@@ -3,13 +3,14 @@ Claude Code CLI (against the scripted model) → a placeholder streamed in the t
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cluster.helpers import is_ready, wait_for
+from cluster.helpers import group, is_ready, wait_for
 from doubles.anthropic import ScriptedModel, Usage, text, write_in_cwd
 from doubles.slack import BOT_TOKEN, BOT_USER, OWNER, SIGNING_SECRET, SlackDouble, post_event
 from e2e.conftest import Stack, running_stack
@@ -17,15 +18,7 @@ from pynchy.gateway.slack.stream import PLACEHOLDER
 from pynchy.kube.controlplane import ControlPlane
 
 CHANNEL = "C0E2ESLACK1"
-GROUP = f"""
-apiVersion: pynchy.dev/v1alpha1
-kind: Group
-metadata: {{name: forecaster}}
-spec:
-  channels: [{{slack: {{channelId: {CHANNEL}}}}}]
-  trigger: {{mode: mention}}
-  allowedSenders: [owner]
-"""
+GROUP = group("forecaster", channels=[{"slack": {"channelId": CHANNEL}}], trigger={"mode": "mention"})
 
 
 @pytest.fixture
@@ -66,7 +59,7 @@ def test_slack_mention_runs_the_agent_and_the_reply_streams_into_the_thread(
     slack_stack: Stack, slack: SlackDouble
 ) -> None:
     stack = slack_stack
-    stack.plane.kubectl("apply", "-n", stack.namespace, "-f", "-", input=GROUP)
+    stack.plane.kubectl("apply", "-n", stack.namespace, "-f", "-", input=json.dumps(GROUP))
     wait_for(lambda: is_ready(stack.plane, "group", "forecaster", stack.namespace), timeout=60, what="Group Ready")
     gw = stack.gateway.gateway
     assert gw is not None
