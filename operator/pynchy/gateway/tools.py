@@ -68,6 +68,13 @@ def scheduled_task(namespace: str, target: str, args: ScheduleTaskArgs, caller: 
     }
 
 
+def _task_group(task: dict[str, Any]) -> str | None:
+    """The Group a ScheduledTask object belongs to (its spec is CRD-validated: groupRef is required)."""
+    ref = (task.get("spec") or {}).get("groupRef") or {}
+    name = ref.get("name")
+    return name if isinstance(name, str) else None
+
+
 def _task_summary(task: dict[str, Any]) -> dict[str, Any]:
     spec, status = task.get("spec") or {}, task.get("status") or {}
     return {
@@ -151,11 +158,11 @@ class Tools:
 
     async def _tasks(self, namespace: str, target: str) -> list[dict[str, Any]]:
         items = await self.api.list("ScheduledTask", namespace)
-        return [t for t in items if (t.get("spec") or {}).get("groupRef", {}).get("name") == target]
+        return [t for t in items if _task_group(t) == target]
 
     async def _own_task(self, caller: Caller, target: str, name: str) -> dict[str, Any]:
         task = await self.api.get("ScheduledTask", caller.namespace, name)
-        if task is None or (task.get("spec") or {}).get("groupRef", {}).get("name") != target:
+        if task is None or _task_group(task) != target:
             raise ToolError(404, f"no task named {name!r} for group {target}; list_tasks shows them")
         return task
 
