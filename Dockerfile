@@ -32,7 +32,7 @@ COPY agent-image/pynchy_agent agent-image/pynchy_agent
 COPY operator/pynchy operator/pynchy
 RUN uv sync --frozen --no-dev --package pynchy --no-editable \
  && /opt/venv/bin/pynchy --help >/dev/null \
- && /opt/venv/bin/python -c "import pynchy.operator.run, pynchy.gateway.run"
+ && /opt/venv/bin/python -c "import pynchy.operator.run, pynchy.gateway.main"
 
 # -- runtime ---------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
