@@ -219,6 +219,27 @@ def test_run_config_changed_and_prompt_answered_end_the_run(tmp_path: Path) -> N
     serve(tmp_path, scenario)
 
 
+def test_a_waiting_scheduled_run_makes_an_idle_conversation_run_give_way(tmp_path: Path) -> None:
+    """The schedule's run (a Schedule trigger, timestamps as the API server writes them) is seen, and
+    a conversation run's long-poll ends with 410 so that it can start."""
+
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        parts.index.on_event("ADDED", run_obj("talk"))
+        poll = asyncio.ensure_future(client.get(RUN_API_PREFIX + "/turns/next?wait=60", headers=bearer(token("talk"))))
+        await wait_until(lambda: parts.hub.pending_sizes()[0] == 1)
+        trigger = {"kind": "Schedule", "scheduledTaskRef": {"name": "digest"}, "scheduledTime": "2026-12-01T09:00:00Z"}
+        scheduled = run_obj("digest-1", phase="Pending", prompt="the digest", contextMode="group", trigger=trigger)
+        entry = parts.index.on_event("ADDED", scheduled)
+        assert entry is not None
+        assert entry.prompt_source == "schedule"
+        parts.lifecycle.run_event("ADDED", entry)
+        r = await poll
+        assert r.status == 410
+        assert "a scheduled run of this Group is waiting" in await error_of(r)
+
+    serve(tmp_path, scenario)
+
+
 # -- model proxy ---------------------------------------------------------------------------
 
 

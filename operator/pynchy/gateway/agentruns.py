@@ -87,7 +87,7 @@ def parse_run(obj: dict[str, Any]) -> RunEntry:
         uid=meta.get("uid", ""),
         created=datetime.fromisoformat(created) if created else datetime.min.replace(tzinfo=UTC),
         deleting=bool(meta.get("deletionTimestamp")),
-        spec=AgentRunSpec.model_validate(obj.get("spec") or {}),
+        spec=AgentRunSpec.from_k8s(obj.get("spec") or {}),  # JSON semantics: timestamps are strings
         phase=status.get("phase"),
         pod_name=status.get("podName"),
         message=status.get("message"),
