@@ -37,7 +37,10 @@ def only_this_namespace(namespace: str, monkeypatch: pytest.MonkeyPatch) -> None
 
 @pytest.fixture
 def clock() -> TestClock:
-    return TestClock()
+    # Half a minute behind the API server: a task's creationTimestamp (real time, cut to the second)
+    # is then always later than the frozen clock, so no due time falls between the task's creation
+    # and the clock; a clock frozen just after a boundary fired that boundary at once, now and then.
+    return TestClock(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30))
 
 
 @pytest.fixture
@@ -653,7 +656,9 @@ def test_a_refused_run_is_reported_and_retried_within_the_deadline(
         )
         return proc.stderr if proc.returncode else ""
 
-    wait_for(lambda: "exceeded quota: runs" in admission(), what="the quota in force")
+    # On a fresh control plane the controller-manager's quota monitor learns the CRDs at its next
+    # discovery resync (every 30 s), so the first quota status can take longer than that.
+    wait_for(lambda: "exceeded quota: runs" in admission(), timeout=120, what="the quota in force")
     apply(control_plane, namespace, task("quota", {"cron": "*/10 * * * *"}, startingDeadlineSeconds=90))
     due = next_due(control_plane, namespace, "quota")
     tick(op, clock, due)

@@ -199,6 +199,9 @@ class ControlPlane:
                     "--secure-port=0",
                     "--controllers=*",
                     "--concurrent-gc-syncs=10",
+                    # A quota on a CRD kind made before the quota monitor learned the kind (it
+                    # rediscovers every 30 s) is otherwise first computed at the 5-minute resync.
+                    "--resource-quota-sync-period=15s",
                 ],
                 self.logs_dir / "kube-controller-manager.log",
             )
