@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -205,28 +205,40 @@ def _failures(logs: Logs) -> Logs:
     return [e for e in logs if e["event"] == "reconcile failed; retrying"]
 
 
+Reconcile = Callable[[WorkQueue, str], Awaitable[None]]
+
+
+async def drive(reconcile: Reconcile, keys: list[str], done: asyncio.Event, **delays: float) -> Logs:
+    """A one-worker queue given `keys`, until `done` is set; its log."""
+    q: WorkQueue
+
+    async def call(key: str) -> None:
+        await reconcile(q, key)
+
+    q = WorkQueue(call, workers=1, **delays)
+    with capture_logs() as logs:
+        q.start()
+        for key in keys:
+            q.add(key)
+        await asyncio.wait_for(done.wait(), WAIT)
+        await q.stop()
+    return logs
+
+
 def test_the_queue_retries_a_temporary_error_after_its_retry_after_without_a_traceback() -> None:
-    async def main() -> Logs:
-        calls = 0
-        retried = asyncio.Event()
+    calls = 0
+    retried = asyncio.Event()
 
-        async def reconcile(key: str) -> None:
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                raise TemporaryError("throttled", retry_after=0.2)
-            retried.set()
+    async def reconcile(q: WorkQueue, key: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TemporaryError("throttled", retry_after=0.2)
+        retried.set()
 
-        # The backoff alone would wait 30 s: a retry within WAIT can only be the retry_after.
-        q = WorkQueue(reconcile, workers=1, base_delay=30.0, max_delay=60.0)
-        with capture_logs() as logs:
-            q.start()
-            q.add("k")
-            await asyncio.wait_for(retried.wait(), WAIT)
-            await q.stop()
-        return logs
-
-    (failure,) = _failures(asyncio.run(main()))
+    # The backoff alone would wait 30 s: a retry within WAIT can only be the retry_after.
+    logs = asyncio.run(drive(reconcile, ["k"], retried, base_delay=30.0, max_delay=60.0))
+    (failure,) = _failures(logs)
     assert failure["retry_in"] == 0.2
     assert failure["exc_info"] is False
 
@@ -237,27 +249,17 @@ def test_the_queue_retries_a_temporary_error_after_its_retry_after_without_a_tra
 def test_the_queue_backs_off_without_retry_after_and_logs_a_traceback_only_for_the_unexpected(
     error: Exception, traceback: bool
 ) -> None:
-    async def main() -> tuple[float | None, Logs]:
-        probed = asyncio.Event()
-        delay: float | None = None
+    probed = asyncio.Event()
+    delay: float | None = None
 
-        async def reconcile(key: str) -> None:
-            nonlocal delay
-            if key == "failing":
-                raise error
-            delay = q.scheduled_in("failing")  # one worker: the failure is fully handled by now
-            probed.set()
+    async def reconcile(q: WorkQueue, key: str) -> None:
+        nonlocal delay
+        if key == "failing":
+            raise error
+        delay = q.scheduled_in("failing")  # one worker: the failure is fully handled by now
+        probed.set()
 
-        q = WorkQueue(reconcile, workers=1, base_delay=30.0, max_delay=60.0)
-        with capture_logs() as logs:
-            q.start()
-            q.add("failing")
-            q.add("probe")
-            await asyncio.wait_for(probed.wait(), WAIT)
-            await q.stop()
-        return delay, logs
-
-    delay, logs = asyncio.run(main())
+    logs = asyncio.run(drive(reconcile, ["failing", "probe"], probed, base_delay=30.0, max_delay=60.0))
     assert delay is not None
     assert 29.0 < delay <= 36.0  # the backoff's first step, with at most 20 % jitter
     (failure,) = _failures(logs)
@@ -265,32 +267,22 @@ def test_the_queue_backs_off_without_retry_after_and_logs_a_traceback_only_for_t
 
 
 def test_the_queue_does_not_retry_a_refusal() -> None:
-    async def main() -> tuple[list[str], float | None, Logs]:
-        seen: list[str] = []
-        done = asyncio.Event()
-        pending: float | None = None
+    seen: list[str] = []
+    done = asyncio.Event()
+    pending: float | None = None
 
-        async def reconcile(key: str) -> None:
-            nonlocal pending
-            seen.append(key)
-            if key == "refused":
-                raise RefusedError("InvalidSpec", "spec.x is required")
-            if key == "b":
-                q.add("c")  # a retry of "refused" at once would run before "c"
-            if key == "c":
-                pending = q.scheduled_in("refused")  # and a later one would be a pending timer
-                done.set()
+    async def reconcile(q: WorkQueue, key: str) -> None:
+        nonlocal pending
+        seen.append(key)
+        if key == "refused":
+            raise RefusedError("InvalidSpec", "spec.x is required")
+        if key == "b":
+            q.add("c")  # a retry of "refused" at once would run before "c"
+        if key == "c":
+            pending = q.scheduled_in("refused")  # and a later one would be a pending timer
+            done.set()
 
-        q = WorkQueue(reconcile, workers=1, base_delay=0.0, max_delay=0.0)
-        with capture_logs() as logs:
-            q.start()
-            q.add("refused")
-            q.add("b")
-            await asyncio.wait_for(done.wait(), WAIT)
-            await q.stop()
-        return seen, pending, logs
-
-    seen, pending, logs = asyncio.run(main())
+    logs = asyncio.run(drive(reconcile, ["refused", "b"], done, base_delay=0.0, max_delay=0.0))
     assert seen == ["refused", "b", "c"]
     assert pending is None
     assert not _failures(logs)
