@@ -62,7 +62,7 @@ class Directory:
         self._groups.pop(key, None)
         if kind != "DELETED":
             try:
-                spec = GroupSpec.model_validate(obj.get("spec") or {})
+                spec = GroupSpec.from_k8s(obj.get("spec") or {})  # JSON semantics, as the API server wrote it
             except ValidationError as exc:
                 # The CRD's schema makes this rare; the operator reports it on the Group.
                 log.warning("group spec invalid; not routed", namespace=key[0], group=key[1], errors=exc.error_count())
