@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -20,7 +19,7 @@ from pydantic import SecretStr
 
 from pynchy.aio import TaskSet
 from pynchy.chat.protocol import CHAT_PREFIX
-from pynchy.gateway.agentruns import AgentRuns, RunIndex
+from pynchy.gateway.agentruns import AgentRuns, RunEntry, RunIndex, parse_run
 from pynchy.gateway.db import Db
 from pynchy.gateway.delivery import Delivery
 from pynchy.gateway.hooks import ChannelHooks
@@ -321,10 +320,11 @@ def test_local_chat_error_paths(tmp_path: Path) -> None:
 # -- keyed state stays bounded -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("many", [80])  # under the test client's 100 connections
-def test_keyed_state_does_not_grow_with_groups_runs_and_turns(tmp_path: Path, many: int) -> None:
+def test_keyed_state_does_not_grow_with_groups_runs_and_turns(tmp_path: Path) -> None:
     """Long-polls of many Groups, runs started for them, their stats pushed, their turns watched
     and finished: afterwards no per-key lock, wake-up or watch is left behind."""
+
+    many = 80  # long-polls at once, under the test client's 100 connections
 
     async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
         for i in range(many):
@@ -365,9 +365,7 @@ def test_keyed_state_does_not_grow_with_groups_runs_and_turns(tmp_path: Path, ma
     serve(tmp_path, scenario)
 
 
-def _gone(name: str, group: str) -> Any:
-    from pynchy.gateway.agentruns import parse_run
-
+def _gone(name: str, group: str) -> RunEntry:
     return parse_run(run_obj(name, group=group))
 
 

@@ -158,7 +158,8 @@ class AgentRuns:
         self.api = api
         self.directory = directory
         self.index = index
-        self._created: dict[tuple[str, str], tuple[str, float]] = {}  # (ns, group) -> (run, when)
+        # (ns, group) -> (run, when): runs we created, until the watch must have shown them.
+        self._created: dict[tuple[str, str], tuple[str, float]] = {}
         self._locks: KeyedLocks[tuple[str, str]] = KeyedLocks()
 
     def run(self, namespace: str, name: str) -> RunEntry | None:
@@ -181,21 +182,19 @@ class AgentRuns:
     def group_runs(self, namespace: str, group: str) -> list[RunEntry]:
         return self.index.of_group(namespace, group)
 
-    def forget(self, namespace: str, group: str) -> None:
-        """The Group is gone: drop what was remembered of the run created for it."""
-        self._created.pop((namespace, group), None)
-
     def serving_run(self, namespace: str, group: str) -> str | None:
         """A live run that takes the Group's queued turns (pending counts: it will start)."""
         for r in self.group_runs(namespace, group):
             if not r.over and r.config_current and r.serves_group_turns:
                 return r.name
         created = self._created.get((namespace, group))
-        if created and time.monotonic() - created[1] < CREATE_VISIBILITY_SECONDS:
-            seen = self.run(namespace, created[0])
-            if seen is None or not seen.over:
-                return created[0]
-        return None
+        if created is None:
+            return None
+        if time.monotonic() - created[1] >= CREATE_VISIBILITY_SECONDS:
+            del self._created[(namespace, group)]  # the watch has shown it (or it never came)
+            return None
+        seen = self.run(namespace, created[0])
+        return created[0] if seen is None or not seen.over else None
 
     def prompt_run_waiting(self, namespace: str, group: str, besides: str) -> bool:
         """Is a run with its own prompt (a schedule) waiting for the Group's active run to end?"""

@@ -131,8 +131,9 @@ class Gateway:
         for channel in self.hooks:
             channel.install(app)
         # Started in this order, stopped in reverse once the HTTP server has finished its requests.
-        app.cleanup_ctx.extend([self._store, self._model_proxy, self._watches, self._background, self._channels])
-        app.cleanup_ctx.append(self._delivery)
+        app.cleanup_ctx.extend(
+            [self._store, self._model_proxy, self._watches, self._background, self._channels, self._delivery]
+        )
         app.on_shutdown.append(self._release_long_polls)
         return app
 

@@ -51,7 +51,7 @@ from pynchy.chat.protocol import (
 )
 from pynchy.gateway.channels.base import Accepted, ChannelKind, Inbound, Outcome
 from pynchy.gateway.db import Db
-from pynchy.gateway.problems import Handler, RequestError, api_error_body, parse, parse_query, problems
+from pynchy.gateway.problems import Handler, RequestError, api_error_body, bearer, parse, parse_query, problems
 from pynchy.gateway.turnhub import TurnWatch
 from pynchy.logs import get_logger
 from pynchy.store import outbound
@@ -312,15 +312,15 @@ class LocalChannel:
                 "the local channel is disabled: set PYNCHY_CHAT_TOKEN on the gateway "
                 "(at least 16 characters) and give `pynchy chat` the same token",
             )
-        header = request.headers.get("Authorization", "")
+        token = bearer(request)
         challenge = {"WWW-Authenticate": 'Bearer realm="pynchy-chat"'}
-        if not header.lower().startswith("bearer ") or not header[7:].strip():
+        if token is None:
             raise RequestError(
                 401,
                 f"missing token: send Authorization: Bearer <the gateway's PYNCHY_CHAT_TOKEN>; {CLIENT_HINT}",
                 challenge,
             )
-        if not hmac.compare_digest(header[7:].strip().encode(), self._token):
+        if not hmac.compare_digest(token.encode(), self._token):
             raise RequestError(
                 401,
                 f"wrong token: it does not match the gateway's PYNCHY_CHAT_TOKEN; {CLIENT_HINT}",
