@@ -156,16 +156,42 @@ def controlplane_cmd(data_dir: Path, install_crds: bool, port: int) -> None:
     multiple=True,
     help="Only schedule and run pods of this namespace (repeatable; default: all namespaces).",
 )
-def devnode_cmd(data_dir: Path, name: str, kubeconfig: Path | None, namespaces: tuple[str, ...]) -> None:
-    """Act as scheduler and kubelet for one Node, running its pods as local processes (see docs/devnode.md)."""
+@click.option(
+    "--relay",
+    "relays",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="An address sandboxed pods may reach, at the same address inside the sandbox (the gateway; repeatable).",
+)
+@click.option(
+    "--no-isolation",
+    is_flag=True,
+    help="Run pods as plain processes of this user, with no sandbox (where bubblewrap cannot run).",
+)
+def devnode_cmd(
+    data_dir: Path,
+    name: str,
+    kubeconfig: Path | None,
+    namespaces: tuple[str, ...],
+    relays: tuple[str, ...],
+    no_isolation: bool,
+) -> None:
+    """Act as scheduler and kubelet for one Node, running its pods in sandboxes (see docs/devnode.md)."""
     import os
 
-    from pynchy.devnode import DevNode, DevNodeError
+    from pynchy.devnode import Address, DevNode, DevNodeError, Sandbox
 
     if kubeconfig is None:
         candidates = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
         kubeconfig = Path(candidates[0]) if candidates else Path.home() / ".kube" / "config"
-    node = DevNode(kubeconfig, data_dir, name=name, namespaces=list(namespaces) or None)
+    try:
+        addresses = tuple(Address.parse(r) for r in relays)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--relay") from None
+    if no_isolation and addresses:
+        raise click.UsageError("--relay is for sandboxed pods; without isolation pods reach every address")
+    sandbox = None if no_isolation else Sandbox(relays=addresses)
+    node = DevNode(kubeconfig, data_dir, name=name, namespaces=list(namespaces) or None, sandbox=sandbox)
     try:
         node.run_until_signalled()
     except DevNodeError as exc:

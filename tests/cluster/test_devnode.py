@@ -42,6 +42,7 @@ def node_name(namespace: str) -> str:
 
 
 def make_devnode(plane: ControlPlane, namespace: str, data_dir: Path, **kwargs: Any) -> DevNode:
+    kwargs.setdefault("sandbox", None)  # these tests pin the process mode; test_devnode_sandbox.py the other
     return DevNode(
         plane.kubeconfig,
         data_dir,
@@ -552,7 +553,7 @@ def test_restart_after_kill_marks_lost_pods_failed(
 
 def test_start_fails_clearly_without_permissions(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
     kubeconfig = control_plane.write_kubeconfig(tmp_path / "nobody.kubeconfig", "nobody")
-    node = DevNode(kubeconfig, tmp_path / "devnode", name=node_name(namespace), namespaces=[namespace])
+    node = DevNode(kubeconfig, tmp_path / "devnode", name=node_name(namespace), namespaces=[namespace], sandbox=None)
     with pytest.raises(DevNodeError, match="forbidden"):
         node.start()
     assert not node.alive

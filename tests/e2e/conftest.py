@@ -8,17 +8,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from conftest import RUN_TOKEN_KEY, make_gateway
 from doubles.anthropic import ScriptedModel
-from pynchy.devnode import DevNode
+from pynchy.devnode import Address, DevNode, Sandbox
 from pynchy.gateway.main import EmbeddedGateway
 from pynchy.kube.controlplane import ControlPlane
 from pynchy.operator.run import EmbeddedOperator
 
 MODEL_KEY = "sk-ant-real-key-that-must-never-reach-a-pod"
+
+
+def gateway_address(url: str) -> Address:
+    """The gateway's host:port, relayed into every agent sandbox."""
+    parts = urlsplit(url)
+    assert parts.hostname and parts.port, url
+    return Address(parts.hostname, parts.port)
 
 
 @dataclass
@@ -47,6 +55,8 @@ def running_stack(
     model: ScriptedModel,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    *,
+    isolation: bool = True,
     **gateway_settings: object,
 ) -> Iterator[Stack]:
     """Gateway (with `gateway_settings`), operator and dev node for `namespace`, stopped afterwards."""
@@ -60,7 +70,13 @@ def running_stack(
     monkeypatch.setenv("PYNCHY_WORKERS", "4")
     operator = EmbeddedOperator().start()
     node_name = "dev-" + hashlib.sha1(namespace.encode()).hexdigest()[:10]
-    node = DevNode(plane.kubeconfig, tmp_path / "node", name=node_name, namespaces=[namespace])
+    node = DevNode(
+        plane.kubeconfig,
+        tmp_path / "node",
+        name=node_name,
+        namespaces=[namespace],
+        sandbox=Sandbox(relays=(gateway_address(gateway.url),)) if isolation else None,
+    )
     node.start()
     s = Stack(plane, namespace, model, gateway, operator, node, tmp_path / "node")
     try:

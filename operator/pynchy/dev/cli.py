@@ -49,6 +49,11 @@ def _data_dir(value: Path | None) -> Path:
 )
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Create the demo Group if it is absent.")
 @click.option("--verbose", is_flag=True, help="Show the control plane's info lines on the terminal too.")
+@click.option(
+    "--no-isolation",
+    is_flag=True,
+    help="Run agents as plain processes of your user, without the bubblewrap sandbox (where it cannot run).",
+)
 @click.pass_context
 def dev(
     ctx: click.Context,
@@ -58,6 +63,7 @@ def dev(
     namespace: str,
     demo: bool,
     verbose: bool,
+    no_isolation: bool,
 ) -> None:
     """Run all of Pynchy on this machine until Ctrl-C: control plane, gateway, operator, dev node.
 
@@ -74,6 +80,7 @@ def dev(
         namespace=namespace,
         demo=demo,
         verbose=verbose,
+        isolation=not no_isolation,
     )
     sys.exit(run(options))
 

@@ -125,6 +125,7 @@ def collect(data_dir: Path) -> dict[str, Any]:
         "started_at": state.get("started_at") if running else None,
         "gateway_url": state.get("gateway_url"),
         "kubeconfig": state.get("kubeconfig"),
+        "isolation": state.get("isolation"),
         "components": [],
         "groups": [],
         "runs": [],
@@ -191,7 +192,11 @@ def render(result: dict[str, Any]) -> str:
         lines.append("  Start it with ./scripts/dev (or `pynchy dev`).")
         return "\n".join(lines)
     ready = f"ready in {result['ready_seconds']}s" if result["ready"] else "starting"
-    lines = [f"pynchy dev: running, pid {result['pid']}, since {result['started_at']} ({ready}); data dir {root}", ""]
+    lines = [
+        f"pynchy dev: running, pid {result['pid']}, since {result['started_at']} ({ready}); data dir {root}",
+        f"  agent isolation: {result.get('isolation') or 'unknown'}",
+        "",
+    ]
     rows = [["COMPONENT", "PID", "ALIVE", "PORT", "RESTARTS", "HEALTH"]]
     for c in result["components"]:
         rows.append(

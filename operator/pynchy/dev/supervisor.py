@@ -66,6 +66,7 @@ class Options:
     namespace: str = config.DEFAULT_NAMESPACE
     demo: bool = True
     verbose: bool = False
+    isolation: bool = True  # False: --no-isolation, agents run as plain processes of this user
     start_timeout: float = 120.0
     stop_grace: float = 20.0
 
@@ -97,6 +98,7 @@ class Supervisor:
         self.ready_seconds: float | None = None
         self.gateway_url = f"http://127.0.0.1:{options.gateway_port}"
         self.operator_health_port = 0
+        self.isolation: str | None = None  # what isolates agents, once checked (shown by `pynchy dev status`)
         self._signal: int | None = None  # the first SIGINT/SIGTERM received
         self._signal_at = 0.0
         self._hurry = False  # a second one: kill instead of waiting
@@ -191,6 +193,7 @@ class Supervisor:
         from pynchy.kube.controlplane import free_port
 
         self.operator_health_port = free_port()
+        self.isolation = self._check_isolation()
         self.credential = config.model_credential(self.environ)
         if self.credential.source:
             self.say(f"model credential: {self.credential.source}, used only by the gateway's model proxy")
@@ -202,6 +205,27 @@ class Supervisor:
             self.say("Slack: PYNCHY_SLACK_BOT_TOKEN is set, but no PYNCHY_SLACK_APP_TOKEN or _SIGNING_SECRET")
         else:
             self.say("Slack: off (export PYNCHY_SLACK_BOT_TOKEN and PYNCHY_SLACK_APP_TOKEN to use it)")
+
+    def _check_isolation(self) -> str:
+        """What isolates agents (for status), or a DevError saying why it cannot and what to do."""
+        from pynchy.devnode.sandbox import bwrap_version, unavailable_reason
+
+        reason = unavailable_reason()
+        if not self.o.isolation:
+            self.say(
+                "WARNING: --no-isolation: agents run as your user with your files and network; "
+                "a prompt-injected agent can read anything you can"
+                + (f" (sandboxing is unavailable here: {reason})" if reason else "")
+            )
+            return "none (--no-isolation)"
+        if reason is not None:
+            raise DevError(
+                f"agents cannot be sandboxed here: {reason}.\n"
+                "  Fix that, or accept running agents unsandboxed: pynchy dev --no-isolation"
+            )
+        version = bwrap_version() or "bubblewrap"
+        self.say(f"isolation: each agent pod in a {version} sandbox, network: loopback and the gateway only")
+        return f"{version} sandbox (user, mount, pid, ipc, uts and network namespaces; egress: the gateway)"
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -328,6 +352,7 @@ class Supervisor:
                 config.NODE_NAME,
                 "--kubeconfig",
                 str(self.paths.kubeconfig),
+                *(["--relay", f"127.0.0.1:{self.o.gateway_port}"] if self.o.isolation else ["--no-isolation"]),
             ),
             base | {"KUBECONFIG": str(self.paths.kubeconfig)},
             self.paths.log("devnode"),
@@ -549,6 +574,7 @@ class Supervisor:
             "operator_health_url": f"http://127.0.0.1:{self.operator_health_port}/healthz",
             "namespace": self.o.namespace,
             "node": config.NODE_NAME,
+            "isolation": self.isolation,
             "chat_config": str(self.paths.chat_config),
             "components": self._components(),
         }

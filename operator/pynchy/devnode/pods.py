@@ -20,8 +20,10 @@ from typing import Any
 
 from pynchy.devnode import process
 from pynchy.devnode.client import Kube, config_object_path, pod_path
+from pynchy.devnode.egress import unsupported_egress
 from pynchy.devnode.envvars import EnvError, container_env, env_references, expand, object_data
 from pynchy.devnode.pathmap import MountPathError, PathMap, normalize_container_path, plan_links
+from pynchy.devnode.sandbox import DEFAULT_UID, Mount, SandboxRuntime, SandboxSpec, bwrap_argv, passwd_lines
 from pynchy.devnode.status import (
     DEADLINE_MESSAGE,
     DEADLINE_REASON,
@@ -51,6 +53,7 @@ DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 DEFAULT_GRACE = 30.0
 FORCED_DELETE_GRACE = 2.0
 UNSUPPORTED_REASON = "DevNodeUnsupported"
+READ_ONLY_VOLUME_KINDS = ("configMap", "secret", "projected", "downwardAPI")  # read-only in any kubelet
 
 
 class PodGoneError(NotFoundError):
@@ -77,6 +80,7 @@ class NodeContext:
     shutdown_grace: float = 10.0
     retry_delay: float = 1.0
     labels: dict[str, str] = field(default_factory=dict)
+    sandbox: SandboxRuntime | None = None  # None: containers run as plain processes (--no-isolation)
     stopping: bool = False  # set when the dev node stops: API calls are tried once or twice, not for long
 
 
@@ -102,6 +106,21 @@ class Launch:
     links: list[tuple[str, str]]
     termination_file: Path
     termination_in_volume: bool
+    sandboxed: bool = False  # argv is bubblewrap's: it survives SIGTERM, the sandbox gets it
+
+
+def _in_mounts(container_path: str, mounts: list[Mount]) -> str | None:
+    """The host path of ``container_path`` when it lies inside one of the mounts (the innermost)."""
+    norm = normalize_container_path(container_path)
+    best: tuple[int, str] | None = None
+    for m in mounts:
+        mp = normalize_container_path(m.container_path)
+        if norm == mp or norm.startswith(mp.rstrip("/") + "/"):
+            rel = norm[len(mp) :].lstrip("/")
+            host = str(Path(m.host_path) / rel) if rel else m.host_path
+            if best is None or len(mp) > best[0]:
+                best = (len(mp), host)
+    return None if best is None else best[1]
 
 
 def pod_dir(data_dir: Path, namespace: str, name: str, uid: str) -> Path:
@@ -245,6 +264,8 @@ class PodWorker:
         spec = self.pod.get("spec") or {}
         try:
             self._check_supported(spec)
+            if self.ctx.sandbox is not None:
+                await self._check_egress()
             await self._prepare_volumes()
             self.sandbox_ready = True
             policy = spec.get("restartPolicy") or "Always"
@@ -280,6 +301,14 @@ class PodWorker:
                 record = next(r for r in [*self.init, *self.main] if r.name == c["name"])
                 record.terminated(128, started_at=None, finished_at=now(), reason="StartError", message=message)
                 raise PodFailedError(UNSUPPORTED_REASON, message)
+
+    async def _check_egress(self) -> None:
+        """Refuse a pod whose NetworkPolicies allow egress a sandbox cannot give (see egress.py)."""
+        listing = await self.ctx.kube.get(f"/apis/networking.k8s.io/v1/namespaces/{self.ns}/networkpolicies")
+        labels = self.pod["metadata"].get("labels") or {}
+        problem = unsupported_egress((listing or {}).get("items") or [], labels)
+        if problem is not None:
+            raise PodFailedError(UNSUPPORTED_REASON, problem)
 
     async def _prepare_volumes(self) -> None:
         preparer = VolumePreparer(
@@ -377,47 +406,65 @@ class PodWorker:
             delay = min(delay * 2, 30.0)
 
     async def _launch(self, c: dict[str, Any]) -> Launch:
-        """Everything needed to start container ``c``: env, argv, cwd, mount links (may raise)."""
+        """Everything needed to start container ``c``: env, argv, cwd, mounts (may raise)."""
         refs = env_references(c)
         objects: dict[tuple[str, str], dict[str, str] | None] = {}
         for kind, name in refs:
             obj = await self.ctx.kube.get(config_object_path(self.ns, kind, name))
             objects[(kind, name)] = None if obj is None else object_data(obj)
         pod_env = container_env(self.pod_view(), c, objects, self.ctx.service_env, self.ctx.allocatable)
+        mounts = self._mounts(c, pod_env)
+        argv = [expand(a, pod_env, self.ctx.service_env) for a in [*(c.get("command") or []), *(c.get("args") or [])]]
+        if self.ctx.sandbox is not None:
+            return await self._sandboxed(c, pod_env, mounts, argv, self.ctx.sandbox)
+        return await self._as_process(c, pod_env, mounts, argv)
 
-        mounts = c.get("volumeMounts") or []
-        tpath = c.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
-        pmap = PathMap.for_container(str(self.root), [m["mountPath"] for m in mounts], tpath)
-        expansion_env = {**pod_env}
-        link_targets: list[tuple[str, str]] = []
-        for m in mounts:
+    def _mounts(self, c: dict[str, Any], pod_env: dict[str, str]) -> list[Mount]:
+        """The container's volume mounts resolved to host paths (``subPath`` made if missing)."""
+        kinds = {v["name"]: v for v in (self.pod.get("spec") or {}).get("volumes") or []}
+        mounts: list[Mount] = []
+        for m in c.get("volumeMounts") or []:
             volume = self.volume_paths.get(m["name"])
             if volume is None:
                 raise VolumeError(f"volume {m['name']!r} is not defined in the pod", permanent=True)
             sub = m.get("subPath") or (
-                expand(m["subPathExpr"], expansion_env, self.ctx.service_env) if m.get("subPathExpr") else ""
+                expand(m["subPathExpr"], pod_env, self.ctx.service_env) if m.get("subPathExpr") else ""
             )
             target = volume / sub if sub else volume
             if sub and not target.exists():
                 target.mkdir(parents=True, exist_ok=True)
-            link_targets.append((m["mountPath"], str(target)))
-        links = plan_links(str(self.root), link_targets)
+            source = kinds.get(m["name"]) or {}
+            read_only = bool(m.get("readOnly")) or any(k in source for k in READ_ONLY_VOLUME_KINDS)
+            mounts.append(Mount(m["mountPath"], str(target), read_only))
+        return mounts
 
+    def _base_env(self) -> dict[str, str]:
+        """What the runtime adds under the pod's own variables: PATH, LANG, HOSTNAME, service variables."""
         env: dict[str, str] = {"PATH": self.ctx.host_path}
         if self.ctx.lang:
             env["LANG"] = self.ctx.lang
-        spec = self.pod.get("spec") or {}
-        env["HOSTNAME"] = spec.get("hostname") or self.name
+        env["HOSTNAME"] = self.hostname
+        env.update(self.ctx.service_env)
+        return env
+
+    @property
+    def hostname(self) -> str:
+        return ((self.pod.get("spec") or {}).get("hostname") or self.name)[:63]
+
+    async def _as_process(
+        self, c: dict[str, Any], pod_env: dict[str, str], mounts: list[Mount], argv: list[str]
+    ) -> Launch:
+        """No sandbox: container paths are mapped into the pod root (symlinks to the volumes)."""
+        tpath = c.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
+        pmap = PathMap.for_container(str(self.root), [m.container_path for m in mounts], tpath)
+        links = plan_links(str(self.root), [(m.container_path, m.host_path) for m in mounts])
+        env = self._base_env()
         env["HOME"] = str(self.root)
-        for k, v in self.ctx.service_env.items():
-            if k not in pod_env:
-                env[k] = v
         mapped = pmap.env(pod_env)
         if "PATH" in mapped:
             mapped["PATH"] = f"{mapped['PATH']}:{self.ctx.host_path}" if mapped["PATH"] else self.ctx.host_path
         env.update(mapped)
 
-        argv = [expand(a, pod_env, self.ctx.service_env) for a in [*(c.get("command") or []), *(c.get("args") or [])]]
         argv = pmap.argv(argv)
         working_dir = c.get("workingDir") or ""
         cwd = Path(pmap(working_dir)) if working_dir else self.root
@@ -427,16 +474,51 @@ class PodWorker:
         elif working_dir and pmap(working_dir) == working_dir and not cwd.is_dir():
             raise process.StartError(f"workingDir {working_dir!r} does not exist on the dev node")
         search = self.ctx.host_path + (f":{mapped['PATH']}" if "PATH" in pod_env else "")
-        executable = await asyncio.to_thread(process.resolve_executable, argv[0], search, cwd)
-        argv[0] = executable
-
-        norm_t = normalize_container_path(tpath)
-        in_volume = any(
-            norm_t == normalize_container_path(m["mountPath"])
-            or norm_t.startswith(normalize_container_path(m["mountPath"]) + "/")
-            for m in mounts
-        )
+        argv[0] = await asyncio.to_thread(process.resolve_executable, argv[0], search, cwd)
+        in_volume = _in_mounts(tpath, mounts) is not None
         return Launch(argv, env, cwd, links, Path(pmap.local(tpath)), in_volume)
+
+    async def _sandboxed(
+        self, c: dict[str, Any], pod_env: dict[str, str], mounts: list[Mount], argv: list[str], box: SandboxRuntime
+    ) -> Launch:
+        """A bubblewrap sandbox: the volumes really mounted at their paths, so nothing is mapped."""
+        pod_sc = (self.pod.get("spec") or {}).get("securityContext") or {}
+        sc = c.get("securityContext") or {}
+        uid = int(sc.get("runAsUser", pod_sc.get("runAsUser", DEFAULT_UID)))
+        gid = int(sc.get("runAsGroup", pod_sc.get("runAsGroup", DEFAULT_UID)))
+        env = self._base_env()
+        env["HOME"] = "/"
+        env.update(pod_env)
+        if "PATH" in pod_env:
+            env["PATH"] = f"{pod_env['PATH']}:{self.ctx.host_path}" if pod_env["PATH"] else self.ctx.host_path
+        if "/" not in argv[0]:  # looked up on the host: the image (venv, /usr) is at the same paths inside
+            argv[0] = await asyncio.to_thread(process.resolve_executable, argv[0], env["PATH"], self.dir)
+        files = self.dir / "sandbox"
+        files.mkdir(parents=True, exist_ok=True)
+        passwd, group = passwd_lines(uid, gid, env["HOME"])
+        (files / "passwd").write_text(passwd)
+        (files / "group").write_text(group)
+        tpath = normalize_container_path(c.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH)
+        in_volume = _in_mounts(tpath, mounts)
+        tfile = Path(in_volume) if in_volume is not None else self.root / tpath.lstrip("/")
+        spec = SandboxSpec(
+            argv=argv,
+            mounts=mounts,
+            image=box.image,
+            passwd_file=str(files / "passwd"),
+            group_file=str(files / "group"),
+            uid=uid,
+            gid=gid,
+            hostname=self.hostname,
+            workdir=c.get("workingDir") or "/",
+            read_only_root=bool(sc.get("readOnlyRootFilesystem")),
+            add_capabilities=tuple((sc.get("capabilities") or {}).get("add") or ()),
+            relay_dir=box.relay_dir,
+            relay_args=box.relay_args,
+            termination_file=None if in_volume is not None else (str(tfile), tpath),
+            bwrap=box.bwrap,
+        )
+        return Launch(bwrap_argv(spec), env, self.dir, [], tfile, in_volume is not None, sandboxed=True)
 
     async def _execute(self, c: dict[str, Any], rec: ContainerRecord, launch: Launch, *, init: bool) -> int:
         log_path = self.dir / f"{c['name']}.log"
@@ -451,7 +533,9 @@ class PodWorker:
         if launch.cwd.is_relative_to(self.root) and not launch.cwd.exists():
             launch.cwd.mkdir(parents=True, exist_ok=True)
         try:
-            proc = await process.spawn(launch.argv, launch.env, launch.cwd, log_path)
+            proc = await process.spawn(
+                launch.argv, launch.env, launch.cwd, log_path, leader_ignores_term=launch.sandboxed
+            )
         except process.StartError as exc:
             return self._start_error(rec, str(exc))
         started_at = now()

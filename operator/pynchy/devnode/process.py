@@ -28,6 +28,15 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _die_with_parent_ignoring_term() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # For bubblewrap: it does not pass signals on, and if it died of the group's SIGTERM its
+    # --die-with-parent would SIGKILL the sandbox at once. Ignored here, the sandbox's processes
+    # get SIGTERM themselves (same process group) and shut down in their own time.
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def resolve_executable(command: str, search_path: str, cwd: Path) -> str:
     """``command[0]`` as an executable path: a path is taken as is (relative to the working
     directory), a bare name is looked up in ``search_path``."""
@@ -44,8 +53,14 @@ def resolve_executable(command: str, search_path: str, cwd: Path) -> str:
     return found
 
 
-async def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path) -> asyncio.subprocess.Process:
-    """Start ``argv`` in its own session (process group), output appended to ``log_path``."""
+async def spawn(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path, *, leader_ignores_term: bool = False
+) -> asyncio.subprocess.Process:
+    """Start ``argv`` in its own session (process group), output appended to ``log_path``.
+
+    ``leader_ignores_term``: the started program ignores SIGTERM and SIGINT (bubblewrap, whose
+    sandbox gets them instead).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         try:
@@ -57,7 +72,7 @@ async def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent_ignoring_term if leader_ignores_term else _die_with_parent,
             )
         except OSError as exc:
             raise StartError(f'exec: "{argv[0]}": {exc.strerror or exc}') from None

@@ -15,6 +15,8 @@ from pynchy.devnode import node as nodeapi
 from pynchy.devnode import process
 from pynchy.devnode.client import Kube, informer, pod_path, pods_path
 from pynchy.devnode.pods import NodeContext, PodWorker, host_environment, remove_pod_files
+from pynchy.devnode.relay import Relays
+from pynchy.devnode.sandbox import HostImage, Sandbox, SandboxRuntime, unavailable_reason
 from pynchy.devnode.status import node_selector_matches, now
 from pynchy.devnode.volumes import release
 from pynchy.errors import PynchyError
@@ -37,6 +39,8 @@ class DevNode:
     ``start()`` registers the Node, handles the pods already bound to it, and returns; the
     work happens in a background thread with its own event loop until ``stop()``. Also a
     context manager. ``namespaces`` limits the pods it schedules and runs (default: all).
+    ``sandbox`` runs every container in a bubblewrap sandbox (start() fails when bubblewrap
+    cannot run here); ``None`` runs them as plain processes of this user, with no isolation.
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class DevNode:
         name: str = "pynchy-dev",
         namespaces: list[str] | None = None,
         *,
+        sandbox: Sandbox | None,
         heartbeat_seconds: float = 10.0,
         backoff_seconds: float = 10.0,
         max_backoff_seconds: float = 300.0,
@@ -61,6 +66,8 @@ class DevNode:
         self.max_backoff_seconds = max_backoff_seconds
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.start_timeout = start_timeout
+        self.sandbox = sandbox
+        self._relays: Relays | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -87,6 +94,8 @@ class DevNode:
     def start(self) -> DevNode:
         if self._thread is not None:
             raise DevNodeError("this DevNode was already started")
+        if self.sandbox is not None and (reason := unavailable_reason(self.sandbox.bwrap)) is not None:
+            raise DevNodeError(f"cannot sandbox pods: {reason}")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._thread_main, name=f"devnode-{self.name}", daemon=True)
         self._thread.start()
@@ -138,6 +147,7 @@ class DevNode:
             self._node = await nodeapi.register(kube, self.name, self.data_dir, version)
             await nodeapi.renew_lease(kube, self.name, self._node["metadata"]["uid"])
             host_path, lang = host_environment()
+            box = await self._sandbox_runtime()
             server = urlsplit(kube.host)
             port = str(server.port or 443)
             self._ctx = NodeContext(
@@ -157,6 +167,7 @@ class DevNode:
                 max_backoff=self.max_backoff_seconds,
                 shutdown_grace=self.shutdown_grace_seconds,
                 labels=nodeapi.labels(self.name),
+                sandbox=box,
             )
             scopes: list[str | None] = list(self.namespaces) if self.namespaces is not None else [None]
             for ns in scopes:  # fail start() now, with the server's message, if pods cannot be listed
@@ -210,8 +221,28 @@ class DevNode:
             if self._node is not None:
                 with contextlib.suppress(Exception):
                     await nodeapi.post_ready(kube, self.name, False, self._node)
+            if self._relays is not None:
+                await self._relays.close()
             await kube.close()
             log.info("dev node stopped", node=self.name)
+
+    async def _sandbox_runtime(self) -> SandboxRuntime | None:
+        if self.sandbox is None:
+            log.warning("pods run without isolation: as processes of this user, in the host's namespaces")
+            return None
+        relay_dir: str | None = None
+        if self.sandbox.relays:
+            self._relays = Relays(self.sandbox.relays)
+            await self._relays.start()
+            relay_dir = str(self._relays.directory)
+        image = await asyncio.to_thread(HostImage.of_host)
+        log.info("pods run in bubblewrap sandboxes", relays=[str(a) for a in self.sandbox.relays])
+        return SandboxRuntime(
+            bwrap=self.sandbox.bwrap,
+            image=image,
+            relay_dir=relay_dir,
+            relay_args=tuple(self._relays.launcher_args()) if self._relays else (),
+        )
 
     async def _shutdown_pods(self) -> None:
         live = list(self._live)
