@@ -107,6 +107,7 @@ class Launch:
     termination_file: Path
     termination_in_volume: bool
     sandboxed: bool = False  # argv is bubblewrap's: it survives SIGTERM, the sandbox gets it
+    command: list[str] | None = None  # the container's own argv, when argv wraps it (for the log)
 
 
 def _in_mounts(container_path: str, mounts: list[Mount]) -> str | None:
@@ -518,7 +519,9 @@ class PodWorker:
             termination_file=None if in_volume is not None else (str(tfile), tpath),
             bwrap=box.bwrap,
         )
-        return Launch(bwrap_argv(spec), env, self.dir, [], tfile, in_volume is not None, sandboxed=True)
+        return Launch(
+            bwrap_argv(spec), env, self.dir, [], tfile, in_volume is not None, sandboxed=True, command=argv
+        )
 
     async def _execute(self, c: dict[str, Any], rec: ContainerRecord, launch: Launch, *, init: bool) -> int:
         log_path = self.dir / f"{c['name']}.log"
@@ -544,7 +547,7 @@ class PodWorker:
         rec.running(proc.pid, started_at)
         if not init:
             self.phase = "Running"
-        self.log.info("container started", container=rec.name, pid=proc.pid, argv=launch.argv)
+        self.log.info("container started", container=rec.name, pid=proc.pid, argv=launch.command or launch.argv)
         await self._write_status()
         rc = await proc.wait()
         process.signal_group(proc.pid, signal.SIGKILL)  # what the leader left behind, as when PID 1 exits
