@@ -24,9 +24,7 @@ MODEL_KEY = "sk-ant-real-key-that-must-never-reach-a-pod"
 
 def gateway_address(url: str) -> Address:
     """The gateway's host:port, relayed into every agent sandbox."""
-    parts = urlsplit(url)
-    assert parts.hostname and parts.port, url
-    return Address(parts.hostname, parts.port)
+    return Address.parse(urlsplit(url).netloc)
 
 
 @dataclass

@@ -519,9 +519,7 @@ class PodWorker:
             termination_file=None if in_volume is not None else (str(tfile), tpath),
             bwrap=box.bwrap,
         )
-        return Launch(
-            bwrap_argv(spec), env, self.dir, [], tfile, in_volume is not None, sandboxed=True, command=argv
-        )
+        return Launch(bwrap_argv(spec), env, self.dir, [], tfile, in_volume is not None, sandboxed=True, command=argv)
 
     async def _execute(self, c: dict[str, Any], rec: ContainerRecord, launch: Launch, *, init: bool) -> int:
         log_path = self.dir / f"{c['name']}.log"
