@@ -16,7 +16,7 @@ import pytest
 
 from cluster.helpers import condition, get, wait_for
 from conftest import LOCAL_PATH_CLASS
-from pynchy.devnode import DevNode, DevNodeError
+from pynchy.devnode import DevNode, DevNodeError, Sandbox
 from pynchy.kube.controlplane import ControlPlane
 
 # By name, found on the dev node's PATH (it includes this interpreter's folder): an absolute host path
@@ -555,5 +555,173 @@ def test_start_fails_clearly_without_permissions(control_plane: ControlPlane, na
     kubeconfig = control_plane.write_kubeconfig(tmp_path / "nobody.kubeconfig", "nobody")
     node = DevNode(kubeconfig, tmp_path / "devnode", name=node_name(namespace), namespaces=[namespace], sandbox=None)
     with pytest.raises(DevNodeError, match="forbidden"):
+        node.start()
+    assert not node.alive
+
+
+# -- the sandbox (bubblewrap) --------------------------------------------------------------------
+
+
+@pytest.fixture
+def sandboxed(control_plane: ControlPlane, ready_namespace: str, tmp_path: Path) -> Iterator[DevNode]:
+    node = make_devnode(control_plane, ready_namespace, tmp_path / "devnode", sandbox=Sandbox())
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+SANDBOXED_AGENT = """
+import errno, os, pathlib, stat, sys
+assert os.getcwd() == "/workspace", os.getcwd()            # mounted at its path: nothing is mapped
+assert (os.getuid(), os.getgid()) == (1000, 1000), (os.getuid(), os.getgid())
+assert os.environ["HOME"] == "/home/agent"
+pathlib.Path("/home/agent/memory.md").write_text("remember")
+pathlib.Path("/workspace/notes.txt").write_text("work")
+pathlib.Path("/tmp/scratch").write_text("tmp is a volume")
+key = pathlib.Path("/etc/pynchy/git/ssh-privatekey")
+assert key.read_text() == "ssh-key"
+assert stat.S_IMODE(key.stat().st_mode) == 0o400
+assert key.stat().st_uid == 1000                             # the dev node's files are the container user's
+refused = {}
+for path in ("/probe", "/usr/probe", "/etc/pynchy/git/probe", "/reference/probe", sys.prefix + "/probe"):
+    try:
+        open(path, "w")
+    except OSError as exc:
+        refused[path] = errno.errorcode[exc.errno]
+print("refused", sorted(refused.items()), flush=True)
+assert set(refused.values()) == {"EROFS"}, refused
+assert len(refused) == 5, refused
+assert pathlib.Path("/reference/shared.txt").read_text() == "read me"
+assert not pathlib.Path(os.environ["HOST_FILE"]).exists()   # a file in the invoking user's home
+assert sorted(int(p) for p in os.listdir("/proc") if p.isdigit()) == [1, 2, 3], os.listdir("/proc")
+pathlib.Path("/dev/termination-log").write_text("agent done")
+"""
+
+
+def test_sandboxed_pod_sees_its_volumes_at_their_paths_and_nothing_else(
+    control_plane: ControlPlane, sandboxed: DevNode, namespace: str
+) -> None:
+    host_file = Path.home() / f".pynchy-sandbox-test-{os.getpid()}"
+    host_file.write_text("private")
+    try:
+        sandboxed_agent(control_plane, sandboxed, namespace, host_file)
+    finally:
+        host_file.unlink()
+
+
+def sandboxed_agent(control_plane: ControlPlane, sandboxed: DevNode, namespace: str, host_file: Path) -> None:
+    control_plane.kubectl(
+        "create", "secret", "generic", "git", "--from-literal=ssh-privatekey=ssh-key", "-n", namespace
+    )
+    create(control_plane, namespace, claim("state"))
+    create(control_plane, namespace, claim("shared"))
+    create(
+        control_plane,
+        namespace,
+        python_pod(
+            "seed",
+            "import pathlib; pathlib.Path('/s/shared.txt').write_text('read me')",
+            container={"volumeMounts": [{"name": "shared", "mountPath": "/s"}]},
+            volumes=[{"name": "shared", "persistentVolumeClaim": {"claimName": "shared"}}],
+        ),
+    )
+    assert wait_phase(control_plane, "seed", namespace, "Succeeded", "Failed")["status"]["phase"] == "Succeeded"
+    pod = python_pod(
+        "agent",
+        SANDBOXED_AGENT,
+        container={
+            "workingDir": "/workspace",
+            "env": [{"name": "HOME", "value": "/home/agent"}, {"name": "HOST_FILE", "value": str(host_file)}],
+            "volumeMounts": [
+                {"name": "home", "mountPath": "/home/agent"},
+                {"name": "home", "mountPath": "/workspace", "subPath": "workspace"},
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "git-ssh", "mountPath": "/etc/pynchy/git"},  # a Secret: read-only without saying so
+                {"name": "shared", "mountPath": "/reference", "readOnly": True},
+            ],
+            "securityContext": {"readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+        },
+        volumes=[
+            {"name": "home", "persistentVolumeClaim": {"claimName": "state"}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "shared", "persistentVolumeClaim": {"claimName": "shared"}},
+            {
+                "name": "git-ssh",
+                "secret": {
+                    "secretName": "git",
+                    "items": [{"key": "ssh-privatekey", "path": "ssh-privatekey", "mode": 0o400}],
+                },
+            },
+        ],
+        securityContext={"runAsUser": 1000, "runAsGroup": 1000},
+    )
+    create(control_plane, namespace, pod)
+    got = wait_phase(control_plane, "agent", namespace, "Succeeded", "Failed")
+    assert got["status"]["phase"] == "Succeeded", log_of(sandboxed, got)
+    assert main_status(got)["state"]["terminated"]["message"] == "agent done"
+    pvc = get(control_plane, "pvc", "state", namespace)
+    assert pvc is not None
+    claim_dir = sandboxed.data_dir / "volumes" / namespace / "state" / pvc["metadata"]["uid"]
+    assert (claim_dir / "memory.md").read_text() == "remember"
+    assert (claim_dir / "workspace" / "notes.txt").read_text() == "work"
+
+
+def host_processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_sandboxed_pod_stops_gracefully_and_takes_every_process_with_it(
+    control_plane: ControlPlane, sandboxed: DevNode, namespace: str
+) -> None:
+    marker = f"sandbox-escapee-{namespace}"
+    script = f"""
+    import os, signal, subprocess, sys, time
+    # A grandchild in its own session: outside the container's process group, not its PID namespace.
+    subprocess.Popen([sys.executable, "-c", "import os, time; os.setsid(); time.sleep(600)", "{marker}"])
+    def stop(*_):
+        print("stopped gracefully", flush=True)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, stop)
+    print("ready", flush=True)
+    time.sleep(600)
+    """
+    create(control_plane, namespace, python_pod("sleeper", script))
+    pod = wait_phase(control_plane, "sleeper", namespace, "Running")
+    wait_for(lambda: "ready" in log_of(sandboxed, pod) and host_processes_with(marker), what="the grandchild")
+    control_plane.kubectl("delete", "pod", "sleeper", "-n", namespace, "--wait=false")
+    wait_for(lambda: not host_processes_with(marker) and not alive(pid_of(pod)), timeout=10, what="every process gone")
+    wait_for(lambda: pod_obj(control_plane, "sleeper", namespace) is None, timeout=10, what="pod object deleted")
+    assert "stopped gracefully" in log_of(sandboxed, pod)  # SIGTERM reached it; bubblewrap did not cut it short
+
+
+def test_sandboxed_deadline_and_exit_codes(control_plane: ControlPlane, sandboxed: DevNode, namespace: str) -> None:
+    create(control_plane, namespace, python_pod("slow", "import time; time.sleep(600)", activeDeadlineSeconds=2))
+    create(control_plane, namespace, python_pod("killed", "import os; os.kill(os.getpid(), 9)"))
+    create(control_plane, namespace, python_pod("missing", "", container={"command": ["/no/such/program"]}))
+    slow = wait_phase(control_plane, "slow", namespace, "Failed")
+    assert slow["status"]["reason"] == "DeadlineExceeded"
+    assert main_status(slow)["state"]["terminated"]["exitCode"] == 143  # SIGTERM, as without the sandbox
+    killed = wait_phase(control_plane, "killed", namespace, "Failed")
+    assert main_status(killed)["state"]["terminated"]["exitCode"] == 137
+    missing = wait_phase(control_plane, "missing", namespace, "Failed")
+    assert main_status(missing)["state"]["terminated"]["exitCode"] == 128
+    assert "/no/such/program" in log_of(sandboxed, missing)
+
+
+def test_sandbox_that_cannot_run_fails_start_with_the_fix(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    node = make_devnode(control_plane, namespace, tmp_path / "devnode", sandbox=Sandbox(bwrap="/nonexistent/bwrap"))
+    with pytest.raises(DevNodeError, match=r"not installed.*apt-get install bubblewrap"):
         node.start()
     assert not node.alive
