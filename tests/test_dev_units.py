@@ -20,6 +20,7 @@ from pynchy.dev.components import Child, LogStream, Spec, is_routine, render_lin
 from pynchy.dev.config import DevPaths
 from pynchy.dev.preflight import DevError, PidLock, Port, check_ports, stale_report
 from pynchy.dev.status import NOT_RUNNING, collect, exit_code, render
+from pynchy.dev.supervisor import Options, Supervisor
 
 # -- the model credential --------------------------------------------------------------------------
 
@@ -290,3 +291,45 @@ def test_status_after_a_crash_names_the_stale_pid(tmp_path: Path) -> None:
     result = collect(tmp_path)
     assert result["stale_pid"] == stale
     assert f"Stale pid file: pid {stale} ended without cleaning up" in render(result)
+
+
+# -- agent isolation ------------------------------------------------------------------------------
+
+
+def supervisor(tmp_path: Path, *, isolation: bool) -> tuple[Supervisor, io.StringIO]:
+    out = io.StringIO()
+    return Supervisor(Options(data_dir=tmp_path / "dev", isolation=isolation), out), out
+
+
+NOT_INSTALLED = "bubblewrap (bwrap) is not installed: install it (Debian/Ubuntu: sudo apt-get install bubblewrap)"
+
+
+def test_without_bubblewrap_pynchy_dev_refuses_and_says_how_to_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pynchy.devnode.sandbox.unavailable_reason", lambda *_: NOT_INSTALLED)
+    sup, _ = supervisor(tmp_path, isolation=True)
+    with pytest.raises(DevError) as err:
+        sup._check_isolation()
+    message = str(err.value)
+    assert message.startswith(f"agents cannot be sandboxed here: {NOT_INSTALLED}.")
+    assert "pynchy dev --no-isolation" in message
+
+
+def test_no_isolation_is_said_plainly_and_shown_in_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pynchy.devnode.sandbox.unavailable_reason", lambda *_: NOT_INSTALLED)
+    sup, out = supervisor(tmp_path, isolation=False)
+    sup.stream.start()
+    try:
+        assert sup._check_isolation() == "none (--no-isolation)"
+    finally:
+        sup.stream.stop()
+    assert "WARNING: --no-isolation: agents run as your user" in out.getvalue()
+    assert "not installed" in out.getvalue()
+    assert sup._isolation_args() == ["--no-isolation"]
+
+
+def test_with_bubblewrap_the_dev_node_relays_only_the_gateway(tmp_path: Path) -> None:
+    sup, _ = supervisor(tmp_path, isolation=True)
+    assert sup._check_isolation().startswith("bubblewrap")
+    assert sup._isolation_args() == ["--relay", f"127.0.0.1:{config.DEFAULT_GATEWAY_PORT}"]

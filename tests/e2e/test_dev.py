@@ -223,6 +223,8 @@ def test_pynchy_dev_from_a_clean_data_dir_chat_restart_and_the_conversation_resu
         assert "PYNCHY_CONFIG" not in out, "the default data dir writes the chat config where `pynchy chat` looks"
         assert (home / ".config/pynchy/chat.yaml").read_text() == (dev.data_dir / "chat.yaml").read_text()
         assert "created Group default/demo" in out
+        assert "isolation: each agent pod in a bubblewrap" in out
+        assert first["isolation"].startswith("bubblewrap"), first
 
         # Status: every component alive and healthy, the demo Group Ready.
         names = [c["name"] for c in first["components"]]
@@ -239,6 +241,7 @@ def test_pynchy_dev_from_a_clean_data_dir_chat_restart_and_the_conversation_resu
         assert text.returncode == 0, text.stdout + text.stderr
         assert "devnode" in text.stdout
         assert "demo" in text.stdout
+        assert "agent isolation: bubblewrap" in text.stdout
 
         # A second `pynchy dev` on the same data dir is refused, naming the running one.
         second = subprocess.run(dev.argv, env=dev.env, capture_output=True, text=True, timeout=60, check=False)

@@ -206,6 +206,10 @@ class Supervisor:
         else:
             self.say("Slack: off (export PYNCHY_SLACK_BOT_TOKEN and PYNCHY_SLACK_APP_TOKEN to use it)")
 
+    def _isolation_args(self) -> list[str]:
+        """The dev node's sandbox arguments: only the gateway is reachable from an agent pod."""
+        return ["--relay", f"127.0.0.1:{self.o.gateway_port}"] if self.o.isolation else ["--no-isolation"]
+
     def _check_isolation(self) -> str:
         """What isolates agents (for status), or a DevError saying why it cannot and what to do."""
         from pynchy.devnode.sandbox import bwrap_version, unavailable_reason
@@ -352,7 +356,7 @@ class Supervisor:
                 config.NODE_NAME,
                 "--kubeconfig",
                 str(self.paths.kubeconfig),
-                *(["--relay", f"127.0.0.1:{self.o.gateway_port}"] if self.o.isolation else ["--no-isolation"]),
+                *self._isolation_args(),
             ),
             base | {"KUBECONFIG": str(self.paths.kubeconfig)},
             self.paths.log("devnode"),

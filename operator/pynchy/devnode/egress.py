@@ -31,6 +31,8 @@ def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, st
             return False
         if op == "DoesNotExist" and present:
             return False
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            return False  # the API server refuses such selectors; never widen what a policy selects
     return True
 
 

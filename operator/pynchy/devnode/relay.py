@@ -36,7 +36,7 @@ class Address:
     def parse(cls, text: str) -> Address:
         """``HOST:PORT`` (an IPv6 host in brackets)."""
         host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ValueError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:8080)")
         return cls(host.strip("[]"), int(port))
 

@@ -176,7 +176,8 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
         "ALL",
     ]
     for cap in spec.add_capabilities:
-        argv += ["--cap-add", cap if cap.upper().startswith("CAP_") else f"CAP_{cap.upper()}"]
+        name = cap.upper()
+        argv += ["--cap-add", name if name.startswith("CAP_") else f"CAP_{name}"]
     for target, path in spec.image.symlinks:
         argv += ["--symlink", target, path]
     for path in spec.image.binds:

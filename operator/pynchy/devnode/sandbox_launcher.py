@@ -33,6 +33,8 @@ def _parse(argv: list[str]) -> tuple[list[tuple[str, int, str]], list[str]]:
             raise SystemExit(f"sandbox launcher: unexpected argument {argv[i]!r}")
         address, _, socket_path = argv[i + 1].partition("=")
         host, _, port = address.rpartition(":")
+        if not (host and port.isascii() and port.isdigit() and socket_path):
+            raise SystemExit(f"sandbox launcher: --relay wants HOST:PORT=SOCKET, not {argv[i + 1]!r}")
         relays.append((host, int(port), socket_path))
         i += 2
     command = argv[i + 1 :]
