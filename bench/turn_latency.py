@@ -1,9 +1,12 @@
 """Benchmark: turn latency through the whole stack, against the Claude Code CLI alone.
 
-    uv run python bench/turn_latency.py [--turns 20] [--node dev|real|both]
+    uv run python bench/turn_latency.py [--turns 20] [--node dev|real|both] [--no-isolation]
 
 --node dev (the default): a control plane (built from source, cached), the operator, the gateway
-and the dev node in this process, and the scripted Anthropic server answering instantly.
+and the dev node in this process, and the scripted Anthropic server answering instantly. Measured
+twice, with fresh stacks: agent pods in bubblewrap sandboxes (what `pynchy dev` runs), then as
+plain processes (--no-isolation), so the sandbox's cost is printed beside (goal: cold +100 ms p50
+at most). --no-isolation measures the plain processes only (where bubblewrap cannot run).
 
 --node real: the production stack on a real node (pynchy.kube.node.RealNode: containerd, kubelet,
 kube-proxy, kube-router, CoreDNS; root on Linux), installed as tests/node installs it: the images
@@ -56,6 +59,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 from unittest import mock
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -75,7 +79,7 @@ from node.helpers import CHAT_TOKEN, SYSTEM, Install, PortForward, write_test_ov
 from pynchy.chat.client import ChatClient, ChatError, Deadline  # noqa: E402
 from pynchy.chat.config import ChatConfig  # noqa: E402
 from pynchy.chat.protocol import ChatMessage, is_final  # noqa: E402
-from pynchy.devnode import DevNode  # noqa: E402
+from pynchy.devnode import Address, DevNode, Sandbox  # noqa: E402
 from pynchy.gateway.main import EmbeddedGateway  # noqa: E402
 from pynchy.kube.binaries import ensure_binaries, ensure_node_binaries  # noqa: E402
 from pynchy.kube.controlplane import ControlPlane  # noqa: E402
@@ -197,7 +201,7 @@ async def floor(model: ScriptedModel, turns: int, tmp: Path) -> tuple[list[float
 # -- the dev node ---------------------------------------------------------------------------------
 
 
-def measure_dev(tmp: Path, turns: int) -> Figures:
+def measure_dev(tmp: Path, turns: int, *, isolated: bool) -> Figures:
     tmp.mkdir()
     with (
         mock.patch.dict(os.environ),  # the variables set below are for this stack only
@@ -224,7 +228,8 @@ def measure_dev(tmp: Path, turns: int) -> Figures:
             }
         )
         operator = EmbeddedOperator().start()
-        node = DevNode(plane.kubeconfig, tmp / "node", namespaces=[NS])
+        relay = Address.parse(urlsplit(gateway.url).netloc)
+        node = DevNode(plane.kubeconfig, tmp / "node", namespaces=[NS], sandbox=Sandbox((relay,)) if isolated else None)
         node.start()
         gw = gateway.gateway
         assert gw is not None
@@ -569,24 +574,43 @@ def breakdown(marks: list[dict[str, float]]) -> list[str]:
     return out
 
 
-def report(dev: Figures | None, real: Figures | None, warm_floor: list[float], cold_floor: list[float]) -> None:
+def report(
+    dev: Figures | None,
+    plain: Figures | None,
+    real: Figures | None,
+    warm_floor: list[float],
+    cold_floor: list[float],
+) -> None:
+    """``dev``: the dev node as `pynchy dev` runs it (sandboxed); ``plain``: its pods unsandboxed."""
     width = WIDTH if real is None else 56
+    width = max(width, 50) if plain is not None else width
     rows: list[str] = []
     if dev is not None:
-        rows.append(figure("first turn (pod start + turn)", dev.first, width=width))
-        rows.append(line("(a) warm: message -> reply", dev.warm, width))
-        rows.append(line("(b) cold: AgentRun -> reply", dev.cold, width))
+        rows.append(figure("first turn (pod start + turn), sandboxed", dev.first, width=width))
+        rows.append(line("(a) warm: message -> reply, sandboxed", dev.warm, width))
+        rows.append(line("(b) cold: AgentRun -> reply, sandboxed", dev.cold, width))
+    if plain is not None:
+        rows.append(figure("first turn (pod start + turn), no sandbox", plain.first, width=width))
+        rows.append(line("(a) warm: message -> reply, no sandbox", plain.warm, width))
+        rows.append(line("(b) cold: AgentRun -> reply, no sandbox", plain.cold, width))
     if real is not None:
         rows.append(figure("real node, first turn (pod start + turn)", real.first, width=width))
         rows.append(line("(a) real node, warm: chat API message -> reply", real.warm, width))
         rows.append(line("(b) real node, cold: AgentRun -> reply in the channel", real.cold, width))
     rows.append(line("(c) floor, warm CLI session", warm_floor, width))
     rows.append(line("(c) floor, fresh CLI process", cold_floor, width))
-    if dev is not None:
-        warm_over = pct(dev.warm, 50) - pct(warm_floor, 50)
-        cold_over = pct(dev.cold, 50) - pct(cold_floor, 50)
+    shown = dev if dev is not None else plain
+    if shown is not None:
+        warm_over = pct(shown.warm, 50) - pct(warm_floor, 50)
+        cold_over = pct(shown.cold, 50) - pct(cold_floor, 50)
         rows.append(figure("warm overhead over floor (p50)", warm_over, "goal <= 150 ms", width))
         rows.append(figure("cold over fresh-CLI floor (p50)", cold_over, "goal <= 1500 ms", width))
+    if dev is not None and plain is not None:
+        cold_cost = pct(dev.cold, 50) - pct(plain.cold, 50)
+        warm_cost = pct(dev.warm, 50) - pct(plain.warm, 50)
+        ratio = pct(dev.cold, 50) / pct(plain.cold, 50)
+        rows.append(figure("sandbox cost, cold first turn (p50)", cold_cost, f"goal <= 100 ms; {ratio:.2f}x", width))
+        rows.append(figure("sandbox cost, warm turn (p50; the relay)", warm_cost, "", width))
     if real is not None:
         warm_over = pct(real.warm, 50) - pct(warm_floor, 50)
         cold_over = pct(real.cold, 50) - pct(cold_floor, 50)
@@ -608,16 +632,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--node", choices=("dev", "real", "both"), default="dev")
+    parser.add_argument("--no-isolation", action="store_true", help="dev node: unsandboxed pods only")
     args = parser.parse_args()
     configure_logging(level="WARNING", fmt="console")
 
     with tempfile.TemporaryDirectory(prefix="pynchy-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        dev = measure_dev(tmp / "dev", args.turns) if args.node in ("dev", "both") else None
+        on_dev = args.node in ("dev", "both")
+        dev = measure_dev(tmp / "dev", args.turns, isolated=True) if on_dev and not args.no_isolation else None
+        plain = measure_dev(tmp / "dev-plain", args.turns, isolated=False) if on_dev else None
         real = measure_real(tmp / "real", args.turns) if args.node in ("real", "both") else None
         with ScriptedModel() as model:
             warm_floor, cold_floor = asyncio.run(floor(model, args.turns, tmp))
-    report(dev, real, warm_floor, cold_floor)
+    report(dev, plain, real, warm_floor, cold_floor)
 
 
 if __name__ == "__main__":

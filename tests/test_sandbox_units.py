@@ -30,7 +30,7 @@ from pynchy.devnode.sandbox import (
     passwd_lines,
     unavailable_reason,
 )
-from pynchy.devnode.sandbox_launcher import START_ERROR, _parse
+from pynchy.devnode.sandbox_launcher import START_ERROR, parse
 from pynchy.operator.build.group import agent_pod_selector, network_policy
 from pynchy.operator.settings import OperatorSettings
 
@@ -412,15 +412,17 @@ def test_address_parse_rejects(text: str) -> None:
 
 
 def test_launcher_parse_relays_and_command() -> None:
-    relays, command = _parse(
+    relays, command, memory = parse(
         ["--relay", "127.0.0.1:8080=/run/r/0.sock", "--relay", "::1:9000=/run/r/1.sock", "--", "cmd", "--", "-x"]
     )
     assert relays == [("127.0.0.1", 8080, "/run/r/0.sock"), ("::1", 9000, "/run/r/1.sock")]
     assert command == ["cmd", "--", "-x"]
+    assert memory is None
 
 
 def test_launcher_parse_command_only() -> None:
-    assert _parse(["--", "/bin/true"]) == ([], ["/bin/true"])
+    assert parse(["--", "/bin/true"]) == ([], ["/bin/true"], None)
+    assert parse(["--memory-limit", "1048576", "--", "/bin/true"]) == ([], ["/bin/true"], 1048576)
 
 
 @pytest.mark.parametrize(
@@ -433,11 +435,13 @@ def test_launcher_parse_command_only() -> None:
         ["--verbose", "--", "cmd"],
         ["cmd"],
         ["--relay"],
+        ["--relay", "h:x=/s", "--", "cmd"],
+        ["--memory-limit", "2Gi", "--", "cmd"],
     ],
 )
 def test_launcher_parse_refuses(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
-        _parse(argv)
+        parse(argv)
     assert "sandbox launcher" in str(info.value.code)
 
 
@@ -559,3 +563,19 @@ def test_launcher_refuses_bad_arguments_without_running_anything(tmp_path: Path)
     assert result.returncode == 1
     assert "unexpected argument '--bogus'" in result.stderr
     assert not marker.exists()
+
+
+def test_launcher_memory_limit_refuses_an_allocation_beyond_it() -> None:
+    code = (
+        "import resource\n"
+        "print('limit', resource.getrlimit(resource.RLIMIT_DATA)[0], flush=True)\n"
+        "small = bytearray(16 << 20)\n"
+        "try:\n"
+        "    big = bytearray(512 << 20)\n"
+        "except MemoryError:\n"
+        "    print('refused', flush=True)\n"
+    )
+    result = run_launcher(["--memory-limit", str(256 << 20)], code)
+    assert result.returncode == 0, result.stderr
+    assert f"limit {256 << 20}" in result.stdout
+    assert "refused" in result.stdout

@@ -21,7 +21,7 @@ from typing import Any
 from pynchy.devnode import process
 from pynchy.devnode.client import Kube, config_object_path, pod_path
 from pynchy.devnode.egress import unsupported_egress
-from pynchy.devnode.envvars import EnvError, container_env, env_references, expand, object_data
+from pynchy.devnode.envvars import EnvError, container_env, env_references, expand, object_data, parse_quantity
 from pynchy.devnode.pathmap import MountPathError, PathMap, normalize_container_path, plan_links
 from pynchy.devnode.sandbox import DEFAULT_UID, Mount, SandboxRuntime, SandboxSpec, bwrap_argv, passwd_lines
 from pynchy.devnode.status import (
@@ -122,6 +122,11 @@ def _in_mounts(container_path: str, mounts: list[Mount]) -> str | None:
             if best is None or len(mp) > best[0]:
                 best = (len(mp), host)
     return None if best is None else best[1]
+
+
+def _memory_limit(c: dict[str, Any]) -> int | None:
+    limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+    return None if limit is None else int(parse_quantity(limit))
 
 
 def pod_dir(data_dir: Path, namespace: str, name: str, uid: str) -> Path:
@@ -517,6 +522,7 @@ class PodWorker:
             relay_dir=box.relay_dir,
             relay_args=box.relay_args,
             termination_file=None if in_volume is not None else (str(tfile), tpath),
+            memory_limit=_memory_limit(c),
             bwrap=box.bwrap,
         )
         return Launch(bwrap_argv(spec), env, self.dir, [], tfile, in_volume is not None, sandboxed=True, command=argv)

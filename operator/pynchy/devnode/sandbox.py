@@ -148,6 +148,7 @@ class SandboxSpec:
     relay_dir: str | None = None  # host directory of the relay sockets
     relay_args: Sequence[str] = ()
     termination_file: tuple[str, str] | None = None  # (host file, container path) when not in a volume
+    memory_limit: int | None = None  # bytes: RLIMIT_DATA of each of the container's processes
     bwrap: str = BWRAP
 
 
@@ -194,7 +195,10 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
     if spec.read_only_root:
         argv += ["--remount-ro", "/"]
     argv += ["--chdir", spec.workdir, "--"]
-    argv += [spec.image.python, "-I", "-S", os.path.realpath(sandbox_launcher.__file__), *spec.relay_args, "--"]
+    launcher = [spec.image.python, "-I", "-S", os.path.realpath(sandbox_launcher.__file__), *spec.relay_args]
+    if spec.memory_limit is not None:
+        launcher += ["--memory-limit", str(spec.memory_limit)]
+    argv += [*launcher, "--"]
     return argv + list(spec.argv)
 
 

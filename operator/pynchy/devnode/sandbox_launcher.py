@@ -1,5 +1,8 @@
 """Inside a dev-node sandbox: serve the relays on loopback, run the container's command, pass on its exit.
 
+``--memory-limit BYTES`` sets RLIMIT_DATA of the command (and so of each process it starts): the
+container's memory limit, per process, as far as it maps without cgroups.
+
 Run by path with ``python -I -S`` as the sandbox's first process (bubblewrap's reaper is PID 1),
 so it imports the standard library only and never the ``pynchy`` package. Each
 ``--relay HOST:PORT=SOCKET`` listens on HOST:PORT (the sandbox's own loopback) and joins every
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import resource
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -25,10 +29,16 @@ _CHUNK = 1 << 16
 START_ERROR = 128
 
 
-def _parse(argv: list[str]) -> tuple[list[tuple[str, int, str]], list[str]]:
+def parse(argv: list[str]) -> tuple[list[tuple[str, int, str]], list[str], int | None]:
+    """``[--relay HOST:PORT=SOCKET]... [--memory-limit BYTES] -- COMMAND...``."""
     relays: list[tuple[str, int, str]] = []
+    memory: int | None = None
     i = 0
     while i < len(argv) and argv[i] != "--":
+        if argv[i] == "--memory-limit" and i + 1 < len(argv) and argv[i + 1].isascii() and argv[i + 1].isdigit():
+            memory = int(argv[i + 1])
+            i += 2
+            continue
         if argv[i] != "--relay" or i + 1 >= len(argv):
             raise SystemExit(f"sandbox launcher: unexpected argument {argv[i]!r}")
         address, _, socket_path = argv[i + 1].partition("=")
@@ -40,7 +50,16 @@ def _parse(argv: list[str]) -> tuple[list[tuple[str, int, str]], list[str]]:
     command = argv[i + 1 :]
     if not command:
         raise SystemExit("sandbox launcher: no command after --")
-    return relays, command
+    return relays, command, memory
+
+
+def _limit_memory(limit: int) -> Callable[[], None]:
+    def apply() -> None:  # pragma: no cover - runs in the child between fork and exec
+        # RLIMIT_DATA, not RLIMIT_AS: the CLI's JavaScript engine reserves far more address space
+        # than it uses; private writable memory is what the limit is about.
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    return apply
 
 
 async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -74,7 +93,7 @@ async def join(
         client_w.close()
 
 
-async def _main(relays: list[tuple[str, int, str]], command: list[str]) -> int:
+async def _main(relays: list[tuple[str, int, str]], command: list[str], memory: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, lambda: None)  # the command got it too; keep relaying until it exits
@@ -82,7 +101,11 @@ async def _main(relays: list[tuple[str, int, str]], command: list[str]) -> int:
         connect = functools.partial(asyncio.open_unix_connection, socket_path)
         await asyncio.start_server(functools.partial(join, connect), host, port)
     try:
-        proc = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.DEVNULL)
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            preexec_fn=None if memory is None else _limit_memory(memory),
+        )
     except OSError as exc:
         print(f'exec: "{command[0]}": {exc.strerror or exc}', file=sys.stderr, flush=True)
         return START_ERROR
@@ -91,8 +114,8 @@ async def _main(relays: list[tuple[str, int, str]], command: list[str]) -> int:
 
 
 def main() -> None:
-    relays, command = _parse(sys.argv[1:])
-    os._exit(asyncio.run(_main(relays, command)))  # _exit: open relay connections do not hold us
+    relays, command, memory = parse(sys.argv[1:])
+    os._exit(asyncio.run(_main(relays, command, memory)))  # _exit: open relay connections do not hold us
 
 
 if __name__ == "__main__":
