@@ -579,3 +579,13 @@ def test_launcher_memory_limit_refuses_an_allocation_beyond_it() -> None:
     assert result.returncode == 0, result.stderr
     assert f"limit {256 << 20}" in result.stdout
     assert "refused" in result.stdout
+
+
+def test_a_data_dir_inside_the_image_is_refused(tmp_path: Path) -> None:
+    image = HostImage(binds=("/usr", str(tmp_path / "venv")), symlinks=(), python=sys.executable)
+    assert image.exposes(tmp_path / "data") is None
+    problem = image.exposes(tmp_path / "venv" / "data")
+    assert problem is not None
+    assert f"lies inside {tmp_path / 'venv'}" in problem
+    assert "choose a data dir outside it" in problem
+    assert image.exposes(Path("/usr/local/pynchy")) is not None

@@ -225,7 +225,8 @@ class Supervisor:
         if reason is not None:
             raise DevError(
                 f"agents cannot be sandboxed here: {reason}.\n"
-                "  Fix that, or accept running agents unsandboxed: pynchy dev --no-isolation"
+                "  To run them unsandboxed anyway (as your user, with your files and network): "
+                "pynchy dev --no-isolation"
             )
         version = bwrap_version() or "bubblewrap"
         self.say(f"isolation: each agent pod in a {version} sandbox, network: loopback and the gateway only")

@@ -44,13 +44,19 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes with the terminating NUL; keep a margin
+
+
 @dataclass
 class Relays:
-    """One Unix socket per address, in a private directory (short: socket paths are limited to 107 bytes)."""
+    """One Unix socket per address, in ``home`` (the dev node's data dir) or, when that path
+    is too long for a socket, in a private directory under /tmp."""
 
     addresses: tuple[Address, ...]
+    home: Path
     directory: Path = field(init=False)
     _servers: list[asyncio.Server] = field(default_factory=list, init=False)
+    _private: bool = field(default=False, init=False)
 
     def socket_name(self, index: int) -> str:
         return f"{index}.sock"
@@ -63,7 +69,12 @@ class Relays:
         return args
 
     async def start(self) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="pynchy-relay-"))
+        longest = self.home / "relay" / self.socket_name(len(self.addresses))
+        if len(str(longest)) <= MAX_SOCKET_PATH:
+            self.directory = self.home / "relay"
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        else:
+            self.directory, self._private = Path(tempfile.mkdtemp(prefix="pynchy-relay-")), True
         os.chmod(self.directory, 0o700)
         for i, a in enumerate(self.addresses):
             path = self.directory / self.socket_name(i)
@@ -79,5 +90,10 @@ class Relays:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
         self._servers.clear()
-        if hasattr(self, "directory"):
+        if not hasattr(self, "directory"):
+            return
+        if self._private:
             shutil.rmtree(self.directory, ignore_errors=True)
+        else:
+            for i in range(len(self.addresses)):
+                (self.directory / self.socket_name(i)).unlink(missing_ok=True)

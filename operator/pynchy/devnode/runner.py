@@ -230,12 +230,14 @@ class DevNode:
         if self.sandbox is None:
             log.warning("pods run without isolation: as processes of this user, in the host's namespaces")
             return None
+        image = await asyncio.to_thread(HostImage.of_host)
+        if (problem := image.exposes(self.data_dir)) is not None:
+            raise DevNodeError(problem)
         relay_dir: str | None = None
         if self.sandbox.relays:
-            self._relays = Relays(self.sandbox.relays)
+            self._relays = Relays(self.sandbox.relays, self.data_dir)
             await self._relays.start()
             relay_dir = str(self._relays.directory)
-        image = await asyncio.to_thread(HostImage.of_host)
         log.info("pods run in bubblewrap sandboxes", relays=[str(a) for a in self.sandbox.relays])
         return SandboxRuntime(
             bwrap=self.sandbox.bwrap,

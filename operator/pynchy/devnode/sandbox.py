@@ -97,6 +97,17 @@ class HostImage:
         binds.append(os.path.dirname(os.path.realpath(sandbox_launcher.__file__)))
         return cls(tuple(_without_covered(binds)), tuple(symlinks), sys.executable)
 
+    def exposes(self, data_dir: Path) -> str | None:
+        """Why ``data_dir`` must not be used with this image (every sandbox would see it), or None."""
+        resolved = data_dir.resolve()
+        for path in self.binds:
+            if resolved.is_relative_to(os.path.realpath(path)):
+                return (
+                    f"the data dir {data_dir} lies inside {path}, which every sandbox sees (read-only): "
+                    "each pod would see the others' volumes; choose a data dir outside it"
+                )
+        return None
+
 
 def _editable_sources(prefix: Path) -> list[str]:
     """Directories the venv's .pth files add to sys.path (editable installs of this checkout)."""
