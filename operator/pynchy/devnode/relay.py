@@ -14,15 +14,47 @@ import functools
 import os
 import shutil
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pynchy.devnode.sandbox_launcher import join
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
 
 SANDBOX_RELAY_DIR = "/run/pynchy/relay"  # where the sockets appear inside a sandbox
+_CHUNK = 1 << 16
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy until end of stream, then half-close, so request/response protocols finish cleanly."""
+    try:
+        while data := await reader.read(_CHUNK):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        writer.close()
+
+
+async def join(
+    connect: Callable[[], Awaitable[Streams]], client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+) -> None:
+    """Connect to the far side and copy both ways; a far side that is down closes the client."""
+    try:
+        up_r, up_w = await connect()
+    except OSError as exc:
+        log.debug("relay target unreachable", error=str(exc))
+        client_w.close()
+        return
+    try:
+        await asyncio.gather(_pump(client_r, up_w), _pump(up_r, client_w))
+    finally:
+        up_w.close()
+        client_w.close()
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,13 @@
 """Inside a dev-node sandbox: serve the relays on loopback, run the container's command, pass on its exit.
 
-``--memory-limit BYTES`` sets RLIMIT_DATA of the command (and so of each process it starts): the
-container's memory limit, per process, as far as it maps without cgroups.
-
 Run by path with ``python -I -S`` as the sandbox's first process (bubblewrap's reaper is PID 1),
-so it imports the standard library only and never the ``pynchy`` package. Each
-``--relay HOST:PORT=SOCKET`` listens on HOST:PORT (the sandbox's own loopback) and joins every
-connection to the Unix socket SOCKET, which the dev node serves as the real address outside. So
-``http://127.0.0.1:8080`` means the gateway inside the sandbox too, while nothing else outside
-it can be reached.
+so it imports a few standard modules only and never the ``pynchy`` package: it is on the path
+of every pod start, and asyncio alone would cost 60 ms there. Each ``--relay HOST:PORT=SOCKET``
+listens on HOST:PORT (the sandbox's own loopback) and joins every connection to the Unix socket
+SOCKET, which the dev node serves as the real address outside. So ``http://127.0.0.1:8080``
+means the gateway inside the sandbox too, while nothing else outside it can be reached.
+``--memory-limit BYTES`` sets RLIMIT_DATA of the command (and so of each process it starts):
+the container's memory limit, per process, as far as it maps without cgroups.
 
 The dev node signals the whole process group: the command gets SIGTERM itself, and this process
 ignores it so the relays keep working while the command shuts down. Exit status: the command's,
@@ -17,21 +16,23 @@ ignores it so the relays keep working while the command shuts down. Exit status:
 
 from __future__ import annotations
 
-import asyncio
-import functools
+import contextlib
 import os
 import resource
 import signal
+import socket
 import sys
-from collections.abc import Awaitable, Callable
+import threading
 
 _CHUNK = 1 << 16
 START_ERROR = 128
 
+Relay = tuple[str, int, str]
 
-def parse(argv: list[str]) -> tuple[list[tuple[str, int, str]], list[str], int | None]:
+
+def parse(argv: list[str]) -> tuple[list[Relay], list[str], int | None]:
     """``[--relay HOST:PORT=SOCKET]... [--memory-limit BYTES] -- COMMAND...``."""
-    relays: list[tuple[str, int, str]] = []
+    relays: list[Relay] = []
     memory: int | None = None
     i = 0
     while i < len(argv) and argv[i] != "--":
@@ -45,7 +46,7 @@ def parse(argv: list[str]) -> tuple[list[tuple[str, int, str]], list[str], int |
         host, _, port = address.rpartition(":")
         if not (host and port.isascii() and port.isdigit() and socket_path):
             raise SystemExit(f"sandbox launcher: --relay wants HOST:PORT=SOCKET, not {argv[i + 1]!r}")
-        relays.append((host, int(port), socket_path))
+        relays.append((host.strip("[]"), int(port), socket_path))
         i += 2
     command = argv[i + 1 :]
     if not command:
@@ -53,69 +54,81 @@ def parse(argv: list[str]) -> tuple[list[tuple[str, int, str]], list[str], int |
     return relays, command, memory
 
 
-def _limit_memory(limit: int) -> Callable[[], None]:
-    def apply() -> None:  # pragma: no cover - runs in the child between fork and exec
-        # RLIMIT_DATA, not RLIMIT_AS: the CLI's JavaScript engine reserves far more address space
-        # than it uses; private writable memory is what the limit is about.
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-
-    return apply
-
-
-async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _pump(src: socket.socket, dst: socket.socket) -> None:
     """Copy until end of stream, then half-close, so request/response protocols finish cleanly."""
     try:
-        while data := await reader.read(_CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        writer.close()
-
-
-Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-async def join(
-    connect: Callable[[], Awaitable[Streams]], client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
-) -> None:
-    """Connect to the far side and copy both ways; a far side that is down closes the client."""
-    try:
-        up_r, up_w = await connect()
+        while data := src.recv(_CHUNK):
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
     except OSError:
-        client_w.close()
-        return
-    try:
-        await asyncio.gather(pump(client_r, up_w), pump(up_r, client_w))
-    finally:
-        up_w.close()
-        client_w.close()
+        for s in (src, dst):  # one side broke: end both directions
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
 
 
-async def _main(relays: list[tuple[str, int, str]], command: list[str], memory: int | None = None) -> int:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(sig, lambda: None)  # the command got it too; keep relaying until it exits
-    for host, port, socket_path in relays:
-        connect = functools.partial(asyncio.open_unix_connection, socket_path)
-        await asyncio.start_server(functools.partial(join, connect), host, port)
+def _join(client: socket.socket, socket_path: str) -> None:
+    with client:
+        up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with up:
+            try:
+                up.connect(socket_path)
+            except OSError:
+                return  # the far side is down: the client sees its connection closed
+            back = threading.Thread(target=_pump, args=(up, client), daemon=True)
+            back.start()
+            _pump(client, up)
+            back.join()
+
+
+def _serve(listener: socket.socket, socket_path: str) -> None:
+    while True:
+        client, _ = listener.accept()
+        threading.Thread(target=_join, args=(client, socket_path), daemon=True).start()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=128)
+
+
+def _exec(command: list[str], memory: int | None) -> None:  # pragma: no cover - the forked child
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=None if memory is None else _limit_memory(memory),
-        )
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        if memory is not None:
+            # RLIMIT_DATA, not RLIMIT_AS: the CLI's JavaScript engine reserves far more address
+            # space than it uses; private writable memory is what the limit is about.
+            resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
+        os.execvp(command[0], command)
     except OSError as exc:
-        print(f'exec: "{command[0]}": {exc.strerror or exc}', file=sys.stderr, flush=True)
-        return START_ERROR
-    rc = await proc.wait()
-    return 128 - rc if rc < 0 else rc
+        os.write(2, f'exec: "{command[0]}": {exc.strerror or exc}\n'.encode())
+    os._exit(START_ERROR)
+
+
+def run(relays: list[Relay], command: list[str], memory: int | None = None) -> int:
+    # Listening before the command starts: its first connection waits in the backlog, never refused.
+    listeners = [(_listen(host, port), path) for host, port, path in relays]
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: None)  # the command got it too; keep relaying until it exits
+    pid = os.fork()
+    if pid == 0:
+        for listener, _ in listeners:
+            listener.close()
+        _exec(command, memory)
+    for listener, path in listeners:
+        threading.Thread(target=_serve, args=(listener, path), daemon=True).start()
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
 
 
 def main() -> None:
     relays, command, memory = parse(sys.argv[1:])
-    os._exit(asyncio.run(_main(relays, command, memory)))  # _exit: open relay connections do not hold us
+    code = run(relays, command, memory)
+    sys.stdout.flush()
+    os._exit(code)  # _exit: relay threads with open connections do not hold us
 
 
 if __name__ == "__main__":
