@@ -3,10 +3,11 @@
     uv run python bench/turn_latency.py [--turns 20] [--node dev|real|both] [--no-isolation]
 
 --node dev (the default): a control plane (built from source, cached), the operator, the gateway
-and the dev node in this process, and the scripted Anthropic server answering instantly. Measured
-twice, with fresh stacks: agent pods in bubblewrap sandboxes (what `pynchy dev` runs), then as
-plain processes (--no-isolation), so the sandbox's cost is printed beside (goal: cold +100 ms p50
-at most). --no-isolation measures the plain processes only (where bubblewrap cannot run).
+and two dev nodes in this process, and the scripted Anthropic server answering instantly. One dev
+node runs its agent pods in bubblewrap sandboxes (what `pynchy dev` runs), the other as plain
+processes (--no-isolation); turns and cold runs alternate between them, and the sandbox's cost is
+printed beside (goal: cold +100 ms p50 at most). --no-isolation measures the plain processes only
+(where bubblewrap cannot run).
 
 --node real: the production stack on a real node (pynchy.kube.node.RealNode: containerd, kubelet,
 kube-proxy, kube-router, CoreDNS; root on Linux), installed as tests/node installs it: the images
@@ -28,7 +29,12 @@ Measures, over --turns turns each:
   floor  the CLI alone doing the same turn: a live ClaudeSDKClient (warm floor) and a fresh
          `claude_agent_sdk.query` process per turn (cold floor), straight at the scripted server
 
-The floor is measured last, in the same run, with nothing else of the bench running.
+  start  a container start alone, `/bin/true` spawned plain and in an agent pod's sandbox
+         (bwrap and the launcher), 50 of each, alternating: the sandbox's fixed cost
+
+The floor is measured last, in the same run, with nothing else of the bench running. The sandbox's
+cost is printed three ways: the difference of the cold p50s, the median of paired cold runs (each
+sandboxed run next to a plain one), and the start alone.
 
 Prints p50/p95 and the overheads over the floors; asserts nothing. On the real node it also prints
 where a cold run's time goes: the p50 of each milestone after the AgentRun's creation (each p50 on
@@ -80,6 +86,7 @@ from pynchy.chat.client import ChatClient, ChatError, Deadline  # noqa: E402
 from pynchy.chat.config import ChatConfig  # noqa: E402
 from pynchy.chat.protocol import ChatMessage, is_final  # noqa: E402
 from pynchy.devnode import Address, DevNode, Sandbox  # noqa: E402
+from pynchy.devnode.sandbox import HostImage, Mount, SandboxSpec, bwrap_argv, passwd_lines  # noqa: E402
 from pynchy.gateway.main import EmbeddedGateway  # noqa: E402
 from pynchy.kube.binaries import ensure_binaries, ensure_node_binaries  # noqa: E402
 from pynchy.kube.controlplane import ControlPlane  # noqa: E402
@@ -88,7 +95,8 @@ from pynchy.kube.node.node import RealNode  # noqa: E402
 from pynchy.logs import configure_logging  # noqa: E402
 from pynchy.operator.run import EmbeddedOperator  # noqa: E402
 
-NS = "bench"
+NS = "bench"  # sandboxed dev node
+PLAIN_NS = "bench-plain"  # the dev node without a sandbox
 REAL_NS = "pynchy"  # where the production manifests put Groups
 MODEL_PORT = 443  # as tests/node: the gateway's NetworkPolicy lets it reach HTTPS ports
 PROMPT = "say ok"
@@ -155,15 +163,15 @@ def wait(predicate: Any, timeout: float, what: str) -> Any:
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def group_ready(plane: ControlPlane, name: str) -> bool:
+def group_ready(plane: ControlPlane, name: str, namespace: str = NS) -> bool:
     out = plane.kubectl(
-        "get", "group", name, "-n", NS, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
+        "get", "group", name, "-n", namespace, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
     )
     return out.stdout.strip() == "True"
 
 
-def run_phase(plane: ControlPlane, name: str) -> str:
-    return plane.kubectl("get", "agentrun", name, "-n", NS, "-o", "jsonpath={.status.phase}").stdout.strip()
+def run_phase(plane: ControlPlane, name: str, namespace: str = NS) -> str:
+    return plane.kubectl("get", "agentrun", name, "-n", namespace, "-o", "jsonpath={.status.phase}").stdout.strip()
 
 
 async def floor(model: ScriptedModel, turns: int, tmp: Path) -> tuple[list[float], list[float]]:
@@ -201,21 +209,28 @@ async def floor(model: ScriptedModel, turns: int, tmp: Path) -> tuple[list[float
 # -- the dev node ---------------------------------------------------------------------------------
 
 
-def measure_dev(tmp: Path, turns: int, *, isolated: bool) -> Figures:
+def measure_dev(tmp: Path, turns: int, *, sandboxed: bool) -> dict[str, Figures]:
+    """One stack, two dev nodes: namespace NS sandboxed, PLAIN_NS not (unless ``sandboxed`` is
+    False: then PLAIN_NS only). Turns and cold runs alternate between them, each going first
+    every other time, so drift of the machine's load falls on both alike and the difference is
+    the sandbox's."""
     tmp.mkdir()
+    spaces = {NS: True, PLAIN_NS: False} if sandboxed else {PLAIN_NS: False}
     with (
         mock.patch.dict(os.environ),  # the variables set below are for this stack only
         ControlPlane(ensure_binaries(), tmp / "cp") as plane,
         ScriptedModel() as model,
     ):
-        kubeconfigs = install(plane, NS, ("operator", "gateway"))
+        kubeconfigs = install(plane, PLAIN_NS, ("operator", "gateway"))
+        if sandboxed:
+            plane.kubectl("create", "namespace", NS)
         gateway = EmbeddedGateway(
             kubeconfig=kubeconfigs["gateway"],
             run_token_key=RUN_TOKEN_KEY,
             database_url=f"sqlite:///{tmp}/gateway.db",
             listen_host="127.0.0.1",
             listen_port=0,
-            namespaces=[NS],
+            namespaces=list(spaces),
             anthropic_api_key="sk-bench",
             model_upstream_url=model.base_url,
         ).start()
@@ -224,24 +239,29 @@ def measure_dev(tmp: Path, turns: int, *, isolated: bool) -> Figures:
                 "KUBECONFIG": str(kubeconfigs["operator"]),
                 "PYNCHY_RUN_TOKEN_KEY": RUN_TOKEN_KEY,
                 "PYNCHY_GATEWAY_URL": gateway.url,
-                "PYNCHY_NAMESPACES": NS,
+                "PYNCHY_NAMESPACES": ",".join(spaces),
             }
         )
         operator = EmbeddedOperator().start()
         relay = Address.parse(urlsplit(gateway.url).netloc)
-        node = DevNode(plane.kubeconfig, tmp / "node", namespaces=[NS], sandbox=Sandbox((relay,)) if isolated else None)
-        node.start()
+        nodes = [
+            DevNode(plane.kubeconfig, tmp / ns, name=f"node-{ns}", namespaces=[ns], sandbox=box)
+            for ns, box in ((ns, Sandbox((relay,)) if on else None) for ns, on in spaces.items())
+        ]
+        for node in nodes:
+            node.start()
         gw = gateway.gateway
         assert gw is not None
         try:
-            for name in ("warm", "cold"):
-                plane.kubectl("apply", "-f", "-", input=GROUP.format(name=name, ns=NS))
-                wait(lambda n=name: group_ready(plane, n), 60, f"Group {name} Ready")
-                wait(lambda n=name: gw.groups.get(NS, n), 10, "gateway cache")
+            for ns in spaces:
+                for name in ("warm", "cold"):
+                    plane.kubectl("apply", "-f", "-", input=GROUP.format(name=name, ns=ns))
+                    wait(lambda n=name, s=ns: group_ready(plane, n, s), 60, f"Group {ns}/{name} Ready")
+                    wait(lambda n=name, s=ns: gw.groups.get(s, n), 10, "gateway cache")
 
-            async def turn(group: str) -> float:
+            async def turn(ns: str, group: str) -> float:
                 started = time.monotonic()
-                row = await gw.submit(NS, group, PROMPT, sender="bench")
+                row = await gw.submit(ns, group, PROMPT, sender="bench")
                 result = await asyncio.wait_for(gw.watch(row.id).done, 120)
                 if result.type != "result":
                     raise SystemExit(f"turn failed: {result}")
@@ -250,26 +270,75 @@ def measure_dev(tmp: Path, turns: int, *, isolated: bool) -> Figures:
             async def reply(turn_id: str) -> Any:
                 return await asyncio.wait_for(gw.watch(turn_id).done, 120)
 
-            first = gateway.call(turn("warm"), timeout=130)  # starts the pod
-            warm = [gateway.call(turn("warm"), timeout=130) for _ in range(turns)]
+            first = {ns: gateway.call(turn(ns, "warm"), timeout=130) for ns in spaces}  # starts the pods
+            warm: dict[str, list[float]] = {ns: [] for ns in spaces}
+            cold: dict[str, list[float]] = {ns: [] for ns in spaces}
 
-            cold: list[float] = []
+            def order(i: int) -> list[str]:  # who goes first alternates: neither always follows the other
+                return list(spaces) if i % 2 == 0 else list(reversed(spaces))
+
+            for i in range(turns):
+                for ns in order(i):
+                    warm[ns].append(gateway.call(turn(ns, "warm"), timeout=130))
             admin = CustomObjectsApi(new_client_from_config(str(plane.kubeconfig)))
             for i in range(turns):
-                name = f"cold-{i}"
-                body = yaml.safe_load(RUN.format(name=name, ns=NS, prompt=PROMPT))
-                started = time.monotonic()
-                created = admin.create_namespaced_custom_object("pynchy.dev", "v1alpha1", NS, "agentruns", body)
-                result = gateway.call(reply(f"run-{created['metadata']['uid']}"), timeout=130)
-                if result.type != "result":
-                    raise SystemExit(f"cold turn failed: {result}")
-                cold.append(time.monotonic() - started)
-                wait(lambda n=name: run_phase(plane, n) == "Succeeded", 60, f"{name} Succeeded")
+                for ns in order(i):
+                    name = f"cold-{i}"
+                    body = yaml.safe_load(RUN.format(name=name, ns=ns, prompt=PROMPT))
+                    started = time.monotonic()
+                    created = admin.create_namespaced_custom_object("pynchy.dev", "v1alpha1", ns, "agentruns", body)
+                    result = gateway.call(reply(f"run-{created['metadata']['uid']}"), timeout=130)
+                    if result.type != "result":
+                        raise SystemExit(f"cold turn failed: {result}")
+                    cold[ns].append(time.monotonic() - started)
+                    wait(lambda n=name, s=ns: run_phase(plane, n, s) == "Succeeded", 60, f"{ns}/{name} Succeeded")
         finally:
-            node.stop()
+            for node in nodes:
+                node.stop()
             operator.stop()
             gateway.stop()
-    return Figures(first, warm, cold)
+    return {ns: Figures(first[ns], warm[ns], cold[ns]) for ns in spaces}
+
+
+def sandbox_start(tmp: Path, samples: int = 50) -> tuple[list[float], list[float]]:
+    """A container start alone, as the dev node makes it: `/bin/true` spawned plain and in the
+    agent pod's sandbox (the image, five volumes, a relay, the memory limit), alternating."""
+    image = HostImage.of_host()
+    root = tmp / "sandbox-start"
+    volumes = [root / name for name in ("home", "workspace", "tmp", "config", "secret")]
+    for v in volumes:
+        v.mkdir(parents=True)
+    passwd, group = passwd_lines(1000, 1000, "/home/agent")
+    (root / "passwd").write_text(passwd)
+    (root / "group").write_text(group)
+    (root / "termination-log").write_text("")
+    paths = ["/home/agent", "/workspace", "/tmp", "/etc/pynchy/group", "/etc/pynchy/mcp/x"]
+    spec = SandboxSpec(
+        argv=["/bin/true"],
+        mounts=[Mount(c, str(h), c.startswith("/etc")) for c, h in zip(paths, volumes, strict=True)],
+        image=image,
+        passwd_file=str(root / "passwd"),
+        group_file=str(root / "group"),
+        read_only_root=True,
+        relay_dir=str(root),
+        relay_args=("--relay", "127.0.0.1:8420=/run/pynchy/relay/0.sock"),
+        termination_file=(str(root / "termination-log"), "/dev/termination-log"),
+        memory_limit=2 << 30,
+    )
+    boxed_argv = bwrap_argv(spec)
+    plain: list[float] = []
+    boxed: list[float] = []
+    for _ in range(samples):
+        for argv, out in ((["/bin/true"], plain), (boxed_argv, boxed)):
+            started = time.perf_counter()
+            subprocess.run(argv, check=True)
+            out.append(time.perf_counter() - started)
+    return plain, boxed
+
+
+def paired_difference(a: list[float], b: list[float]) -> float:
+    """Median of the per-pair differences a[i] - b[i] (pairs were measured next to each other)."""
+    return pct([x - y for x, y in zip(a, b, strict=True)], 50)
 
 
 # -- the real node --------------------------------------------------------------------------------
@@ -580,8 +649,10 @@ def report(
     real: Figures | None,
     warm_floor: list[float],
     cold_floor: list[float],
+    start: tuple[list[float], list[float]] | None = None,
 ) -> None:
-    """``dev``: the dev node as `pynchy dev` runs it (sandboxed); ``plain``: its pods unsandboxed."""
+    """``dev``: the dev node as `pynchy dev` runs it (sandboxed); ``plain``: its pods unsandboxed;
+    ``start``: a container start alone, plain and sandboxed."""
     width = WIDTH if real is None else 56
     width = max(width, 50) if plain is not None else width
     rows: list[str] = []
@@ -610,7 +681,15 @@ def report(
         warm_cost = pct(dev.warm, 50) - pct(plain.warm, 50)
         ratio = pct(dev.cold, 50) / pct(plain.cold, 50)
         rows.append(figure("sandbox cost, cold first turn (p50)", cold_cost, f"goal <= 100 ms; {ratio:.2f}x", width))
+        paired = paired_difference(dev.cold, plain.cold)
+        rows.append(figure("sandbox cost, cold (median of paired runs)", paired, "goal <= 100 ms", width))
         rows.append(figure("sandbox cost, warm turn (p50; the relay)", warm_cost, "", width))
+    if start is not None:
+        plain_start, boxed_start = start
+        rows.append(line("container start alone, plain", plain_start, width))
+        rows.append(line("container start alone, sandboxed", boxed_start, width))
+        cost = pct(boxed_start, 50) - pct(plain_start, 50)
+        rows.append(figure("sandbox cost, start alone (p50)", cost, "bwrap + launcher", width))
     if real is not None:
         warm_over = pct(real.warm, 50) - pct(warm_floor, 50)
         cold_over = pct(real.cold, 50) - pct(cold_floor, 50)
@@ -638,13 +717,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="pynchy-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        on_dev = args.node in ("dev", "both")
-        dev = measure_dev(tmp / "dev", args.turns, isolated=True) if on_dev and not args.no_isolation else None
-        plain = measure_dev(tmp / "dev-plain", args.turns, isolated=False) if on_dev else None
+        figures = measure_dev(tmp / "dev", args.turns, sandboxed=not args.no_isolation) if args.node != "real" else {}
+        dev, plain = figures.get(NS), figures.get(PLAIN_NS)
         real = measure_real(tmp / "real", args.turns) if args.node in ("real", "both") else None
         with ScriptedModel() as model:
             warm_floor, cold_floor = asyncio.run(floor(model, args.turns, tmp))
-    report(dev, plain, real, warm_floor, cold_floor)
+        start = sandbox_start(tmp) if dev is not None else None
+    report(dev, plain, real, warm_floor, cold_floor, start)
 
 
 if __name__ == "__main__":

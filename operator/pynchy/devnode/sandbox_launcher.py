@@ -1,8 +1,9 @@
 """Inside a dev-node sandbox: serve the relays on loopback, run the container's command, pass on its exit.
 
 Run by path with ``python -I -S`` as the sandbox's first process (bubblewrap's reaper is PID 1),
-so it imports a few standard modules only and never the ``pynchy`` package: it is on the path
-of every pod start, and asyncio alone would cost 60 ms there. Each ``--relay HOST:PORT=SOCKET``
+so it imports only C modules of the standard library (``_socket`` and ``_thread``, not
+``socket`` and ``threading``, whose imports cost 25 ms) and never the ``pynchy`` package: it is
+on the path of every pod start. Each ``--relay HOST:PORT=SOCKET``
 listens on HOST:PORT (the sandbox's own loopback) and joins every connection to the Unix socket
 SOCKET, which the dev node serves as the real address outside. So ``http://127.0.0.1:8080``
 means the gateway inside the sandbox too, while nothing else outside it can be reached.
@@ -16,13 +17,12 @@ ignores it so the relays keep working while the command shuts down. Exit status:
 
 from __future__ import annotations
 
-import contextlib
+import _socket
+import _thread
 import os
 import resource
 import signal
-import socket
 import sys
-import threading
 
 _CHUNK = 1 << 16
 START_ERROR = 128
@@ -54,41 +54,53 @@ def parse(argv: list[str]) -> tuple[list[Relay], list[str], int | None]:
     return relays, command, memory
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+def _pump(src: _socket.socket, dst: _socket.socket, done: _thread.LockType | None = None) -> None:
     """Copy until end of stream, then half-close, so request/response protocols finish cleanly."""
     try:
         while data := src.recv(_CHUNK):
             dst.sendall(data)
-        dst.shutdown(socket.SHUT_WR)
+        dst.shutdown(_socket.SHUT_WR)
     except OSError:
         for s in (src, dst):  # one side broke: end both directions
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-
-def _join(client: socket.socket, socket_path: str) -> None:
-    with client:
-        up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with up:
-            try:
-                up.connect(socket_path)
+            try:  # noqa: SIM105 - contextlib costs an import on every pod start
+                s.shutdown(_socket.SHUT_RDWR)
             except OSError:
-                return  # the far side is down: the client sees its connection closed
-            back = threading.Thread(target=_pump, args=(up, client), daemon=True)
-            back.start()
-            _pump(client, up)
-            back.join()
+                pass
+    finally:
+        if done is not None:
+            done.release()
 
 
-def _serve(listener: socket.socket, socket_path: str) -> None:
+def _join(client: _socket.socket, socket_path: str) -> None:
+    up = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        up.connect(socket_path)
+    except OSError:  # the far side is down: the client sees its connection closed
+        up.close()
+        client.close()
+        return
+    back = _thread.allocate_lock()
+    back.acquire()
+    _thread.start_new_thread(_pump, (up, client, back))
+    _pump(client, up)
+    back.acquire()  # the other direction finished too
+    up.close()
+    client.close()
+
+
+def _serve(listener: _socket.socket, socket_path: str) -> None:
     while True:
-        client, _ = listener.accept()
-        threading.Thread(target=_join, args=(client, socket_path), daemon=True).start()
+        fd, _ = listener._accept()  # type: ignore[attr-defined]  # _socket's accept; typeshed lists socket's only
+        _thread.start_new_thread(_join, (_socket.socket(fileno=fd), socket_path))
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=128)
+def _listen(host: str, port: int) -> _socket.socket:
+    family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+    listener = _socket.socket(family, _socket.SOCK_STREAM)
+    listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(128)
+    return listener
 
 
 def _exec(command: list[str], memory: int | None) -> None:  # pragma: no cover - the forked child
@@ -118,7 +130,7 @@ def run(relays: list[Relay], command: list[str], memory: int | None = None) -> i
             listener.close()
         _exec(command, memory)
     for listener, path in listeners:
-        threading.Thread(target=_serve, args=(listener, path), daemon=True).start()
+        _thread.start_new_thread(_serve, (listener, path))
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
