@@ -589,3 +589,24 @@ def test_a_data_dir_inside_the_image_is_refused(tmp_path: Path) -> None:
     assert f"lies inside {tmp_path / 'venv'}" in problem
     assert "choose a data dir outside it" in problem
     assert image.exposes(Path("/usr/local/pynchy")) is not None
+
+
+def test_image_paths_under_a_volume_are_bound_again_after_the_volumes(tmp_path: Path) -> None:
+    """A checkout in /tmp, and the pod mounts an emptyDir at /tmp: the venv must stay visible."""
+    image = HostImage(
+        binds=("/usr", "/tmp/ci/.venv", "/tmp/ci/operator"), symlinks=(), python="/tmp/ci/.venv/bin/python"
+    )
+    spec = SandboxSpec(
+        argv=["/tmp/ci/.venv/bin/pynchy-agent"],
+        mounts=[Mount("/tmp", str(tmp_path / "tmp"), False), Mount("/workspace", str(tmp_path / "ws"), False)],
+        image=image,
+        passwd_file="/p",
+        group_file="/g",
+    )
+    argv = bwrap_argv(spec)
+    volume = argv.index(str(tmp_path / "tmp"))
+    for path in ("/tmp/ci/.venv", "/tmp/ci/operator"):
+        binds = [i for i in range(len(argv) - 2) if argv[i : i + 3] == ["--ro-bind", path, path]]
+        assert len(binds) == 1, argv
+        assert binds[0] > volume, argv
+    assert argv.index("/usr") < volume

@@ -126,7 +126,7 @@ def _without_covered(paths: Sequence[str]) -> list[str]:
     """Drop paths inside another path of the list (binding them again changes nothing)."""
     out: list[str] = []
     for p in sorted(set(paths), key=lambda s: (len(PurePosixPath(s).parts), s)):
-        if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in out):
+        if not _under_any(p, out):
             out.append(p)
     return out
 
@@ -163,6 +163,10 @@ class SandboxSpec:
     bwrap: str = BWRAP
 
 
+def _under_any(path: str, parents: Sequence[str]) -> bool:
+    return any(path == q or path.startswith(q.rstrip("/") + "/") for q in parents)
+
+
 def _depth(path: str) -> int:
     return len(PurePosixPath(path).parts)
 
@@ -192,13 +196,19 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
         argv += ["--cap-add", name if name.startswith("CAP_") else f"CAP_{name}"]
     for target, path in spec.image.symlinks:
         argv += ["--symlink", target, path]
+    # An image path under a volume's mount path (a checkout in /tmp, and the pod mounts /tmp) is
+    # bound again after the volumes, or the volume would hide it.
+    shadowed = [p for p in spec.image.binds if _under_any(p, [m.container_path for m in spec.mounts])]
     for path in spec.image.binds:
-        argv += ["--ro-bind", path, path]
+        if path not in shadowed:
+            argv += ["--ro-bind", path, path]
     argv += ["--proc", "/proc", "--dev", "/dev"]
     argv += ["--ro-bind", spec.passwd_file, "/etc/passwd", "--ro-bind", spec.group_file, "/etc/group"]
     # Outer mounts first, so an inner one lands inside the outer volume, as with the kubelet.
     for m in sorted(spec.mounts, key=lambda m: _depth(m.container_path)):
         argv += ["--ro-bind" if m.read_only else "--bind", m.host_path, m.container_path]
+    for path in shadowed:
+        argv += ["--ro-bind", path, path]
     if spec.relay_dir is not None:
         argv += ["--ro-bind", spec.relay_dir, SANDBOX_RELAY_DIR]
     if spec.termination_file is not None:
