@@ -185,6 +185,60 @@ def test_status_is_a_subresource(control_plane: ControlPlane, namespace: str) ->
     assert table[1].split()[1] == "True"
 
 
+EXAMPLE_OF = {
+    "Group": "group-local.yaml",
+    "Workspace": "workspace.yaml",
+    "ScheduledTask": "scheduledtask-cron.yaml",
+    "AgentRun": "agentrun.yaml",
+}
+
+
+def _time_fields(kind: Kind) -> list[str]:
+    """Status fields shown in a column whose schema says date-time."""
+    schema = kind.status.model_json_schema(by_alias=True)
+    props = schema.get("properties", {})
+    out = []
+    for column in kind.columns:
+        field = column.json_path.removeprefix(".status.")
+        if column.json_path.startswith(".status.") and "." not in field and field in props:
+            spec = props[field]
+            options = [spec, *spec.get("anyOf", [])]
+            if any(o.get("format") == "date-time" for o in options):
+                out.append(field)
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k.kind for k in KINDS])
+def test_every_printer_column_reads_well_with_future_past_and_empty_times(
+    control_plane: ControlPlane, namespace: str, kind: Kind
+) -> None:
+    """kubectl renders a `date` column as an age, and a future time as <invalid>: no column may."""
+    example = REPO / "manifests/examples" / EXAMPLE_OF[kind.kind]
+    control_plane.kubectl("apply", "-n", namespace, "-f", str(example))
+    name = yaml.safe_load(example.read_text())["metadata"]["name"]
+    fields = _time_fields(kind)
+    future, past = "2999-01-01T09:00:00Z", "2020-01-01T09:00:00Z"
+    for value in (future, past, None):
+        if fields:
+            patch = {"status": dict.fromkeys(fields, value)}
+            control_plane.kubectl(
+                "patch",
+                kind.plural,
+                name,
+                "-n",
+                namespace,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                json.dumps(patch),
+            )
+        table = control_plane.kubectl("get", kind.plural, name, "-n", namespace, "-o", "wide").stdout
+        assert "<invalid>" not in table, (value, table)
+        assert table.splitlines()[1].startswith(name), table
+        for field in fields if value is not None else ():
+            assert value in table, (field, table)  # the time itself, future or past
+
+
 def _descriptions(model: type[ApiModel]) -> list[tuple[str, str]]:
     out = []
     for name, field in model.model_fields.items():

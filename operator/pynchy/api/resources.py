@@ -158,8 +158,9 @@ KINDS: tuple[Kind, ...] = (
         columns=(
             PrinterColumn("Group", ".spec.groupRef.name"),
             PrinterColumn("Suspend", ".spec.suspend", type="boolean"),
-            PrinterColumn("Next", ".status.nextScheduleTime", type="date", description="Next due time."),
-            PrinterColumn("Last", ".status.lastScheduleTime", type="date", description="Last due time that ran."),
+            # Strings, not dates: kubectl renders a date column as an age, and a future time as <invalid>.
+            PrinterColumn("Next", ".status.nextScheduleTime", description="Next due time (UTC)."),
+            PrinterColumn("Last", ".status.lastScheduleTime", description="Last due time that ran (UTC)."),
             READY,
             AGE,
         ),
