@@ -29,6 +29,7 @@ def operator_process_env(kubeconfig: Path) -> dict[str, str]:
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
         "PYNCHY_LIVENESS_PORT": "0",
+        "PYNCHY_METRICS_PORT": "0",
         "PYNCHY_LOG_FORMAT": "json",
         "PYNCHY_LOG_LEVEL": "WARNING",
         "PYNCHY_RUN_TOKEN_KEY": RUN_TOKEN_KEY,

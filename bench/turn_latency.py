@@ -233,6 +233,7 @@ def measure_dev(tmp: Path, turns: int, *, sandboxed: bool) -> dict[str, Figures]
             namespaces=list(spaces),
             anthropic_api_key="sk-bench",
             model_upstream_url=model.base_url,
+            metrics_port=0,
         ).start()
         os.environ.update(
             {

@@ -101,5 +101,6 @@ def make_gateway(kubeconfig: Path, data_dir: Path, upstream: str, api_key: str |
         "listen_port": 0,
         "anthropic_api_key": api_key,
         "model_upstream_url": upstream,
+        "metrics_port": 0,  # tests that scrape pass a free port
     }
     return EmbeddedGateway(kubeconfig=kubeconfig, **(settings | overrides))

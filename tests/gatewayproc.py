@@ -28,6 +28,7 @@ class GatewayProcess:
             "PYNCHY_DATABASE_URL": f"sqlite:///{data_dir}/gateway.db",
             "PYNCHY_LISTEN_HOST": "127.0.0.1",
             "PYNCHY_LISTEN_PORT": str(self.port),
+            "PYNCHY_METRICS_PORT": "0",
             "PYNCHY_LOG_FORMAT": "json",
             "PYNCHY_LOG_LEVEL": "INFO",
             **{f"PYNCHY_{k.upper()}": v for k, v in settings.items()},

@@ -421,4 +421,30 @@ INVALID_CASES: list[InvalidCase] = [
         run(trigger={"kind": "Manual", "scheduledTaskRef": {"name": "inv-task"}}),
         ("spec.trigger", "only allowed when kind is Schedule"),
     ),
+    # --- budgets and models ------------------------------------------------------------------
+    InvalidCase(
+        "group-budget-without-a-limit",
+        group(budget={"timeZone": "Europe/Berlin"}),
+        ("spec.budget", "set at least one limit: dailyUsd, monthlyUsd, dailyTokens or monthlyTokens"),
+    ),
+    InvalidCase(
+        "group-budget-negative",
+        group(budget={"dailyUsd": -1}),
+        ("spec.budget.dailyUsd", "should be greater than or equal to 0"),
+    ),
+    InvalidCase(
+        "group-budget-time-zone-shape",
+        group(budget={"dailyUsd": 5, "timeZone": "Berlin time"}),
+        ("spec.budget.timeZone", "should match"),
+    ),
+    InvalidCase(
+        "group-budget-warn-percent",
+        group(budget={"dailyUsd": 5, "warnPercent": 150}),
+        ("spec.budget.warnPercent", "should be less than or equal to 100"),
+    ),
+    InvalidCase(
+        "group-allowed-model-shape",
+        group(agent={"model": "claude-sonnet-4-5", "allowedModels": ["not a model"]}),
+        ("spec.agent.allowedModels[0]", "should match"),
+    ),
 ]

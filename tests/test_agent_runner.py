@@ -246,7 +246,14 @@ def test_build_options(tmp_path: Path) -> None:
     assert (options.model, options.max_turns, options.resume) == ("claude-sonnet-4-5", 7, "sess-1")
     assert options.setting_sources == ["user", "project"]
     assert options.include_partial_messages
-    assert options.env == {"HOME": str(s.home), "IS_SANDBOX": "1", "GIT_TERMINAL_PROMPT": "0"}
+    assert options.env == {
+        "HOME": str(s.home),
+        "IS_SANDBOX": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+        # The CLI's side requests use the Group's model: the gateway refuses any other.
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": "claude-sonnet-4-5",
+        "ANTHROPIC_SMALL_FAST_MODEL": "claude-sonnet-4-5",
+    }
 
     plain = build_options(
         s, GroupConfig(load_agent({"group": "family"}), None, None), cwd=tmp_path, resume=None, pynchy=pynchy, env={}

@@ -6,12 +6,15 @@ Also: the keyed state of the gateway does not grow with every Group, run and tur
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -28,8 +31,10 @@ from pynchy.gateway.httpapi.run_api import RunApi
 from pynchy.gateway.httpapi.runauth import RunAuth
 from pynchy.gateway.lifecycle import TurnLifecycle
 from pynchy.gateway.outbox import Outbox
+from pynchy.gateway.pricing import DEFAULT_PRICES
 from pynchy.gateway.proxy import ModelProxy
 from pynchy.gateway.routing import Directory
+from pynchy.gateway.spend import SpendGuard
 from pynchy.gateway.stats import StatsReporter
 from pynchy.gateway.tools import Tools
 from pynchy.gateway.turnhub import TurnHub
@@ -87,40 +92,57 @@ class Parts:
     stats: StatsReporter
     tasks: TaskSet
     lifecycle: TurnLifecycle
+    proxy: ModelProxy
 
 
-def build(tmp_path: Path) -> tuple[Parts, web.Application]:
+def build(
+    tmp_path: Path,
+    *,
+    upstream: str = "http://127.0.0.1:9",
+    spec: dict[str, Any] | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> tuple[Parts, web.Application]:
     db = Db(f"sqlite:///{tmp_path}/gateway.db")
     kube = EmptyKube()
     directory, index, tasks = Directory(), RunIndex(), TaskSet()
-    directory.on_event("ADDED", group_obj())
+    group = group_obj()
+    directory.on_event("ADDED", {**group, "spec": {**group["spec"], **(spec or {})}})
     runs = AgentRuns(kube, directory, index)  # type: ignore[arg-type]  # EmptyKube has the methods used
     hub = TurnHub(db)
     hooks = ChannelHooks(tasks)
     delivery = Delivery(db, hooks.channels)
     stats = StatsReporter(kube)  # type: ignore[arg-type]
     lifecycle = TurnLifecycle(db, hub, runs, directory, hooks, delivery, stats, tasks)
-    tools = Tools(kube, db, directory, Outbox(db, delivery, directory).send)  # type: ignore[arg-type]
+    outbox = Outbox(db, delivery, directory)
+    tools = Tools(kube, db, directory, outbox.send)  # type: ignore[arg-type]
     auth = RunAuth(KEY, runs, directory)
     app = web.Application()
     app.add_subapp(RUN_API_PREFIX, RunApi(db, hub, runs, lifecycle, tools, stats, tasks, 60.0).app(auth))
-    proxy = ModelProxy("http://127.0.0.1:9", None, None)
-    app.add_subapp(MODEL_PROXY_PREFIX, ModelApi(db, proxy).app(auth))
-    return Parts(db, kube, directory, index, runs, hub, stats, tasks, lifecycle), app
+    proxy = ModelProxy(upstream, "sk-ant-test-key", None)
+    spend = SpendGuard(db, DEFAULT_PRICES, outbox.post, clock=clock or (lambda: datetime.now(UTC)))
+    app.add_subapp(MODEL_PROXY_PREFIX, ModelApi(db, proxy, spend).app(auth))
+    return Parts(db, kube, directory, index, runs, hub, stats, tasks, lifecycle, proxy), app
 
 
 Scenario = Callable[[TestClient[Any, Any], Parts], Awaitable[None]]
 
 
-def serve(tmp_path: Path, scenario: Scenario, add: Callable[[Parts, web.Application], None] | None = None) -> None:
+def serve(
+    tmp_path: Path,
+    scenario: Scenario,
+    add: Callable[[Parts, web.Application], None] | None = None,
+    **options: Any,
+) -> None:
     async def main() -> None:
-        parts, app = build(tmp_path)
+        parts, app = build(tmp_path, **options)
         if add is not None:
             add(parts, app)
+        await parts.proxy.start()
         try:
             async with TestClient(TestServer(app)) as client:
                 await scenario(client, parts)
         finally:
+            await parts.proxy.close()
             await parts.tasks.close()
             parts.db.close()
 
@@ -260,6 +282,176 @@ def test_model_proxy_refuses_in_anthropic_format(tmp_path: Path) -> None:
             assert says in body["error"]["message"]
 
     serve(tmp_path, scenario)
+
+
+# -- model proxy: models, budgets, usage ------------------------------------------------------
+
+
+class Upstream:
+    """A Messages API answering every call with a short SSE stream and the given usage; it can
+    hold a stream after message_start until released (a pod that goes away mid-answer)."""
+
+    def __init__(self, input_tokens: int = 1000, output_tokens: int = 500) -> None:
+        self.usage = (input_tokens, output_tokens)
+        self.calls: list[dict[str, Any]] = []
+        self.hold: asyncio.Event | None = None
+        self.started = asyncio.Event()
+        app = web.Application()
+        app.router.add_post("/v1/messages", self._messages)
+        self.server = TestServer(app)
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.calls.append({"body": body, "key": request.headers.get("x-api-key")})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        start = {"type": "message_start", "message": {"model": body["model"], "usage": {"input_tokens": self.usage[0]}}}
+        await response.write(f"event: message_start\ndata: {json.dumps(start)}\n\n".encode())
+        self.started.set()
+        if self.hold is not None:
+            await self.hold.wait()
+        delta = {"type": "message_delta", "usage": {"output_tokens": self.usage[1]}}
+        await response.write(f"event: message_delta\ndata: {json.dumps(delta)}\n\n".encode())
+        await response.write(b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
+        await response.write_eof()
+        return response
+
+
+def proxied(upstream: Upstream, scenario: Scenario) -> Scenario:
+    async def run(client: TestClient[Any, Any], parts: Parts) -> None:
+        parts.index.on_event("ADDED", run_obj("r1"))
+        await scenario(client, parts)
+
+    return run
+
+
+def message(model: str = "claude-sonnet-4-5") -> dict[str, Any]:
+    return {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+async def usage_rows(parts: Parts) -> list[tuple[str | None, int, int, float]]:
+    from pynchy.store.models import UsageRow
+
+    def rows(session: Any) -> list[tuple[str | None, int, int, float]]:
+        return [(r.model, r.input_tokens, r.output_tokens, r.cost_usd) for r in session.query(UsageRow).all()]
+
+    return await parts.db.call(rows)
+
+
+async def notices(parts: Parts) -> list[str]:
+    from pynchy.store.models import OutboundRow
+
+    def rows(session: Any) -> list[str]:
+        return [r.text for r in session.query(OutboundRow).order_by(OutboundRow.id).all()]
+
+    return await parts.db.call(rows)
+
+
+def upstream_serve(tmp_path: Path, upstream: Upstream, scenario: Scenario, **options: Any) -> None:
+    async def main() -> None:
+        await upstream.server.start_server()
+        try:
+            url = str(upstream.server.make_url("")).rstrip("/")
+            parts, app = build(tmp_path, upstream=url, **options)
+            await parts.proxy.start()
+            try:
+                async with TestClient(TestServer(app)) as client:
+                    await proxied(upstream, scenario)(client, parts)
+            finally:
+                await parts.proxy.close()
+                await parts.tasks.close()
+                parts.db.close()
+        finally:
+            await upstream.server.close()
+
+    asyncio.run(main())
+
+
+def test_a_group_over_its_daily_budget_is_refused_before_the_call_leaves_until_the_next_day(tmp_path: Path) -> None:
+    upstream = Upstream(input_tokens=100_000, output_tokens=10_000)  # $0.30 + $0.15 on Sonnet 4.5
+    now = [datetime(2026, 12, 1, 12, tzinfo=UTC)]
+    budget = {"budget": {"dailyUsd": 0.5, "timeZone": "Europe/Berlin"}}
+
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        headers = bearer(token("r1"))
+        first = await client.post(MODEL_PROXY_PREFIX + "/v1/messages", headers=headers, json=message())
+        assert first.status == 200
+        await first.read()
+        assert await usage_rows(parts) == [("claude-sonnet-4-5", 100_000, 10_000, pytest.approx(0.45))]
+        assert await notices(parts) == [
+            "Budget warning: $0.45 of the daily budget of $0.50 used; resets at 00:00 Europe/Berlin"
+        ]
+        second = await client.post(MODEL_PROXY_PREFIX + "/v1/messages", headers=headers, json=message())
+        await second.read()
+        assert second.status == 200  # $0.45 < $0.50: still allowed; now $0.90
+        refused = await client.post(MODEL_PROXY_PREFIX + "/v1/messages", headers=headers, json=message())
+        assert refused.status == 403
+        body = await refused.json()
+        assert body["error"] == {
+            "type": "permission_error",
+            "message": "daily budget of $0.50 reached; resets at 00:00 Europe/Berlin",
+        }
+        assert len(upstream.calls) == 2  # the refused call never left
+        again = await client.post(MODEL_PROXY_PREFIX + "/v1/messages", headers=headers, json=message())
+        assert again.status == 403
+        # One warning and one "reached" notice, however many calls.
+        assert await notices(parts) == [
+            "Budget warning: $0.45 of the daily budget of $0.50 used; resets at 00:00 Europe/Berlin",
+            "Budget: daily budget of $0.50 reached; resets at 00:00 Europe/Berlin",
+        ]
+        now[0] += timedelta(days=1)  # the next day in Berlin: allowed again
+        tomorrow = await client.post(MODEL_PROXY_PREFIX + "/v1/messages", headers=headers, json=message())
+        assert tomorrow.status == 200
+        await tomorrow.read()
+        assert len(upstream.calls) == 3
+        assert {c["key"] for c in upstream.calls} == {"sk-ant-test-key"}
+
+    upstream_serve(tmp_path, upstream, scenario, spec=budget, clock=lambda: now[0])
+
+
+def test_only_the_groups_models_and_the_clis_endpoints_are_forwarded(tmp_path: Path) -> None:
+    upstream = Upstream()
+    spec = {"agent": {"model": "claude-sonnet-4-5", "allowedModels": ["claude-haiku-4-5"]}}
+
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        headers = bearer(token("r1"))
+        for model in ("claude-sonnet-4-5", "claude-haiku-4-5"):
+            ok = await client.post(MODEL_PROXY_PREFIX + "/v1/messages", headers=headers, json=message(model))
+            assert ok.status == 200, model
+            await ok.read()
+        refused = await client.post(
+            MODEL_PROXY_PREFIX + "/v1/messages", headers=headers, json=message("claude-opus-4-1")
+        )
+        assert refused.status == 403
+        error = (await refused.json())["error"]
+        assert error["type"] == "permission_error"
+        assert "model 'claude-opus-4-1' is not allowed for Group demo" in error["message"]
+        assert "allowed: claude-haiku-4-5, claude-sonnet-4-5" in error["message"]
+        other = await client.get(MODEL_PROXY_PREFIX + "/v1/models", headers=headers)
+        assert other.status == 404
+        assert (await other.json())["error"]["type"] == "not_found_error"
+        assert [c["body"]["model"] for c in upstream.calls] == ["claude-sonnet-4-5", "claude-haiku-4-5"]
+
+    upstream_serve(tmp_path, upstream, scenario, spec=spec)
+
+
+def test_usage_of_a_call_cut_off_mid_stream_is_still_recorded(tmp_path: Path) -> None:
+    upstream = Upstream(input_tokens=1234, output_tokens=567)
+
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        upstream.hold = asyncio.Event()
+        response = await client.post(MODEL_PROXY_PREFIX + "/v1/messages", headers=bearer(token("r1")), json=message())
+        assert response.status == 200
+        await response.content.readuntil(b"\n\n")  # message_start reached the pod
+        response.close()  # the pod goes away mid-answer
+        upstream.hold.set()  # the upstream finishes (and bills) the answer anyway
+        deadline = time.monotonic() + 20
+        while not await usage_rows(parts):
+            assert time.monotonic() < deadline, "the cut-off call's usage was never recorded"
+            await asyncio.sleep(0.05)
+        assert await usage_rows(parts) == [("claude-sonnet-4-5", 1234, 567, pytest.approx((1234 * 3 + 567 * 15) / 1e6))]
+
+    upstream_serve(tmp_path, upstream, scenario)
 
 
 # -- local chat API ------------------------------------------------------------------------

@@ -120,6 +120,7 @@ STR = {"type": "string"}
 BOOL = {"type": "boolean"}
 INT = {"type": "integer"}
 REF = _obj(["kind", "name"], kind=STR, name=STR, namespace=STR)
+STR_MAP = {"type": "object", "additionalProperties": STR}
 
 GITOPS_CRDS = [
     _crd(
@@ -162,6 +163,46 @@ GITOPS_CRDS = [
                 syncOptions={"type": "array", "items": STR},
                 retry=_obj(limit=INT, backoff=_obj(duration=STR, factor=INT, maxDuration=STR)),
             ),
+        ),
+    ),
+    # The Prometheus Operator's (monitoring.coreos.com/v1), for manifests/components/monitoring.
+    _crd(
+        "monitoring.coreos.com",
+        "v1",
+        "ServiceMonitor",
+        "servicemonitors",
+        _obj(
+            ["selector", "endpoints"],
+            selector=_obj(matchLabels=STR_MAP),
+            endpoints={"type": "array", "items": _obj(port=STR, path=STR, interval=STR, scheme=STR)},
+        ),
+    ),
+    _crd(
+        "monitoring.coreos.com",
+        "v1",
+        "PrometheusRule",
+        "prometheusrules",
+        _obj(
+            groups={
+                "type": "array",
+                "items": _obj(
+                    ["name", "rules"],
+                    name=STR,
+                    interval=STR,
+                    rules={
+                        "type": "array",
+                        "items": _obj(
+                            ["expr"],
+                            alert=STR,
+                            record=STR,
+                            expr=STR,
+                            labels=STR_MAP,
+                            annotations=STR_MAP,
+                            **{"for": STR},
+                        ),
+                    },
+                ),
+            },
         ),
     ),
 ]
@@ -389,6 +430,35 @@ def test_names_and_labels_agree_with_the_operator() -> None:
     assert peer["namespaceSelector"] == {}
     assert peer["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     assert rule["ports"] == [{"protocol": "TCP", "port": defaults.gateway_port}]
+
+
+def test_monitoring_scrapes_the_ports_the_processes_serve(tmp_path: Path) -> None:
+    from pynchy.gateway.settings import GatewaySettings
+    from pynchy.operator.settings import OperatorSettings
+
+    defaults = OperatorSettings(run_token_key="x" * 32)
+    gateway_defaults = GatewaySettings(run_token_key="x" * 32)
+    rendered = _by_key(render_component(MANIFESTS / "components" / "monitoring", tmp_path))
+    for name in ("pynchy-gateway", "pynchy-operator"):
+        monitor = rendered[("ServiceMonitor", name)]
+        service = rendered[("Service", name)]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        assert service["spec"]["selector"].items() <= (
+            rendered[("Deployment", name)]["spec"]["template"]["metadata"]["labels"].items()
+        )
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["path"] == "/metrics"
+        (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+        (container,) = rendered[("Deployment", name)]["spec"]["template"]["spec"]["containers"]
+        (target,) = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+        expected = defaults.metrics_port if name == "pynchy-operator" else gateway_defaults.metrics_port
+        assert target["containerPort"] == expected, name
+        # Prometheus may reach that port through the NetworkPolicies.
+        policy = rendered[("NetworkPolicy", "pynchy-metrics")]
+        assert {"protocol": "TCP", "port": expected} in policy["spec"]["ingress"][0]["ports"]
+    dashboard = rendered[("ConfigMap", "pynchy-grafana-dashboard")]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["pynchy.json"])["uid"] == "pynchy"
 
 
 def test_argocd_health_component_merges_into_argocd_cm(tmp_path: Path) -> None:

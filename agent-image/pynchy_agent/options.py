@@ -36,6 +36,15 @@ def system_prompt(directives: str | None) -> SystemPromptPreset:
     return prompt
 
 
+def side_model_env(model: str | None) -> dict[str, str]:
+    """The CLI's own small requests (titles, summaries) use a Haiku model unless told otherwise; a
+    Group that names its model may call only that (the gateway's proxy refuses others), so they
+    use it too."""
+    if not model:
+        return {}
+    return {"ANTHROPIC_DEFAULT_HAIKU_MODEL": model, "ANTHROPIC_SMALL_FAST_MODEL": model}
+
+
 def build_options(
     settings: RunnerSettings,
     config: GroupConfig,
@@ -63,6 +72,6 @@ def build_options(
         setting_sources=["user", "project"],  # ~/.claude/CLAUDE.md (the Group's memory) and the project's
         include_partial_messages=True,
         resume=resume,
-        env={"HOME": str(settings.home), "IS_SANDBOX": "1", **env},
+        env={"HOME": str(settings.home), "IS_SANDBOX": "1", **side_model_env(agent.model), **env},
         stderr=stderr,
     )

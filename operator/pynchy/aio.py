@@ -169,6 +169,11 @@ class TaskSet:
         if exc is not None:
             log.error("background task failed", task=task.get_name(), exc_info=exc)
 
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the running tasks to finish on their own."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
     async def close(self) -> None:
         """Cancel every running task and wait until all have ended (their failures are logged)."""
         self._closed = True

@@ -144,7 +144,7 @@ def test_killing_the_operator_mid_run_does_not_start_the_run_twice(stack: Stack)
 
     ready_group(stack, "steady")
     stack.operator.stop()
-    env = {**os.environ, "PYNCHY_LIVENESS_PORT": "0", "PYNCHY_LOG_FORMAT": "json"}
+    env = {**os.environ, "PYNCHY_LIVENESS_PORT": "0", "PYNCHY_METRICS_PORT": "0", "PYNCHY_LOG_FORMAT": "json"}
     process = subprocess.Popen([sys.executable, "-m", "pynchy", "operator"], env=env)
     try:
         gate = threading.Event()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pynchy.api.base import (
     DNS_SUBDOMAIN,
@@ -162,6 +163,12 @@ class AgentSettings(ApiModel):
     max_turns: int | None = Field(
         default=None, ge=1, le=1000, description="Maximum agentic turns per user message; empty means no limit."
     )
+    allowed_models: list[Annotated[str, Field(max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Further models the agent may call besides model (the gateway's model proxy refuses any "
+        "other); empty allows model only, or the operator default.",
+    )
     timeout_seconds: int = Field(
         default=1800,
         ge=60,
@@ -174,6 +181,53 @@ class AgentSettings(ApiModel):
         le=86400,
         description="The agent pod exits after this many seconds without a turn; the session stays resumable.",
     )
+
+
+class Budget(ApiModel):
+    """Spending limits, enforced by the gateway's model proxy before a model call leaves the cluster."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "has(self.dailyUsd) || has(self.monthlyUsd) || has(self.dailyTokens) || has(self.monthlyTokens)",
+                "set at least one limit: dailyUsd, monthlyUsd, dailyTokens or monthlyTokens",
+            )
+        )
+    }
+
+    daily_usd: float | None = Field(
+        default=None, ge=0, le=1_000_000, description="Most the Group may spend per day, in US dollars (for example 5)."
+    )
+    monthly_usd: float | None = Field(
+        default=None, ge=0, le=10_000_000, description="Most the Group may spend per calendar month, in US dollars."
+    )
+    daily_tokens: int | None = Field(
+        default=None, ge=0, le=10**12, description="Most model tokens (input, output and cache) per day."
+    )
+    monthly_tokens: int | None = Field(
+        default=None, ge=0, le=10**13, description="Most model tokens (input, output and cache) per calendar month."
+    )
+    time_zone: str = Field(
+        default="UTC",
+        max_length=64,
+        pattern=r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$",
+        description="IANA time zone of the day and month boundaries, for example Europe/Berlin.",
+    )
+    warn_percent: int = Field(
+        default=80,
+        ge=1,
+        le=100,
+        description="Post one warning to the channel per day or month when spending reaches this share of a limit.",
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin or UTC") from None
+        return value
 
 
 class CredentialRef(ApiModel):
@@ -377,6 +431,10 @@ class GroupSpec(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     network: NetworkSettings = Field(default_factory=NetworkSettings, description="Egress rules of the agent pod.")
+    budget: Budget | None = Field(
+        default=None,
+        description="Spending limits of the agent's model calls; empty uses the gateway's default budget, if any.",
+    )
     resources: ResourceRequirements | None = Field(
         default=None, description="CPU and memory of the agent container; empty uses the operator defaults."
     )
@@ -400,6 +458,19 @@ class GroupChildren(ApiModel):
     network_policy: str | None = Field(default=None, description="NetworkPolicy of the agent pods.", max_length=253)
 
 
+class GroupSpend(ApiModel):
+    """What the Group's model calls cost in its current budget day and month (written by the gateway)."""
+
+    day: str = Field(
+        description="The budget day, in the budget's time zone (UTC without one), e.g. 2026-12-01.", max_length=10
+    )
+    today_usd: float = Field(ge=0, description="Spent this day, in US dollars.")
+    month_usd: float = Field(ge=0, description="Spent this calendar month, in US dollars.")
+    budget: Literal["none", "ok", "warning", "exceeded"] = Field(
+        description="none (no budget), ok, warning (past warnPercent) or exceeded (model calls are refused)."
+    )
+
+
 class GroupStatus(ApiModel):
     """Observed state of a Group."""
 
@@ -411,3 +482,4 @@ class GroupStatus(ApiModel):
     )
     session_id: str | None = Field(default=None, description="Claude session id the next run resumes.", max_length=128)
     last_activity_time: Timestamp | None = Field(default=None, description="When the Group last had a turn.")
+    spend: GroupSpend | None = Field(default=None, description="Model spending, as the gateway metered it.")

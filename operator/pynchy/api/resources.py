@@ -123,6 +123,8 @@ KINDS: tuple[Kind, ...] = (
             READY,
             PrinterColumn("Workspace", ".spec.workspaceRef.name", description="Workspace mounted at /workspace."),
             PrinterColumn("Run", ".status.activeRun", description="The AgentRun serving the Group now."),
+            PrinterColumn("Spend", ".status.spend.todayUsd", type="number", description="USD spent today."),
+            PrinterColumn("Budget", ".status.spend.budget", priority=1, description="Budget state."),
             PrinterColumn("Admin", ".spec.admin", type="boolean", priority=1),
             AGE,
         ),

@@ -327,6 +327,7 @@ class Supervisor:
                 "PYNCHY_DATABASE_URL": f"sqlite:///{self.paths.database}",
                 "PYNCHY_LISTEN_HOST": "127.0.0.1",
                 "PYNCHY_LISTEN_PORT": str(self.o.gateway_port),
+                "PYNCHY_METRICS_PORT": "0",  # off: 9090 may be taken (Debian's prometheus listens there)
                 "PYNCHY_CHAT_TOKEN": config.chat_token(self.paths),
             },
             self.paths.log("gateway"),
@@ -342,6 +343,7 @@ class Supervisor:
                 "PYNCHY_RUN_TOKEN_KEY": key,
                 "PYNCHY_GATEWAY_URL": self.gateway_url,
                 "PYNCHY_LIVENESS_PORT": str(self.operator_health_port),
+                "PYNCHY_METRICS_PORT": "0",  # 9090 may be taken (Debian's prometheus listens there)
             },
             self.paths.log("operator"),
             port=self.operator_health_port,

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -98,10 +100,14 @@ def parse_run(obj: dict[str, Any]) -> RunEntry:
 
 
 class RunIndex:
-    """AgentRuns by key and by Group, kept current by the AgentRun informer's events."""
+    """AgentRuns by key and by Group, kept current by the AgentRun informer's events.
 
-    def __init__(self) -> None:
+    `on_finished` hears of each run this index saw go from unfinished to finished (a run listed as
+    already finished, after a restart, is not news)."""
+
+    def __init__(self, on_finished: Callable[[RunEntry], None] | None = None) -> None:
         self._runs: dict[RunKey, RunEntry] = {}
+        self._on_finished = on_finished
 
     def on_event(self, kind: str, obj: dict[str, Any]) -> RunEntry | None:
         """Apply a watch event; returns the parsed run (None when its spec is invalid)."""
@@ -114,10 +120,16 @@ class RunIndex:
             log.warning("agent run spec invalid; ignored", namespace=key[0], run=key[1], errors=exc.error_count())
             self._runs.pop(key, None)
             return None
-        if kind == "DELETED":
-            self._runs.pop(key, None)
-        else:
+        before = self._runs.pop(key, None) if kind == "DELETED" else self._runs.get(key)
+        if kind != "DELETED":
             self._runs[key] = entry
+        if (
+            self._on_finished is not None
+            and entry.phase in FINISHED
+            and before is not None
+            and before.phase not in FINISHED
+        ):
+            self._on_finished(entry)
         return entry
 
     def get(self, namespace: str, name: str) -> RunEntry | None:
@@ -125,6 +137,10 @@ class RunIndex:
 
     def of_group(self, namespace: str, group: str) -> list[RunEntry]:
         return [r for r in self._runs.values() if r.namespace == namespace and r.group == group]
+
+    def active_by_group(self) -> Counter[tuple[str, str]]:
+        """(namespace, Group) -> runs not finished nor being deleted."""
+        return Counter((r.namespace, r.group) for r in self._runs.values() if not r.over)
 
     def __len__(self) -> int:
         return len(self._runs)

@@ -12,26 +12,33 @@ from kubernetes.client import ApiClient
 
 from pynchy.aio import TaskSet
 from pynchy.gateway.agentruns import AgentRuns, RunIndex
+from pynchy.gateway.budget import Limits
 from pynchy.gateway.channels.base import Accepted, Channel, Inbound
 from pynchy.gateway.command_runner import CommandRunner
 from pynchy.gateway.db import Db
 from pynchy.gateway.delivery import Delivery
+from pynchy.gateway.groupstatus import GroupStatusReporter
 from pynchy.gateway.hooks import ChannelHooks
 from pynchy.gateway.httpapi.model_api import ModelApi
 from pynchy.gateway.httpapi.run_api import RunApi
 from pynchy.gateway.httpapi.runauth import RunAuth
 from pynchy.gateway.inbox import Inbox
 from pynchy.gateway.lifecycle import TurnLifecycle
+from pynchy.gateway.metrics import GatewayMetrics, GatewayState
 from pynchy.gateway.outbox import Outbox
 from pynchy.gateway.proxy import ModelProxy
 from pynchy.gateway.routing import Directory
 from pynchy.gateway.settings import GatewaySettings
+from pynchy.gateway.spend import SpendGuard
 from pynchy.gateway.stats import StatsReporter
 from pynchy.gateway.tools import Tools
 from pynchy.gateway.turnhub import TurnHub, TurnWatch
+from pynchy.gateway.usage import ModelUsage
 from pynchy.kube.api import KubeApi
 from pynchy.kube.informer import Informer
 from pynchy.logs import get_logger
+from pynchy.metrics import METRICS_PATH, exposition, group_label
+from pynchy.store import turns as turn_store
 from pynchy.store.models import TurnRow
 from pynchy_agent.protocol import MODEL_PROXY_PREFIX, RUN_API_PREFIX
 
@@ -45,29 +52,54 @@ class Gateway:
         self.api = KubeApi(client, threads=8)
         self.db = Db(settings.database_url)
         self.tasks = TaskSet()
+        self.metrics = GatewayMetrics()
         self.hub = TurnHub(self.db)
         self.directory = Directory()
-        self.run_index = RunIndex()
+        self.run_index = RunIndex(
+            on_finished=lambda run: self.metrics.runs.finished(run.namespace, run.group, run.phase or "")
+        )
         namespaces = list(settings.namespaces) or None
         self.groups = Informer(client, "pynchy.dev", "v1alpha1", "groups", namespaces, on_event=self.directory.on_event)
         self.run_cache = Informer(client, "pynchy.dev", "v1alpha1", "agentruns", namespaces, on_event=self._run_event)
         self.runs = AgentRuns(self.api, self.directory, self.run_index)
-        self.stats = StatsReporter(self.api)
+        self.stats = StatsReporter(self.api, on_push=lambda namespace, group: self.group_status.note(namespace, group))
         self.hooks = ChannelHooks(self.tasks)
-        self.delivery = Delivery(self.db, self.hooks.channels)
+        self.delivery = Delivery(self.db, self.hooks.channels, self.metrics.delivery)
         self.outbox = Outbox(self.db, self.delivery, self.directory)
         self.tools = Tools(self.api, self.db, self.directory, self.outbox.send)
         key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
         token = settings.anthropic_auth_token.get_secret_value() if settings.anthropic_auth_token else None
         self.proxy = ModelProxy(settings.model_upstream_url, key, token)
+        default = Limits.of(settings.default_budget) if settings.default_budget is not None else None
+        self.spend = SpendGuard(
+            self.db,
+            settings.prices,
+            self.outbox.post,
+            default,
+            on_usage=self._model_used,
+            on_refused=lambda namespace, group: self.metrics.record_budget_refusal(group_label(namespace, group)),
+        )
+        self.group_status = GroupStatusReporter(self.api, self.db, self.runs, self.directory, self.spend)
         self.lifecycle = TurnLifecycle(
-            self.db, self.hub, self.runs, self.directory, self.hooks, self.delivery, self.stats, self.tasks
+            self.db,
+            self.hub,
+            self.runs,
+            self.directory,
+            self.hooks,
+            self.delivery,
+            self.stats,
+            self.tasks,
+            self.metrics.turns,
         )
         self.commands = CommandRunner(self.db, self.api, self.hub, self.runs, self.hooks, self.outbox)
-        self.inbox = Inbox(self.db, self.directory, settings.owner, self.commands.run, self.lifecycle.queued)
+        self.inbox = Inbox(
+            self.db, self.directory, settings.owner, self.commands.run, self.lifecycle.queued, self.metrics.inbound
+        )
         self._add_configured_channels()
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
         self.port = 0
+        self.metrics_port = 0
 
     # -- what callers use (channels, tests, `pynchy dev`) --------------------------------------
 
@@ -111,6 +143,19 @@ class Gateway:
         run = self.run_index.on_event(kind, obj)
         if run is not None:
             self.lifecycle.run_event(kind, run)
+            self.group_status.note(run.namespace, run.group)
+
+    def _model_used(self, namespace: str, group: str, usage: ModelUsage, cost: float) -> None:
+        self.metrics.record_model_usage(
+            group_label(namespace, group),
+            usage.model or "unknown",
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_input_tokens,
+            usage.cache_creation_input_tokens,
+            cost,
+        )
+        self.group_status.note(namespace, group)
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
@@ -126,7 +171,7 @@ class Gateway:
             self.settings.long_poll_seconds,
         )
         app.add_subapp(RUN_API_PREFIX, run_api.app(auth))
-        app.add_subapp(MODEL_PROXY_PREFIX, ModelApi(self.db, self.proxy).app(auth))
+        app.add_subapp(MODEL_PROXY_PREFIX, ModelApi(self.db, self.proxy, self.spend).app(auth))
         app.router.add_get("/healthz", _healthz)
         for channel in self.hooks:
             channel.install(app)
@@ -159,6 +204,7 @@ class Gateway:
         self.run_cache.stop()
 
     async def _background(self, app: web.Application) -> AsyncIterator[None]:
+        self.tasks.spawn(self.group_status.run(), name="group-status")
         yield
         await self.tasks.close()
 
@@ -182,6 +228,25 @@ class Gateway:
         yield
         await self.delivery.stop()
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus scrape: the state gauges read now (queued turns from the store), then render."""
+        groups = [(g.namespace, g.name) for g in self.directory.entries()]
+        counts = await self.db.call(turn_store.open_counts, groups)
+        by_state: dict[str, dict[str, int]] = {turn_store.QUEUED: {}, turn_store.DELIVERED: {}}
+        for namespace, name in groups:
+            for state, values in by_state.items():
+                values[group_label(namespace, name)] = counts.get((namespace, name, state), 0)
+        active = {group_label(*key): n for key, n in self.run_index.active_by_group().items()}
+        self.metrics.observe_state(
+            GatewayState(
+                queued=by_state[turn_store.QUEUED],
+                running=by_state[turn_store.DELIVERED],
+                active_runs=active,
+                waiting_polls=self.hub.pending_sizes()[0],
+            )
+        )
+        return exposition(self.metrics.registry)
+
     async def _release_long_polls(self, app: web.Application) -> None:
         # Before the server waits for open requests: waiting runs' long-polls answer 'no turn' now.
         self.hub.close()
@@ -200,6 +265,16 @@ class Gateway:
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         log.info("gateway listening", host=self.settings.listen_host, port=self.port)
+        if self.settings.metrics_port:
+            # Its own port: agent pods reach the run API's port (their NetworkPolicy) and must not
+            # read every Group's names and spend from /metrics.
+            metrics = web.Application()
+            metrics.router.add_get(METRICS_PATH, self._metrics)
+            self._metrics_runner = web.AppRunner(metrics, access_log=None, handle_signals=False)
+            await self._metrics_runner.setup()
+            await web.TCPSite(self._metrics_runner, self.settings.listen_host, self.settings.metrics_port).start()
+            self.metrics_port = int(self._metrics_runner.addresses[0][1])
+            log.info("metrics listening", host=self.settings.listen_host, port=self.metrics_port)
         if self.settings.model_credential_missing:
             log.warning(
                 "no model credential: agents will answer that one is missing; set PYNCHY_ANTHROPIC_API_KEY "
@@ -207,6 +282,8 @@ class Gateway:
             )
 
     async def stop(self) -> None:
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

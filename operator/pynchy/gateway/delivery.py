@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pynchy.aio import LogOnce
 from pynchy.gateway.channels.base import Channel, DeliveryError
 from pynchy.gateway.db import Db
+from pynchy.gateway.metrics import DeliveryMetrics
 from pynchy.logs import get_logger
 from pynchy.store import outbound
 from pynchy.store.models import OutboundRow
@@ -28,9 +29,10 @@ SAFETY_PASS_SECONDS = 30.0  # rows written by another gateway process have no on
 
 
 class Delivery:
-    def __init__(self, db: Db, channels: Mapping[str, Channel]) -> None:
+    def __init__(self, db: Db, channels: Mapping[str, Channel], metrics: DeliveryMetrics | None = None) -> None:
         self.db = db
         self.channels = channels
+        self.metrics = metrics if metrics is not None else DeliveryMetrics()
         self._kick = asyncio.Event()
         self._not_before: dict[Conversation, float] = {}
         self.started_at = datetime.now(UTC)
@@ -82,13 +84,16 @@ class Delivery:
         channel = self.channels[conv[0]]
         for row in rows:
             maybe_sent = row.attempts > 0 or row.created_at < self.started_at
+            self.metrics.attempted(conv[0])
             try:
                 external_id = await channel.deliver(row, maybe_sent=maybe_sent)
             except DeliveryError as exc:
                 failed = await self.db.call(outbound.mark_attempt_failed, row.id, str(exc), permanent=exc.permanent)
                 attempts = failed.attempts if failed is not None else 1
                 delay = exc.retry_after or BACKOFF_SECONDS[min(attempts, len(BACKOFF_SECONDS)) - 1]
-                if failed is not None and failed.state == outbound.FAILED:
+                gave_up = failed is not None and failed.state == outbound.FAILED
+                self.metrics.failed(conv[0], gave_up=gave_up)
+                if gave_up:
                     log.error("reply given up", key=row.key, channel=conv[0], error=str(exc), attempts=attempts)
                     continue  # the next message of the conversation may still go
                 log.warning("reply not delivered; will retry", key=row.key, error=str(exc), retry_in=delay)
@@ -96,7 +101,8 @@ class Delivery:
                 return  # keep the conversation's order: nothing after it goes first
             except Exception as exc:
                 log.exception("channel failed delivering", key=row.key, channel=conv[0])
-                await self.db.call(outbound.mark_attempt_failed, row.id, repr(exc))
+                failed = await self.db.call(outbound.mark_attempt_failed, row.id, repr(exc))
+                self.metrics.failed(conv[0], gave_up=failed is not None and failed.state == outbound.FAILED)
                 self._not_before[conv] = time.monotonic() + BACKOFF_SECONDS[0]
                 return
             await self.db.call(outbound.mark_sent, row.id, external_id)

@@ -14,6 +14,7 @@ from pynchy.aio import LogOnce
 from pynchy.gateway.channels.base import Accepted, Inbound, Outcome
 from pynchy.gateway.commands import Command
 from pynchy.gateway.db import Db
+from pynchy.gateway.metrics import InboundMetrics
 from pynchy.gateway.routing import Decision, Directory, GroupEntry, decide
 from pynchy.logs import get_logger
 from pynchy.store import messages
@@ -90,10 +91,20 @@ class Inbox:
     owner: str | None
     run_command: RunCommand
     turn_queued: Callable[[TurnRow], None]
+    metrics: InboundMetrics = field(default_factory=InboundMetrics)
     # Channels no Group is bound to, each reported once (bounded).
     _unknown_logged: LogOnce[tuple[str, str]] = field(default_factory=LogOnce, init=False)
 
     async def accept(self, inbound: Inbound) -> Accepted:
+        try:
+            accepted = await self._accept(inbound)
+        except Exception:
+            self.metrics.accepted(inbound.channel, "error")
+            raise
+        self.metrics.accepted(inbound.channel, accepted.outcome.value)
+        return accepted
+
+    async def _accept(self, inbound: Inbound) -> Accepted:
         entry = self.directory.lookup(inbound.channel, inbound.channel_id)
         decision = None
         if entry is not None:

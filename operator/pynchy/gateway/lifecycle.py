@@ -12,6 +12,7 @@ from pynchy.gateway.agentruns import AgentRuns, RunEntry, RunKey
 from pynchy.gateway.db import Db
 from pynchy.gateway.delivery import Delivery
 from pynchy.gateway.hooks import ChannelHooks
+from pynchy.gateway.metrics import TurnMetrics
 from pynchy.gateway.replies import fail_turns, finish_turn
 from pynchy.gateway.routing import Directory
 from pynchy.gateway.stats import StatsReporter
@@ -34,6 +35,7 @@ class TurnLifecycle:
     delivery: Delivery
     stats: StatsReporter
     tasks: TaskSet
+    metrics: TurnMetrics = field(default_factory=TurnMetrics)
     # Runs whose end was handled; pruned when they are deleted.
     _ended: set[RunKey] = field(default_factory=set, init=False)
 
@@ -65,7 +67,12 @@ class TurnLifecycle:
 
     def started(self, turn: TurnRow) -> None:
         """A run claimed the turn: the channel shows progress and streams it."""
+        self.metrics.claimed(turn)
         self.hooks.started(turn, self.hub.watch)
+
+    def events_posted(self, turn_id: str) -> None:
+        """The turn's run posted events (its first one ends the first-event latency)."""
+        self.metrics.event_posted(turn_id)
 
     async def finish(
         self, namespace: str, group: str, turn_id: str, run: str, text: str, is_error: bool, deliver: bool
@@ -77,6 +84,7 @@ class TurnLifecycle:
             finish_turn, turn_id, run, text, is_error, deliver=deliver, fallback=fallback, limits=self.hooks.limits
         )
         if row is not None:
+            self.metrics.finished(row)
             if rows:
                 self.delivery.kick()
             self.hooks.ended(row, not is_error)
@@ -106,11 +114,14 @@ class TurnLifecycle:
         give_up = TIMED_OUT if run.phase == "TimedOut" else None
         requeued = await self.db.call(turn_store.requeue_unfinished, namespace, run.name, give_up=give_up)
         failed = [row for row in requeued if row.state == turn_store.FAILED]
+        for row in requeued:
+            self.metrics.forget(row.id)
         if not requeued and run.failed_at_start:
             starts = [r.created for r in self.runs.group_runs(namespace, group) if r.failed_at_start]
             message = run.message or f"agent run {run.name} failed"
             failed += await self.db.call(turn_store.fail_unstartable, namespace, group, starts, message)
         for row in failed:
+            self.metrics.finished(row)
             self.hub.publish_failure(row.id, row.reply or "the agent stopped")
             self.hooks.ended(row, False)
         entry = self.directory.get(namespace, group)

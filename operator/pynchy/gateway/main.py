@@ -53,6 +53,12 @@ class EmbeddedGateway:
         assert self.gateway is not None
         return f"http://127.0.0.1:{self.gateway.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        assert self.gateway is not None
+        assert self.gateway.metrics_port, "started with a metrics_port"
+        return f"http://127.0.0.1:{self.gateway.metrics_port}/metrics"
+
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60.0) -> T:
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return future.result(timeout)

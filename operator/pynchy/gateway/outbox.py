@@ -26,10 +26,14 @@ class Outbox:
 
     async def send(self, namespace: str, group: str, text: str, turn_id: str | None = None) -> None:
         """A message from the agent (send_message) to the Group's first channel."""
+        await self.post(f"send:{uuid.uuid4().hex}", namespace, group, text, turn_id)
+
+    async def post(self, key: str, namespace: str, group: str, text: str, turn_id: str | None = None) -> None:
+        """A message to the Group's first channel, once per ``key`` however often this is called."""
         entry = self.directory.get(namespace, group)
         channel, channel_id = entry.default_channel() if entry is not None else (None, None)
         await self.add(
-            key=f"send:{uuid.uuid4().hex}",
+            key=key,
             namespace=namespace,
             group=group,
             text=text,

@@ -3,11 +3,13 @@ real credential, streams the upstream response back unchanged, and meters usage 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
+from pynchy.aio import TaskSet
 from pynchy.gateway.usage import ModelUsage, SseUsage, usage_from_json
 from pynchy.logs import get_logger
 
@@ -48,6 +50,7 @@ class ModelProxy:
         elif auth_token:
             self._credential = {"authorization": f"Bearer {auth_token}"}
         self._session: aiohttp.ClientSession | None = None
+        self._streams = TaskSet()
 
     async def start(self) -> None:
         # No total timeout: long generations stream for minutes; connect and read gaps are bounded.
@@ -55,6 +58,8 @@ class ModelProxy:
         self._session = aiohttp.ClientSession(timeout=timeout)
 
     async def close(self) -> None:
+        await self._streams.drain(30)  # answers still being read (and metered)
+        await self._streams.close()
         if self._session is not None:
             await self._session.close()
 
@@ -80,23 +85,52 @@ class ModelProxy:
                 {"type": "error", "error": {"type": "api_error", "message": f"model upstream unreachable: {exc}"}},
                 status=502,
             )
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for key, value in upstream.headers.items():
+            if key.lower() not in DROP_RESPONSE:
+                response.headers.add(key, value)
+        # Its own task: if the pod goes away (and aiohttp cancels this handler) the upstream still
+        # bills the whole answer, so the stream is read to its end and metered all the same.
+        await asyncio.shield(self._streams.spawn(self._stream(request, upstream, response, url, meter)))
+        return response
+
+    async def _stream(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        url: str,
+        meter: Meter,
+    ) -> None:
         async with upstream:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for key, value in upstream.headers.items():
-                if key.lower() not in DROP_RESPONSE:
-                    response.headers.add(key, value)
-            await response.prepare(request)
             streaming = upstream.headers.get("content-type", "").startswith("text/event-stream")
             sse = SseUsage() if streaming else None
             collected = bytearray()
-            async for chunk in upstream.content.iter_any():
-                if sse is not None:
-                    sse.feed(chunk)
-                elif len(collected) < 4 << 20:
-                    collected += chunk
-                await response.write(chunk)
-            await response.write_eof()
-        usage = sse.usage if sse is not None else usage_from_json(bytes(collected))
-        if upstream.status < 400 and not usage.empty:
-            await meter(usage)
-        return response
+            caller_gone = False
+            try:
+                await response.prepare(request)
+            except (ConnectionError, RuntimeError):
+                caller_gone = True
+            try:
+                async for chunk in upstream.content.iter_any():
+                    if sse is not None:
+                        sse.feed(chunk)
+                    elif len(collected) < 4 << 20:
+                        collected += chunk
+                    if not caller_gone:
+                        try:
+                            await response.write(chunk)
+                        except (ConnectionError, RuntimeError):
+                            caller_gone = True
+                            log.info("model caller disconnected; reading the rest for its usage", url=url)
+                if not caller_gone:
+                    await response.write_eof()
+            except aiohttp.ClientError as exc:
+                log.warning("model upstream stream broke", url=url, error=str(exc))
+            finally:
+                usage = sse.usage if sse is not None else usage_from_json(bytes(collected))
+                if upstream.status < 400 and not usage.empty:
+                    try:
+                        await meter(usage)
+                    except Exception:
+                        log.exception("model usage not recorded", url=url)

@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pynchy.api.group import Budget
+from pynchy.gateway.pricing import DEFAULT_PRICES, Price
 from pynchy.store.db import DEFAULT_DATABASE_URL
 
 CommaList = Annotated[list[str], NoDecode]
@@ -27,6 +29,12 @@ class GatewaySettings(BaseSettings):
     )
     listen_host: str = Field(default="0.0.0.0", description="Address the run API and model proxy listen on.")
     listen_port: int = Field(default=8080, ge=0, le=65535, description="Port of the run API and model proxy.")
+    metrics_port: int = Field(
+        default=9090,
+        ge=0,
+        le=65535,
+        description="Port of Prometheus /metrics, apart from the run API so agent pods cannot read it; 0 disables.",
+    )
     namespaces: CommaList = Field(
         default_factory=list, description="Namespaces with Groups (comma-separated); empty means all."
     )
@@ -66,6 +74,36 @@ class GatewaySettings(BaseSettings):
         description="Slack user id that 'owner' in a Group's allowedSenders stands for "
         "(the local channel's user is always the owner).",
     )
+
+    default_budget: Budget | None = Field(
+        default=None,
+        description="Budget of every Group without spec.budget, as JSON in the Group's spelling, for example "
+        '{"dailyUsd": 5, "timeZone": "Europe/Berlin"}; unset: such Groups have no limit.',
+    )
+    model_prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description="USD per million tokens by model-name prefix, as JSON "
+        '({"claude-sonnet-4-5": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}}); '
+        "added to and replacing rows of Anthropic's list prices built in.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> GatewaySettings:
+        if self.metrics_port and self.metrics_port == self.listen_port:
+            raise ValueError(
+                f"PYNCHY_METRICS_PORT and PYNCHY_LISTEN_PORT are both {self.metrics_port}: agent pods reach the "
+                "run API's port and must not read /metrics; give them different ports"
+            )
+        return self
+
+    @property
+    def prices(self) -> dict[str, Price]:
+        return {**DEFAULT_PRICES, **self.model_prices}
+
+    @field_validator("default_budget", mode="before")
+    @classmethod
+    def _budget_json(cls, value: object) -> object:
+        return Budget.from_k8s(value) if isinstance(value, dict) else value
 
     @field_validator("namespaces", mode="before")
     @classmethod

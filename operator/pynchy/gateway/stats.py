@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,8 +54,9 @@ class StatsReporter:
     """Keeps counters per run and merge-patches them into the AgentRun's status (fields the
     operator never writes), one patch at a time per run."""
 
-    def __init__(self, api: KubeApi) -> None:
+    def __init__(self, api: KubeApi, on_push: Callable[[str, str], None] | None = None) -> None:
         self.api = api
+        self.on_push = on_push  # (namespace, group) after a turn's counters changed: the Group's status
         self._stats: dict[RunKey, RunStats] = {}  # until the run is deleted (forget)
         self._locks: KeyedLocks[RunKey] = KeyedLocks()
 
@@ -76,3 +78,5 @@ class StatsReporter:
                 await self.api.patch_status("AgentRun", key[0], key[1], self.stats(run).status())
             except KubeError as exc:
                 log.warning("could not report run usage", run=key[1], namespace=key[0], error=exc.message)
+        if self.on_push is not None:
+            self.on_push(key[0], run.group)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +13,7 @@ from pynchy.logs import get_logger
 from pynchy.operator.admission import RunIndex, RunKey
 from pynchy.operator.build.common import LABEL_GROUP, LABEL_MANAGED_BY, LABEL_WORKSPACE, MANAGED_BY
 from pynchy.operator.checks import Ref
+from pynchy.operator.metrics import OperatorMetrics, QueueDepth
 from pynchy.operator.reconcile_agentrun import RunReconciler
 from pynchy.operator.reconcile_group import reconcile_group
 from pynchy.operator.reconcile_scheduledtask import TaskReconciler, utc_now
@@ -26,13 +27,19 @@ Key = tuple[str, str, str]  # (kind, namespace, name) of a Group, Workspace, Sch
 
 class Controller:
     def __init__(
-        self, api: KubeApi, settings: OperatorSettings, clock: Callable[[], dt.datetime] | None = None
+        self,
+        api: KubeApi,
+        settings: OperatorSettings,
+        clock: Callable[[], dt.datetime] | None = None,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.api = api
         self.settings = settings
         # What time it is for schedules (an aware UTC datetime); tests inject a clock they advance.
         self.clock = clock or utc_now
-        self.queue = WorkQueue(self.reconcile, settings.workers)
+        self.metrics = metrics if metrics is not None else OperatorMetrics()
+        self.queue = WorkQueue(self.reconcile, settings.workers, observe=self._observe)
+        self.metrics.watch(lambda: QueueDepth(*self.queue.depth()), lambda: Counter(key[0] for key in self.known))
         self.known: set[Key] = set()
         # Reverse index: which Groups/Workspaces depend on an object they reference.
         self._dependents: dict[Ref, set[Key]] = defaultdict(set)
@@ -167,6 +174,9 @@ class Controller:
             self._refs[key] = refs
 
     # -- reconcile --------------------------------------------------------------------
+
+    def _observe(self, key: Key, result: str, seconds: float) -> None:
+        self.metrics.reconciled(key[0], result, seconds)
 
     async def reconcile(self, key: Key) -> float | None:
         try:

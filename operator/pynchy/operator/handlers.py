@@ -19,9 +19,11 @@ import kopf
 
 from pynchy.kube.api import KubeApi, load_client
 from pynchy.logs import get_logger
+from pynchy.metrics import MetricsServer
 from pynchy.operator.admission import AGENT_POD_SELECTOR
 from pynchy.operator.build.common import LABEL_MANAGED_BY, MANAGED_BY
 from pynchy.operator.controller import Controller
+from pynchy.operator.metrics import OperatorMetrics
 from pynchy.operator.settings import OperatorSettings
 from pynchy.settings import load
 
@@ -55,9 +57,25 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings)
     op_settings = load(OperatorSettings)
+    metrics = OperatorMetrics()
+    # The process serves /metrics on PYNCHY_METRICS_PORT; an embedding (tests) puts (host, port) or
+    # None in the memo instead, so operators embedded side by side never reach for the same port.
+    address = getattr(
+        memo, "metrics_address", ("0.0.0.0", op_settings.metrics_port) if op_settings.metrics_port else None
+    )
+    if address is not None:
+        server = MetricsServer(metrics.registry)
+        try:
+            await server.start(*address)
+        except OSError as exc:
+            raise kopf.PermanentError(
+                f"cannot serve metrics on {address[0]}:{address[1]} ({exc}); set PYNCHY_METRICS_PORT to a free "
+                "port, or 0 to turn metrics off"
+            ) from exc
+        memo.metrics_server = server
     api = KubeApi(load_client(), threads=op_settings.workers)
     # An embedding (tests) may put a clock in the memo; schedules then run on its time.
-    memo.controller = Controller(api, op_settings, clock=getattr(memo, "clock", None))
+    memo.controller = Controller(api, op_settings, clock=getattr(memo, "clock", None), metrics=metrics)
     await memo.controller.start()
     log.info("operator started", namespaces=op_settings.namespaces or "all", workers=op_settings.workers)
 
@@ -68,6 +86,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if controller is not None:
         await controller.stop()
         controller.api.close()
+    server: MetricsServer | None = getattr(memo, "metrics_server", None)
+    if server is not None:
+        await server.stop()
 
 
 @kopf.on.probe(id="queue")

@@ -34,12 +34,15 @@ class EmbeddedOperator:
     """The operator in a background thread with its own event loop; `memo.controller` is inspectable.
 
     `clock` (a callable returning an aware UTC datetime) replaces real time for schedules.
+    `metrics_port`: serve /metrics on 127.0.0.1 there (0: any free port, see `metrics_url`); None (the
+    default) serves none, whatever PYNCHY_METRICS_PORT says.
     """
 
-    def __init__(self, clock: Callable[[], dt.datetime] | None = None) -> None:
+    def __init__(self, clock: Callable[[], dt.datetime] | None = None, metrics_port: int | None = None) -> None:
         self.memo = kopf.Memo()
         if clock is not None:
             self.memo.clock = clock
+        self.memo.metrics_address = None if metrics_port is None else ("127.0.0.1", metrics_port)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -77,6 +80,13 @@ class EmbeddedOperator:
     @property
     def controller(self) -> Any:
         return self.memo.controller
+
+    @property
+    def metrics_url(self) -> str:
+        server = getattr(self.memo, "metrics_server", None)
+        if server is None:
+            raise RuntimeError("this operator serves no metrics (EmbeddedOperator(metrics_port=...))")
+        return f"http://127.0.0.1:{server.port}/metrics"
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()

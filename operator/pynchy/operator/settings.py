@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pynchy.api.base import QUANTITY
@@ -87,6 +87,13 @@ class OperatorSettings(BaseSettings):
         default=600, ge=0, description="Re-check every object this often (0: only on changes); a no-op writes nothing."
     )
     liveness_port: int = Field(default=8080, ge=0, le=65535, description="Port of /healthz (0 disables it).")
+    metrics_port: int = Field(
+        default=9090,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint (reconciles, errors, durations, work-queue depth); "
+        "0 disables it. Must differ from the liveness port.",
+    )
 
     @field_validator("namespaces", "host_path_allowlist", mode="before")
     @classmethod
@@ -107,6 +114,14 @@ class OperatorSettings(BaseSettings):
         if len(value.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters; generate one with `openssl rand -hex 32`")
         return value
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> OperatorSettings:
+        if self.metrics_port and self.metrics_port == self.liveness_port:
+            raise ValueError(
+                f"PYNCHY_METRICS_PORT and PYNCHY_LIVENESS_PORT are both {self.metrics_port}; give them different ports"
+            )
+        return self
 
     def host_path_allowed(self, path: str) -> bool:
         if ".." in path.split("/"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
@@ -17,6 +18,8 @@ from pynchy.logs import get_logger
 
 log = get_logger(__name__)
 Reconcile = Callable[[Any], Awaitable[float | None]]
+# Told of every finished reconcile: (key, "success" | "error" | "refused", seconds it took).
+Observe = Callable[[Any, str, float], None]
 
 
 def retry_delay(failures: int, base: float, cap: float, jitter: float = 0.0) -> float:
@@ -26,8 +29,17 @@ def retry_delay(failures: int, base: float, cap: float, jitter: float = 0.0) -> 
 
 
 class WorkQueue:
-    def __init__(self, reconcile: Reconcile, workers: int = 8, *, base_delay: float = 0.5, max_delay: float = 300.0):
+    def __init__(
+        self,
+        reconcile: Reconcile,
+        workers: int = 8,
+        *,
+        base_delay: float = 0.5,
+        max_delay: float = 300.0,
+        observe: Observe | None = None,
+    ):
         self._reconcile = reconcile
+        self._observe = observe
         self._workers = workers
         self._base = base_delay
         self._max = max_delay
@@ -86,11 +98,17 @@ class WorkQueue:
     def idle(self) -> bool:
         return not self._queued and not self._active
 
+    def depth(self) -> tuple[int, int, int]:
+        """(keys waiting for a worker, keys being reconciled, keys with a delayed add pending)."""
+        return len(self._queued), len(self._active), len(self._timers)
+
     async def _worker(self) -> None:
         while True:
             key = await self._queue.get()
             self._queued.discard(key)
             self._active.add(key)
+            started = time.perf_counter()
+            result = "success"
             try:
                 requeue = await self._reconcile(key)
             except asyncio.CancelledError:
@@ -98,6 +116,7 @@ class WorkQueue:
             except RefusedError as exc:
                 # The reconciler should have reported it; retrying unchanged input changes nothing.
                 self._failures.pop(key, None)
+                result = "refused"
                 log.warning("reconcile refused; not retrying", key=str(key), reason=exc.reason, error=exc.message)
                 requeue = None
             except Exception as exc:
@@ -106,6 +125,7 @@ class WorkQueue:
                 # Only unexpected ones are bugs worth a traceback.
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
+                result = "error"
                 asked = exc.retry_after if isinstance(exc, TemporaryError) else None
                 if asked is not None:
                     delay = min(asked, self._max)
@@ -125,6 +145,8 @@ class WorkQueue:
             finally:
                 self._active.discard(key)
                 self.processed += 1
+            if self._observe is not None:
+                self._observe(key, result, time.perf_counter() - started)
             if key in self._dirty:
                 self._dirty.discard(key)
                 self.add(key)

@@ -8,7 +8,7 @@ from sqlalchemy import CursorResult, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pynchy.store.models import AuditRow, GroupSessionRow, MemoryRow, UsageRow
+from pynchy.store.models import AuditRow, GroupSessionRow, MemoryRow, TurnRow, UsageRow
 
 
 def record_usage(session: Session, row: UsageRow) -> None:
@@ -24,6 +24,45 @@ def group_usage(session: Session, namespace: str, group: str, source: str = "pro
         ).where(UsageRow.namespace == namespace, UsageRow.group == group, UsageRow.source == source)
     ).one()
     return {"input_tokens": totals[0], "output_tokens": totals[1], "calls": totals[2]}
+
+
+def spend_since(session: Session, namespace: str, group: str, since: datetime) -> tuple[float, int]:
+    """Cost (USD) and tokens the model proxy metered for a Group since ``since``."""
+    totals = session.execute(
+        select(
+            func.coalesce(func.sum(UsageRow.cost_usd), 0.0),
+            func.coalesce(
+                func.sum(
+                    UsageRow.input_tokens
+                    + UsageRow.output_tokens
+                    + UsageRow.cache_read_input_tokens
+                    + UsageRow.cache_creation_input_tokens
+                ),
+                0,
+            ),
+        ).where(
+            UsageRow.namespace == namespace,
+            UsageRow.group == group,
+            UsageRow.source == "proxy",
+            UsageRow.at >= since,
+        )
+    ).one()
+    return float(totals[0]), int(totals[1])
+
+
+def group_activity(session: Session, namespace: str, group: str) -> tuple[str | None, datetime | None]:
+    """The session id the Group's next run resumes, and when it last had a turn (read only)."""
+    row = session.get(GroupSessionRow, (namespace, group))
+    raw: object = session.execute(
+        select(func.max(func.coalesce(TurnRow.finished_at, TurnRow.created_at))).where(
+            TurnRow.namespace == namespace, TurnRow.group == group
+        )
+    ).scalar()
+    # SQLite hands back a max() of timestamps as text, without the column type's conversion.
+    last = datetime.fromisoformat(raw) if isinstance(raw, str) else raw if isinstance(raw, datetime) else None
+    if last is not None and last.tzinfo is None:
+        last = last.replace(tzinfo=UTC)
+    return (row.session_id if row is not None else None), last
 
 
 def save_memory(session: Session, namespace: str, group: str, key: str, content: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from sqlalchemy import CursorResult, func, insert, or_, select, update
@@ -171,6 +172,21 @@ def has_queued(session: Session, namespace: str, group: str) -> bool:
         )
         or 0
     ) > 0
+
+
+def open_counts(session: Session, groups: Iterable[tuple[str, str]]) -> dict[tuple[str, str, str], int]:
+    """(namespace, group, state) -> the Groups' queued and delivered turns (zeros left out). One indexed
+    query per Group (ix_turns_group_state), so the cost follows the Groups, not the turns ever stored."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for namespace, group in groups:
+        rows = session.execute(
+            select(TurnRow.state, func.count())
+            .where(TurnRow.namespace == namespace, TurnRow.group == group, TurnRow.state.in_((QUEUED, DELIVERED)))
+            .group_by(TurnRow.state)
+        ).all()
+        for state, count in rows:
+            counts[(namespace, group, state)] = int(count)
+    return counts
 
 
 def get(session: Session, turn_id: str) -> TurnRow | None:

@@ -142,6 +142,8 @@ class RunApi:
         row = await self.db.call(turn_store.get, turn_id)
         if row is None or row.delivered_to != ctx.name or row.namespace != ctx.namespace:
             raise RequestError(404, f"turn {turn_id} was not delivered to this run")
+        if batch.events:
+            self.lifecycle.events_posted(turn_id)
         for event in batch.events:
             self.hub.publish(turn_id, event)
             if isinstance(event, TurnResult | TurnFailed):

@@ -1,0 +1,132 @@
+"""The model proxy's spend guard: prices each metered call, keeps a Group's running totals for its
+current day and month, refuses a call once a budget is reached, and posts each budget notice once.
+
+Totals are read from the store the first time a Group calls in a period (so a restarted gateway
+continues where it was) and then kept in memory, added to as calls are metered; the check before
+a call is a dictionary lookup. A Group without a budget is counted in UTC days (for its status).
+Notices go through the outbound ledger with a key per Group, period and kind, so each is posted
+once, however many calls and restarts there are.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pynchy.aio import KeyedLocks
+from pynchy.api.group import GroupSpec
+from pynchy.gateway.budget import Limits, Period, Spent, Verdict, judge, periods
+from pynchy.gateway.db import Db
+from pynchy.gateway.pricing import Price, cost_usd, tokens_of
+from pynchy.gateway.usage import ModelUsage, usage_row
+from pynchy.logs import get_logger
+from pynchy.store import records
+
+log = get_logger(__name__)
+
+Notify = Callable[[str, str, str, str], Awaitable[None]]  # (key, namespace, group, text)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Totals:
+    day: Period
+    month: Period
+    day_spent: Spent
+    month_spent: Spent
+
+
+@dataclass(eq=False)  # a service: identity, not value
+class SpendGuard:
+    db: Db
+    prices: Mapping[str, Price]
+    notify: Notify
+    default: Limits | None = None
+    clock: Callable[[], datetime] = _now
+    on_usage: Callable[[str, str, ModelUsage, float], None] | None = None  # metrics, status
+    on_refused: Callable[[str, str], None] | None = None  # metrics
+    refusals: deque[tuple[str, str, str]] = field(default_factory=lambda: deque(maxlen=100))  # recent, newest last
+    _totals: dict[tuple[str, str], _Totals] = field(default_factory=dict)
+    _locks: KeyedLocks[tuple[str, str]] = field(default_factory=KeyedLocks)
+
+    def limits(self, spec: GroupSpec | None) -> Limits | None:
+        """The Group's own budget, else the gateway's default, else none."""
+        if spec is not None and spec.budget is not None:
+            return Limits.of(spec.budget)
+        return self.default
+
+    async def check(self, namespace: str, group: str, spec: GroupSpec | None) -> Verdict:
+        """Before a call leaves: exceeded means refuse (and the notice is posted once)."""
+        limits = self.limits(spec)
+        if limits is None:
+            return Verdict("ok")
+        totals = await self._current(namespace, group, limits)
+        verdict = judge(limits, (totals.day, totals.day_spent), (totals.month, totals.month_spent))
+        if verdict.state == "exceeded":
+            self.refusals.append((namespace, group, verdict.message))
+            if self.on_refused is not None:
+                self.on_refused(namespace, group)
+            await self._notice(namespace, group, verdict)
+        return verdict
+
+    async def record(self, namespace: str, group: str, run: str, usage: ModelUsage, spec: GroupSpec | None) -> float:
+        """Price one metered call, store it, add it to the totals; returns its cost in USD."""
+        cost = cost_usd(usage, self.prices)
+        row = usage_row(namespace, group, run, "proxy", usage, model=usage.model, cost_usd=cost)
+        limits = self.limits(spec)
+        totals = await self._current(namespace, group, limits or Limits())  # before this row
+        await self.db.call(records.record_usage, row)
+        tokens = tokens_of(usage)
+        totals.day_spent = Spent(totals.day_spent.usd + cost, totals.day_spent.tokens + tokens)
+        totals.month_spent = Spent(totals.month_spent.usd + cost, totals.month_spent.tokens + tokens)
+        if self.on_usage is not None:
+            self.on_usage(namespace, group, usage, cost)
+        if limits is None:
+            return cost
+        verdict = judge(limits, (totals.day, totals.day_spent), (totals.month, totals.month_spent))
+        if verdict.state != "ok":
+            await self._notice(namespace, group, verdict)
+        return cost
+
+    async def snapshot(self, namespace: str, group: str, spec: GroupSpec | None) -> dict[str, object]:
+        """The Group's spend for its status: day, today's and this month's USD, the budget state."""
+        limits = self.limits(spec)
+        totals = await self._current(namespace, group, limits or Limits())
+        state = "none"
+        if limits is not None:
+            state = judge(limits, (totals.day, totals.day_spent), (totals.month, totals.month_spent)).state
+        return {
+            "day": totals.day.key,
+            "todayUsd": round(totals.day_spent.usd, 4),
+            "monthUsd": round(totals.month_spent.usd, 4),
+            "budget": state,
+        }
+
+    async def _current(self, namespace: str, group: str, limits: Limits) -> _Totals:
+        key = (namespace, group)
+        day, month = periods(self.clock(), limits.zone)
+        totals = self._totals.get(key)
+        if totals is not None and totals.day.key == day.key and totals.month.key == month.key:
+            return totals
+        async with self._locks(key):
+            totals = self._totals.get(key)
+            if totals is None or totals.day.key != day.key or totals.month.key != month.key:
+                day_usd, day_tokens = await self.db.call(records.spend_since, namespace, group, day.start)
+                month_usd, month_tokens = await self.db.call(records.spend_since, namespace, group, month.start)
+                totals = _Totals(day, month, Spent(day_usd, day_tokens), Spent(month_usd, month_tokens))
+                self._totals[key] = totals
+            return totals
+
+    async def _notice(self, namespace: str, group: str, verdict: Verdict) -> None:
+        assert verdict.period is not None
+        key = f"budget:{namespace}/{group}:{verdict.period.kind}:{verdict.period.key}:{verdict.state}"
+        text = ("Budget: " if verdict.state == "exceeded" else "Budget warning: ") + verdict.message
+        try:
+            await self.notify(key, namespace, group, text)
+        except Exception:  # a notice that cannot be queued must not fail the model call
+            log.exception("budget notice not queued", namespace=namespace, group=group)
