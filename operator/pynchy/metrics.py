@@ -6,6 +6,8 @@ Label values are bounded by what exists (Groups, models, channels, kinds), never
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 
@@ -33,11 +35,12 @@ def exposition(registry: CollectorRegistry) -> web.Response:
 
 
 class MetricsServer:
-    """`GET /metrics` of one registry on its own port (the operator's; the gateway adds the route to
-    its app). Runs on the caller's event loop, so collectors may read that loop's state."""
+    """`GET /metrics` of one registry on its own port. Runs on the caller's event loop, so collectors
+    may read that loop's state; `refresh` (if given) runs before each scrape to update gauges."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, refresh: Callable[[], Awaitable[None]] | None = None) -> None:
         self.registry = registry
+        self.refresh = refresh
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -63,4 +66,6 @@ class MetricsServer:
             self._runner = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.refresh is not None:
+            await self.refresh()
         return exposition(self.registry)

@@ -37,7 +37,7 @@ from pynchy.gateway.usage import ModelUsage
 from pynchy.kube.api import KubeApi
 from pynchy.kube.informer import Informer
 from pynchy.logs import get_logger
-from pynchy.metrics import METRICS_PATH, exposition, group_label
+from pynchy.metrics import MetricsServer, group_label
 from pynchy.store import turns as turn_store
 from pynchy.store.models import TurnRow
 from pynchy_agent.protocol import MODEL_PROXY_PREFIX, RUN_API_PREFIX
@@ -97,7 +97,7 @@ class Gateway:
         )
         self._add_configured_channels()
         self._runner: web.AppRunner | None = None
-        self._metrics_runner: web.AppRunner | None = None
+        self.metrics_server = MetricsServer(self.metrics.registry, refresh=self._observe_state)
         self.port = 0
         self.metrics_port = 0
 
@@ -228,8 +228,8 @@ class Gateway:
         yield
         await self.delivery.stop()
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        """Prometheus scrape: the state gauges read now (queued turns from the store), then render."""
+    async def _observe_state(self) -> None:
+        """Before a scrape: the state gauges read now (queued turns from the store)."""
         groups = [(g.namespace, g.name) for g in self.directory.entries()]
         counts = await self.db.call(turn_store.open_counts, groups)
         by_state: dict[str, dict[str, int]] = {turn_store.QUEUED: {}, turn_store.DELIVERED: {}}
@@ -245,7 +245,6 @@ class Gateway:
                 waiting_polls=self.hub.pending_sizes()[0],
             )
         )
-        return exposition(self.metrics.registry)
 
     async def _release_long_polls(self, app: web.Application) -> None:
         # Before the server waits for open requests: waiting runs' long-polls answer 'no turn' now.
@@ -268,13 +267,8 @@ class Gateway:
         if self.settings.metrics_port:
             # Its own port: agent pods reach the run API's port (their NetworkPolicy) and must not
             # read every Group's names and spend from /metrics.
-            metrics = web.Application()
-            metrics.router.add_get(METRICS_PATH, self._metrics)
-            self._metrics_runner = web.AppRunner(metrics, access_log=None, handle_signals=False)
-            await self._metrics_runner.setup()
-            await web.TCPSite(self._metrics_runner, self.settings.listen_host, self.settings.metrics_port).start()
-            self.metrics_port = int(self._metrics_runner.addresses[0][1])
-            log.info("metrics listening", host=self.settings.listen_host, port=self.metrics_port)
+            await self.metrics_server.start(self.settings.listen_host, self.settings.metrics_port)
+            self.metrics_port = self.metrics_server.port
         if self.settings.model_credential_missing:
             log.warning(
                 "no model credential: agents will answer that one is missing; set PYNCHY_ANTHROPIC_API_KEY "
@@ -282,8 +276,7 @@ class Gateway:
             )
 
     async def stop(self) -> None:
-        if self._metrics_runner is not None:
-            await self._metrics_runner.cleanup()
+        await self.metrics_server.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
