@@ -45,8 +45,11 @@ def test_a_group_answers_until_its_daily_budget_then_is_told_at_once_and_again_t
     assert "daily budget of $0.05 reached; resets at 00:00 Europe/Berlin" in result.text, result
     assert len(model.message_requests) == calls  # no model call left the gateway
     # The CLI took the refusal as final: it did not retry it (it retries 429, 5xx and even 400).
-    refused = [r for r in gw.spend.refusals if r[1] == "thrifty"]
-    assert 1 <= len(refused) <= 2, refused  # the turn, and at most the CLI's own side request
+    refused = gw.metrics.registry.get_sample_value(
+        "pynchy_budget_refusals_total", {"group": f"{stack.namespace}/thrifty"}
+    )
+    assert refused is not None
+    assert 1 <= refused <= 2, refused  # the turn, and at most the CLI's own side request
 
     # The channel was told once (the warning threshold and the limit were crossed by the same call).
     notes = wait_for(lambda: [m for m in local_messages(stack, "thrifty") if m.startswith("Budget")])

@@ -10,7 +10,6 @@ once, however many calls and restarts there are.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,7 +49,6 @@ class SpendGuard:
     clock: Callable[[], datetime] = _now
     on_usage: Callable[[str, str, ModelUsage, float], None] | None = None  # metrics, status
     on_refused: Callable[[str, str], None] | None = None  # metrics
-    refusals: deque[tuple[str, str, str]] = field(default_factory=lambda: deque(maxlen=100))  # recent, newest last
     _totals: dict[tuple[str, str], _Totals] = field(default_factory=dict)
     _locks: KeyedLocks[tuple[str, str]] = field(default_factory=KeyedLocks)
 
@@ -68,7 +66,6 @@ class SpendGuard:
         totals = await self._current(namespace, group, limits)
         verdict = judge(limits, (totals.day, totals.day_spent), (totals.month, totals.month_spent))
         if verdict.state == "exceeded":
-            self.refusals.append((namespace, group, verdict.message))
             if self.on_refused is not None:
                 self.on_refused(namespace, group)
             await self._notice(namespace, group, verdict)
