@@ -149,3 +149,37 @@ def test_the_cache_directory_follows_the_environment(monkeypatch: pytest.MonkeyP
     assert images.default_cache_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("PYNCHY_IMAGE_CACHE")
     assert images.default_cache_dir() == Path.home() / ".cache" / "pynchy" / "images"
+
+
+@pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah is installed by ./scripts/test")
+def test_untagged_images_older_than_the_oldest_pynchy_image_are_pruned(tmp_path: Path) -> None:
+    """Real buildah, a throwaway vfs storage, empty images from scratch (nothing pulled)."""
+    bh = ["buildah", "--root", str(tmp_path / "root"), "--runroot", str(tmp_path / "run"), "--storage-driver", "vfs"]
+
+    def image(*, tag: str | None, label: str) -> str:
+        container = subprocess.run([*bh, "from", "scratch"], capture_output=True, text=True, check=True).stdout
+        container = container.strip()
+        subprocess.run([*bh, "config", "--label", f"step={label}", container], check=True, capture_output=True)
+        # --timestamp is the image's created time: an order without waiting between commits.
+        order = {"old": 1000, "kept": 2000, "new": 3000}[label]
+        ref = [tag] if tag else []
+        out = subprocess.run(
+            [*bh, "commit", "--quiet", "--rm", "--timestamp", str(order), container, *ref],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()[:12]
+
+    def ids() -> set[str]:
+        out = subprocess.run([*bh, "images", "--quiet", "--no-trunc"], capture_output=True, text=True, check=True)
+        return {line.removeprefix("sha256:")[:12] for line in out.stdout.split()}
+
+    old = image(tag=None, label="old")
+    kept = image(tag="localhost/pynchy:abc", label="kept")
+    new = image(tag=None, label="new")
+    assert {old, kept, new} <= ids()
+
+    assert images.prune_dangling(bh) == 1
+    assert ids() == {kept, new}
+    assert images.prune_dangling(bh) == 0

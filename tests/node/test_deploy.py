@@ -40,7 +40,7 @@ from cluster.helpers import get, wait_for
 from conftest import REPO
 from infra.deploy_harness import copy_checkout
 from pynchy.kube.binaries import ensure_binaries, ensure_node_binaries
-from pynchy.kube.images import IMAGE_INPUTS, default_cache_dir, ensure_images, export_base_images
+from pynchy.kube.images import IMAGE_INPUTS, default_cache_dir, ensure_images, export_base_images, prune_dangling
 from pynchy.kube.node.node import RealNode
 
 PYINFRA = Path(sys.executable).with_name("pyinfra")
@@ -185,6 +185,7 @@ class BuilderStorage:
         old = [n for n in names if n.startswith("localhost/pynchy") and n not in keep]
         if old:
             self.buildah(env, "rmi", "--force", *old)
+        prune_dangling(["buildah"], env=env)
 
 
 @contextmanager

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pynchy.errors import PynchyError
 from pynchy.logs import get_logger
@@ -339,6 +340,7 @@ def ensure_images(
             )
             _prune(bh, cache, image, keep=built.archive)
         bh.run("rm", "--all")  # bud leaves the working containers of FROM-only stages (buildah 1.28)
+        prune_dangling(bh.argv)
         return planned
 
 
@@ -661,6 +663,37 @@ def _prune(bh: _Buildah, cache: _Cache, image: str, keep: Path) -> None:
         tag = old.stem.rsplit("-", 1)[1]
         subprocess.run([*bh.argv, "rmi", f"{name}:{tag}"], check=False, capture_output=True)
         log.info("old image archive removed", archive=str(old))
+
+
+def prune_dangling(buildah: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    """Remove untagged images (earlier builds' builder stages and layer-cache steps) older than the
+    oldest Pynchy Dockerfile image still tagged: newer ones are the layer cache the next build
+    reuses, older ones only fill the disk (a gigabyte or more per rebuild). `buildah` is the command
+    with its storage options; returns how many were removed."""
+
+    def images(dangling: bool) -> list[dict[str, Any]]:
+        out = subprocess.run(
+            [*buildah, "images", "--json", "--filter", f"dangling={str(dangling).lower()}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return list(json.loads(out or "[]") or [])
+
+    names = set(IMAGE_NAMES.values())
+    built = [
+        img["created"] for img in images(False) if any(n.rsplit(":", 1)[0] in names for n in img.get("names") or ())
+    ]
+    if not built:
+        return 0
+    old = [img["id"] for img in images(True) if img["created"] < min(built)]
+    for image_id in old:
+        # A parent of a kept image refuses removal; keeping it is the point.
+        subprocess.run([*buildah, "rmi", image_id], env=env, check=False, capture_output=True)
+    if old:
+        log.info("old untagged images removed", count=len(old))
+    return len(old)
 
 
 # -- containerd ---------------------------------------------------------------------------------------
