@@ -37,11 +37,13 @@ from pynchy.gateway.routing import Directory
 from pynchy.gateway.spend import SpendGuard
 from pynchy.logs import configure_logging
 from pynchy.runtoken import RunClaims, issue
+from pynchy.store import records
 from pynchy_agent.protocol import MODEL_PROXY_PREFIX
 
 KEY = "bench-run-token-key-0123456789abcdef0123456789"
 NS, GROUP, RUN = "bench", "thrifty", "thrifty-run"
 MODEL = "claude-sonnet-4-5"
+WARM_UP = 20
 BODY = {"model": MODEL, "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": "say ok"}]}
 
 
@@ -75,7 +77,7 @@ async def upstream_app() -> web.Application:
     return app
 
 
-def gateway_app(db: Db, upstream: str) -> tuple[web.Application, ModelProxy]:
+def gateway_app(db: Db, upstream: str) -> tuple[web.Application, ModelProxy, SpendGuard]:
     directory, index = Directory(), RunIndex()
     meta = {"name": GROUP, "namespace": NS, "uid": "uid-g", "creationTimestamp": "2026-12-01T00:00:00Z"}
     spec = {"channels": [{"local": {"name": GROUP}}], "agent": {"model": MODEL}, "budget": {"dailyUsd": 1e6}}
@@ -89,7 +91,7 @@ def gateway_app(db: Db, upstream: str) -> tuple[web.Application, ModelProxy]:
     proxy = ModelProxy(upstream, "sk-bench", None)
     app = web.Application()
     app.add_subapp(MODEL_PROXY_PREFIX, ModelApi(db, proxy, spend).app(RunAuth(KEY, runs, directory)))
-    return app, proxy
+    return app, proxy, spend
 
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
@@ -118,7 +120,7 @@ async def main(calls: int) -> None:
     with tempfile.TemporaryDirectory(prefix="pynchy-bench-proxy-") as tmp:
         db = Db(f"sqlite:///{Path(tmp) / 'gateway.db'}")
         up_runner, up_url = await serve(await upstream_app())
-        app, proxy = gateway_app(db, up_url)
+        app, proxy, spend = gateway_app(db, up_url)
         await proxy.start()
         gw_runner, gw_url = await serve(app)
         claims = RunClaims(NS, RUN, "uid-r", GROUP, int(time.time()) + 3600)
@@ -129,7 +131,7 @@ async def main(calls: int) -> None:
         proxied: list[float] = []
         try:
             async with aiohttp.ClientSession() as session:
-                for _ in range(20):  # warm-up: connections, the store's first queries
+                for _ in range(WARM_UP):  # warm-up: connections, the store's first queries
                     await call(session, direct_url, headers)
                     await call(session, proxied_url, headers)
                 for i in range(calls):
@@ -139,8 +141,12 @@ async def main(calls: int) -> None:
         finally:
             await gw_runner.cleanup()
             await proxy.close()
+            await spend.flush()
+            metered = await db.call(records.group_usage, NS, GROUP)
             await up_runner.cleanup()
             db.close()
+    if metered["calls"] != WARM_UP + calls:  # the figures only count if every call was metered
+        sys.exit(f"metered {metered['calls']} of {WARM_UP + calls} proxied calls")
     over = [p - d for p, d in zip(proxied, direct, strict=True)]
     ms = 1000
     print(f"direct to the upstream     p50 {pct(direct, 50) * ms:6.2f} ms   p99 {pct(direct, 99) * ms:6.2f} ms", end="")

@@ -93,6 +93,7 @@ class Parts:
     tasks: TaskSet
     lifecycle: TurnLifecycle
     proxy: ModelProxy
+    spend: SpendGuard
 
 
 def build(
@@ -121,7 +122,7 @@ def build(
     proxy = ModelProxy(upstream, "sk-ant-test-key", None)
     spend = SpendGuard(db, DEFAULT_PRICES, outbox.post, clock=clock or (lambda: datetime.now(UTC)))
     app.add_subapp(MODEL_PROXY_PREFIX, ModelApi(db, proxy, spend).app(auth))
-    return Parts(db, kube, directory, index, runs, hub, stats, tasks, lifecycle, proxy), app
+    return Parts(db, kube, directory, index, runs, hub, stats, tasks, lifecycle, proxy, spend), app
 
 
 Scenario = Callable[[TestClient[Any, Any], Parts], Awaitable[None]]
@@ -335,6 +336,7 @@ async def usage_rows(parts: Parts) -> list[tuple[str | None, int, int, float]]:
     def rows(session: Any) -> list[tuple[str | None, int, int, float]]:
         return [(r.model, r.input_tokens, r.output_tokens, r.cost_usd) for r in session.query(UsageRow).all()]
 
+    await parts.spend.flush()  # rows are written behind the answers
     return await parts.db.call(rows)
 
 

@@ -99,6 +99,57 @@ def gateway_cmd() -> None:
     run_forever()
 
 
+@main.command("status")
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Kubeconfig of the cluster (default: $KUBECONFIG, else ~/.kube/config, else the pod's service account).",
+)
+@click.option("--context", default=None, help="Context of the kubeconfig to use (default: its current context).")
+@click.option(
+    "-n", "--namespace", default=None, help="Only Groups and AgentRuns of this namespace (default: all namespaces)."
+)
+@click.option(
+    "--gateway-namespace",
+    default="pynchy-system",
+    show_default=True,
+    help="Namespace of the Service pynchy-gateway, reached through the API server's service proxy.",
+)
+@click.option(
+    "--gateway-url",
+    default=None,
+    metavar="URL",
+    help="The gateway's metrics port instead of the service proxy, e.g. http://127.0.0.1:9090 "
+    "after `kubectl -n pynchy-system port-forward svc/pynchy-gateway 9090:metrics`.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status_cmd(
+    kubeconfig: Path | None,
+    context: str | None,
+    namespace: str | None,
+    gateway_namespace: str,
+    gateway_url: str | None,
+    as_json: bool,
+) -> None:
+    """Groups (Ready, run, spend), recent AgentRuns and the gateway (store, queue) of a cluster.
+
+    \b
+    Exit status:
+      0  healthy
+      1  degraded: a Group not Ready or past its budget, the gateway unreachable, its store unhealthy
+      3  the cluster could not be read (API server unreachable, credentials refused, forbidden)
+    """
+    import json
+
+    from pynchy.clusterstatus.report import Options, collect, render
+
+    options = Options(kubeconfig, context, namespace, gateway_namespace, gateway_url)
+    report = collect(options)
+    click.echo(json.dumps(report.model_dump(mode="json"), indent=2) if as_json else render(report))
+    sys.exit(report.exit_code)
+
+
 @main.command("controlplane")
 @click.option(
     "--data-dir",

@@ -6,7 +6,7 @@ Label values are bounded by what exists (Groups, models, channels, kinds), never
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
@@ -34,13 +34,23 @@ def exposition(registry: CollectorRegistry) -> web.Response:
     return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 class MetricsServer:
     """`GET /metrics` of one registry on its own port. Runs on the caller's event loop, so collectors
-    may read that loop's state; `refresh` (if given) runs before each scrape to update gauges."""
+    may read that loop's state; `refresh` (if given) runs before each scrape to update gauges.
+    `routes` are more GET handlers on the same port, by path (the gateway's `/status`)."""
 
-    def __init__(self, registry: CollectorRegistry, refresh: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        refresh: Callable[[], Awaitable[None]] | None = None,
+        routes: Mapping[str, Handler] | None = None,
+    ) -> None:
         self.registry = registry
         self.refresh = refresh
+        self.routes = dict(routes or {})
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -48,6 +58,8 @@ class MetricsServer:
         """Listen on host:port (0: any free port, then see `.port`). Raises OSError when it cannot."""
         app = web.Application()
         app.router.add_get(METRICS_PATH, self._metrics)
+        for path, handler in self.routes.items():
+            app.router.add_get(path, handler)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
         await runner.setup()
         try:

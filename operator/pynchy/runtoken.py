@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 import jwt
 
@@ -50,17 +52,26 @@ def issue(key: str, claims: RunClaims, issued_at: int) -> str:
     return jwt.encode(payload, key, algorithm="HS256")
 
 
+@lru_cache(maxsize=1024)
+def _decode(key: str, token: str) -> tuple[tuple[str, Any], ...]:
+    """The signed claims of a token (its signature, audience and issuer checked). Cached: a run sends
+    the same token with every model call, and the same bytes under the same key always decode the
+    same; only valid tokens are kept (a failure raises, which lru_cache does not store)."""
+    payload = jwt.decode(
+        token,
+        key,
+        algorithms=["HS256"],
+        audience=AUDIENCE,
+        issuer=ISSUER,
+        # Expiry is checked by verify() against its `now` on every call, so tests and callers share one clock.
+        options={"require": ["exp", "sub", "aud", "iss"], "verify_exp": False},
+    )
+    return tuple(payload.items())
+
+
 def verify(key: str, token: str, now: float | None = None) -> RunClaims:
     try:
-        payload = jwt.decode(
-            token,
-            key,
-            algorithms=["HS256"],
-            audience=AUDIENCE,
-            issuer=ISSUER,
-            # Expiry is checked below against `now`, so tests and callers share one clock.
-            options={"require": ["exp", "sub", "aud", "iss"], "verify_exp": False},
-        )
+        payload = dict(_decode(key, token))
     except jwt.InvalidTokenError as exc:
         raise TokenError(f"invalid run token: {exc}") from exc
     if (time.time() if now is None else now) >= payload["exp"]:

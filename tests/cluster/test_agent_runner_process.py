@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -414,10 +415,22 @@ def test_a_turn_runs_tools_streams_text_reports_usage_and_the_pod_exits_when_idl
     assert (metered["input_tokens"], metered["output_tokens"]) == (expected_in, expected_out)
     runner = cluster.store(records.group_usage, cluster.namespace, GROUP, "runner")
     assert (runner["input_tokens"], runner["output_tokens"], runner["calls"]) == (300, 50, 1)
-    status = wait_for(lambda: cluster.run_status(pod.name).get("sessionId") and cluster.run_status(pod.name))
+    # The run's status has the metered usage, priced by the gateway, and the runner's estimate apart.
+    status = wait_for(
+        lambda: (
+            (s := cluster.run_status(pod.name)).get("sessionId")
+            and (s.get("usage") or {}).get("inputTokens") == expected_in
+            and s
+        ),
+        what="the run's status with every metered call",
+    )
     assert status["turnsServed"] == 1
     assert status["sessionId"] == result.session_id
-    assert status["usage"]["costUSD"] == pytest.approx(usage.cost_usd, abs=1e-6)
+    assert status["usage"]["outputTokens"] == expected_out
+    metered_usd, _ = cluster.store(records.spend_since, cluster.namespace, GROUP, datetime(2000, 1, 1, tzinfo=UTC))
+    assert metered_usd > 0
+    assert status["usage"]["costUSD"] == pytest.approx(metered_usd, abs=1e-6)
+    assert status["usage"]["reportedCostUSD"] == pytest.approx(usage.cost_usd, abs=1e-6)
     assert "phase" not in status  # the gateway reports counters only; the run's phase is the operator's
 
     # Idle after the turn, the pod left by itself, saying why (how soon is not a test's business).

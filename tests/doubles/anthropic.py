@@ -18,7 +18,8 @@ first step of the script, in script order, that is not used up and whose conditi
 Side requests the CLI makes on its own (the session title, and anything else without tools) never
 consume steps; they get a default answer (JSON built from the requested schema, or text "ok"), as
 does a main request no step matches. Everything is recorded in `requests`. Replies are instant
-unless a step has a `gate` (a threading.Event the answer waits for) - handy to keep a turn running.
+unless a step has a `gate` (a threading.Event the answer waits for) - handy to keep a turn running -
+or a `hold` (the stream starts, then waits for it: a call to cut off in the middle).
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class Step:
     tool_result_for: str | None = None
     times: int = 1
     gate: threading.Event | None = None
+    # Streamed answers only: message_start (with the input tokens) is sent, `streaming` set, and the
+    # rest waits for `hold` - a call the caller can be cut off from in the middle.
+    hold: threading.Event | None = None
+    streaming: threading.Event = field(default_factory=threading.Event)
     error: tuple[int, str, str] | None = None  # (HTTP status, Anthropic error type, message)
     stop_reason: str | None = None
     used: int = 0
@@ -356,8 +361,11 @@ class ScriptedModel(ThreadedServer):
             return web.json_response(message)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        for chunk in _stream_events(message, usage):
+        for n, chunk in enumerate(_stream_events(message, usage)):
             await response.write(chunk)
+            if n == 0 and step is not None and step.hold is not None:
+                step.streaming.set()
+                await self._wait_for(step.hold)
         await response.write_eof()
         return response
 

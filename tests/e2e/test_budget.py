@@ -5,6 +5,7 @@ not retry), answers again the next day, and a model it may not use is refused.""
 from __future__ import annotations
 
 import json
+import threading
 import zoneinfo
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +14,7 @@ import pytest
 from cluster.helpers import get, group, is_ready, wait_for
 from doubles.anthropic import Usage, tool_use
 from e2e.conftest import Stack
-from e2e.helpers import apply, ask, runs
+from e2e.helpers import apply, ask, run_status, runs
 
 MODEL = "claude-sonnet-4-5"
 
@@ -113,5 +114,47 @@ def local_messages(stack: Stack, group_name: str) -> list[str]:
     def rows(session: object) -> list[str]:
         query = session.query(OutboundRow).filter(OutboundRow.group == group_name)  # type: ignore[attr-defined]
         return [r.text for r in query.order_by(OutboundRow.id).all()]
+
+    return list(stack.gateway.call(gw.db.call(rows)))
+
+
+def test_a_call_cut_off_mid_stream_is_metered_in_full(stack: Stack) -> None:
+    """The agent pod goes away while the model is still answering: the upstream bills the whole
+    answer, so the proxy reads it to the end and records all of its usage, for the run that asked."""
+    thrifty(stack, "cutoff")
+    gw = stack.gateway.gateway
+    assert gw is not None
+    hold = threading.Event()
+    step = stack.model.on_prompt("long answer", "A long answer.", usage=Usage(4_321, 765), hold=hold)
+
+    async def submit() -> None:
+        await gw.submit(stack.namespace, "cutoff", "a long answer please", sender="owner")
+
+    stack.gateway.call(submit())
+    try:
+        assert step.streaming.wait(90), "the model never started answering"
+        [run] = runs(stack)
+        pod = wait_for(lambda: run_status(stack, run["metadata"]["name"]).get("podName"), what="the run's pod")
+        # The pod is deleted and its processes end while the answer is held after message_start.
+        stack.plane.kubectl("delete", "pod", pod, "-n", stack.namespace, "--grace-period=1", "--wait=true")
+    finally:
+        hold.set()  # the rest of the answer (with the output tokens) now streams to a closed connection
+
+    def metered() -> list[tuple[str, int, int]]:
+        return [r for r in proxy_usage(stack, "cutoff") if r[1:] == (4_321, 765)]
+
+    rows = wait_for(metered, what="the cut-off call's usage")
+    assert rows == [(run["metadata"]["name"], 4_321, 765)]
+
+
+def proxy_usage(stack: Stack, group_name: str) -> list[tuple[str, int, int]]:
+    from pynchy.store.models import UsageRow
+
+    gw = stack.gateway.gateway
+    assert gw is not None
+
+    def rows(session: object) -> list[tuple[str, int, int]]:
+        query = session.query(UsageRow).filter(UsageRow.group == group_name, UsageRow.source == "proxy")  # type: ignore[attr-defined]
+        return [(r.run, r.input_tokens, r.output_tokens) for r in query.order_by(UsageRow.id).all()]
 
     return list(stack.gateway.call(gw.db.call(rows)))

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from cluster.helpers import wait_for
+from cluster.status_helpers import documented_apiserver_policy, pynchy_status, reader_kubeconfig, status_json
 from doubles.anthropic import text, tool_use, write_in_cwd
 from node.helpers import MODEL_KEY, Install
 
@@ -97,3 +98,47 @@ def test_files_land_on_the_workspace_volume_and_the_session_survives_the_pod(
     assert "please write the notes" in history
     assert "what is on the list" in history
     wait_for(lambda: installed.run_status(ns, second).get("sessionId") == session, what="the same session")
+
+
+def test_pynchy_status_reaches_the_gateway_pod_through_the_api_servers_service_proxy(
+    installed: Install, node_namespace: str
+) -> None:
+    ns = node_namespace
+    installed.ready_group(ns, (EXAMPLES / "group-local.yaml").read_text(), "demo")
+    # This node's API server runs on the host, outside the node's network namespace: it reaches pods
+    # from the link address, which pynchy-system's NetworkPolicies do not let in (kube-router accepts
+    # only a pod's own node). docs/install.md's policy for an API server elsewhere lets it in.
+    policy = documented_apiserver_policy(f"{installed.node.link_host_ip}/32")
+    installed.kubectl("apply", "-f", "-", input=policy)
+    try:
+        reader = reader_kubeconfig(installed.plane)  # the documented roles: services/proxy on :metrics only
+        seen: list[tuple[int, dict[str, object]]] = []
+
+        def healthy() -> bool:  # kube-router applies the new policy within seconds
+            seen.append(status_json("--kubeconfig", str(reader), "-n", ns))
+            return seen[-1][0] == 0
+
+        try:
+            wait_for(healthy, timeout=90, interval=2.0, what="pynchy status healthy through the service proxy")
+        except AssertionError:
+            raise AssertionError(f"last report: {json.dumps(seen[-1][1], indent=2)}") from None
+        report = seen[-1][1]
+        gateway = report["gateway"]
+        assert isinstance(gateway, dict)
+        assert gateway["via"] == "the API server's service proxy (pynchy-system/pynchy-gateway:metrics)"
+        assert gateway["error"] is None
+        health = gateway["health"]
+        assert health["store"]["ok"] is True  # the gateway's SQLite file on its PVC
+        assert (health["queue_depth"], health["running_turns"], health["pending_approvals"]) == (0, 0, None)
+        groups = report["groups"]
+        assert isinstance(groups, list)
+        assert [(g["name"], g["ready"], g["channels"]) for g in groups] == [("demo", "True", "local:demo")]
+
+        proc = pynchy_status("--kubeconfig", str(reader), "-n", ns)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert (
+            "Gateway (the API server's service proxy (pynchy-system/pynchy-gateway:metrics)): store ok (" in proc.stdout
+        )
+        assert proc.stdout.splitlines()[-1] == "Healthy."
+    finally:
+        installed.kubectl("delete", "networkpolicy", "pynchy-status-from-apiserver", "-n", "pynchy-system", check=False)

@@ -73,13 +73,24 @@ class AgentRunSpec(ApiModel):
 
 
 class Usage(ApiModel):
-    """Model usage reported by the agent runner."""
+    """Model usage of the run, metered by the gateway's model proxy (every call, side requests too)."""
 
     input_tokens: int = Field(default=0, ge=0, description="Input tokens billed.")
     output_tokens: int = Field(default=0, ge=0, description="Output tokens billed.")
     cache_read_input_tokens: int = Field(default=0, ge=0, description="Input tokens read from the prompt cache.")
     cache_creation_input_tokens: int = Field(default=0, ge=0, description="Input tokens written to the prompt cache.")
-    cost_usd: float = Field(default=0.0, ge=0, alias="costUSD", description="Estimated cost in US dollars.")
+    cost_usd: float = Field(
+        default=0.0,
+        ge=0,
+        alias="costUSD",
+        description="Cost in US dollars, priced by the gateway from the metered tokens and its price table.",
+    )
+    reported_cost_usd: float | None = Field(
+        default=None,
+        ge=0,
+        alias="reportedCostUSD",
+        description="The agent runner's own estimate of the cost, for comparison; never used for budgets.",
+    )
 
 
 class AgentRunStatus(ApiModel):

@@ -180,6 +180,7 @@ KINDS: tuple[Kind, ...] = (
             PrinterColumn("Group", ".spec.groupRef.name"),
             PrinterColumn("Phase", ".status.phase"),
             PrinterColumn("Turns", ".status.turnsServed", type="integer"),
+            PrinterColumn("Cost", ".status.usage.costUSD", type="number", description="USD metered by the gateway."),
             PrinterColumn("Reason", ".status.reason", priority=1),
             PrinterColumn("Pod", ".status.podName", priority=1),
             AGE,

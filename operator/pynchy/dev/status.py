@@ -8,102 +8,45 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from pynchy.clusterstatus import resources
+from pynchy.clusterstatus.report import table
+from pynchy.clusterstatus.resources import condition_of, parse_time
 from pynchy.dev.components import same_process
 from pynchy.dev.config import DevPaths
 from pynchy.dev.preflight import http_ok, read_pid, read_state, supervisor_alive
-from pynchy.operator.conditions import condition
 
-# Exit codes, as `systemctl status` uses them.
+# Exit codes, as `systemctl status` uses them (and `pynchy status`).
 HEALTHY, DEGRADED, NOT_RUNNING = 0, 1, 3
 
 
-def condition_of(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    """The object's condition of that type, {} when it has none."""
-    return condition((obj.get("status") or {}).get("conditions"), kind) or {}
-
-
-def _age(stamp: str | None, now: dt.datetime) -> str:
-    if not stamp:
-        return "-"
-    seconds = int((now - dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"
-
-
-def _channels(group: dict[str, Any]) -> str:
-    out = []
-    for binding in (group.get("spec") or {}).get("channels") or []:
-        if "local" in binding:
-            out.append(f"local:{binding['local'].get('name')}")
-        elif "slack" in binding:
-            out.append(f"slack:{binding['slack'].get('channelId')}")
-    return ",".join(out) or "-"
-
-
-def _items(listing: object) -> list[dict[str, Any]]:
-    """The items of a custom object list (the client hands it over as decoded JSON)."""
-    assert isinstance(listing, dict)
-    return list(listing["items"])
-
-
 def _cluster(state: dict[str, Any]) -> dict[str, Any]:
-    """Groups, AgentRuns and the dev node, or an error saying why they could not be read."""
-    from kubernetes.client import CoreV1Api, CustomObjectsApi
+    """Groups, AgentRuns (the rows `pynchy status` shows) and the dev node, or an error saying why they
+    could not be read."""
+    from kubernetes.client import CoreV1Api
 
     from pynchy.kube import official
 
     now = dt.datetime.now(dt.UTC)
+    client = None
     try:
         client = official.new_client_from_config(state["kubeconfig"])
-        custom = CustomObjectsApi(client)
-        groups = _items(custom.list_cluster_custom_object("pynchy.dev", "v1alpha1", "groups", _request_timeout=5))
-        runs = _items(custom.list_cluster_custom_object("pynchy.dev", "v1alpha1", "agentruns", _request_timeout=5))
-        node = official.to_json(client, CoreV1Api(client).read_node(state["node"], _request_timeout=5))
+        groups, runs = resources.read(client, None, now)
+        node = official.to_json(
+            client, CoreV1Api(client).read_node(state["node"], _request_timeout=resources.REQUEST_TIMEOUT)
+        )
     except Exception as exc:
-        return {"api_error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"}
+        return {"api_error": resources.api_error(exc)}
     finally:
-        with contextlib.suppress(Exception):
-            official.close_client(client)
-    out_groups = []
-    for g in sorted(groups, key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"])):
-        ready = condition_of(g, "Ready")
-        status = g.get("status") or {}
-        current = status.get("observedGeneration") == g["metadata"].get("generation")
-        out_groups.append(
-            {
-                "namespace": g["metadata"]["namespace"],
-                "name": g["metadata"]["name"],
-                "ready": ready.get("status", "Unknown") if current or not ready else "Unknown",
-                "channels": _channels(g),
-                "active_run": status.get("activeRun"),
-                "session_id": status.get("sessionId"),
-                "message": "" if ready.get("status") == "True" else (ready.get("message") or ready.get("reason") or ""),
-            }
-        )
-    out_runs = []
-    for r in sorted(runs, key=lambda o: o["metadata"]["creationTimestamp"]):
-        status = r.get("status") or {}
-        out_runs.append(
-            {
-                "namespace": r["metadata"]["namespace"],
-                "name": r["metadata"]["name"],
-                "group": (r.get("spec") or {}).get("groupRef", {}).get("name"),
-                "phase": status.get("phase") or "New",
-                "reason": status.get("reason") or "",
-                "turns": status.get("turnsServed", 0),
-                "age": _age(r["metadata"].get("creationTimestamp"), now),
-                "message": status.get("message") or "",
-            }
-        )
+        if client is not None:
+            with contextlib.suppress(Exception):
+                official.close_client(client)
     ready = condition_of(node, "Ready")
     beat = ready.get("lastHeartbeatTime")
-    fresh = bool(beat and (now - dt.datetime.fromisoformat(beat.replace("Z", "+00:00"))).total_seconds() < 60)
+    fresh = bool(beat and (now - parse_time(beat)).total_seconds() < 60)
     return {
         "api_error": None,
-        "groups": out_groups,
-        "runs": out_runs,
+        "groups": [g.model_dump(mode="json") for g in groups],
+        "runs": [r.model_dump(mode="json") for r in runs],
         "node_ready": ready.get("status") == "True" and fresh,
         "node_message": ready.get("message") or ready.get("reason") or "",
     }
@@ -175,11 +118,6 @@ def exit_code(result: dict[str, Any]) -> int:
     return HEALTHY
 
 
-def _table(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-
-
 def render(result: dict[str, Any]) -> str:
     root = result["data_dir"]
     if not result["running"]:
@@ -209,7 +147,7 @@ def render(result: dict[str, Any]) -> str:
                 c["health"],
             ]
         )
-    lines += _table(rows)
+    lines += table(rows)
     lines.append("")
     if result["api_error"]:
         lines.append(f"The API server did not answer: {result['api_error']}")
@@ -220,7 +158,7 @@ def render(result: dict[str, Any]) -> str:
             rows.append(
                 [g["namespace"], g["name"], g["ready"], g["channels"], g["active_run"] or "-", g["message"][:80]]
             )
-        lines += _table(rows)
+        lines += table(rows)
     else:
         lines.append("  No Groups. Try: kubectl apply -f manifests/examples/group-local.yaml")
     lines.append("")
@@ -239,7 +177,7 @@ def render(result: dict[str, Any]) -> str:
                     r["message"].replace("\n", " ")[:80],
                 ]
             )
-        lines += _table(rows)
+        lines += table(rows)
     else:
         lines.append("  No AgentRuns yet: a message to a Group starts one.")
     return "\n".join(lines)

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pynchy.chat.config import config_path
+from pynchy.clusterstatus.resources import condition_of
 from pynchy.dev import config
 from pynchy.dev.components import Child, LogStream, Spec, pynchy_argv, stop_children
 from pynchy.dev.config import DevPaths
 from pynchy.dev.preflight import DevError, PidLock, Port, check_ports, http_ok, stale_report
-from pynchy.dev.status import condition_of
 from pynchy.paths import CRDS_DIR, REPO_ROOT
 
 STABLE_SECONDS = 60.0

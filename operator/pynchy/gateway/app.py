@@ -11,22 +11,26 @@ from aiohttp import web
 from kubernetes.client import ApiClient
 
 from pynchy.aio import TaskSet
-from pynchy.gateway.agentruns import AgentRuns, RunIndex
+from pynchy.clusterstatus.contract import STATUS_PATH
+from pynchy.gateway.agentruns import AgentRuns, RunEntry, RunIndex
 from pynchy.gateway.budget import Limits
 from pynchy.gateway.channels.base import Accepted, Channel, Inbound
 from pynchy.gateway.command_runner import CommandRunner
 from pynchy.gateway.db import Db
 from pynchy.gateway.delivery import Delivery
+from pynchy.gateway.events import REPORTING_CONTROLLER, GatewayEvents
 from pynchy.gateway.groupstatus import GroupStatusReporter
+from pynchy.gateway.health import Health
 from pynchy.gateway.hooks import ChannelHooks
 from pynchy.gateway.httpapi.model_api import ModelApi
 from pynchy.gateway.httpapi.run_api import RunApi
 from pynchy.gateway.httpapi.runauth import RunAuth
 from pynchy.gateway.inbox import Inbox
 from pynchy.gateway.lifecycle import TurnLifecycle
-from pynchy.gateway.metrics import GatewayMetrics, GatewayState
+from pynchy.gateway.metrics import GatewayMetrics
 from pynchy.gateway.outbox import Outbox
 from pynchy.gateway.proxy import ModelProxy
+from pynchy.gateway.pruner import Pruner
 from pynchy.gateway.routing import Directory
 from pynchy.gateway.settings import GatewaySettings
 from pynchy.gateway.spend import SpendGuard
@@ -35,10 +39,10 @@ from pynchy.gateway.tools import Tools
 from pynchy.gateway.turnhub import TurnHub, TurnWatch
 from pynchy.gateway.usage import ModelUsage
 from pynchy.kube.api import KubeApi
+from pynchy.kube.events import EventRecorder
 from pynchy.kube.informer import Informer
 from pynchy.logs import get_logger
 from pynchy.metrics import MetricsServer, group_label
-from pynchy.store import turns as turn_store
 from pynchy.store.models import TurnRow
 from pynchy_agent.protocol import MODEL_PROXY_PREFIX, RUN_API_PREFIX
 
@@ -55,16 +59,18 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.hub = TurnHub(self.db)
         self.directory = Directory()
-        self.run_index = RunIndex(
-            on_finished=lambda run: self.metrics.runs.finished(run.namespace, run.group, run.phase or "")
-        )
+        # Events (best-effort, posted in the background): each part gets one method of this as its callback.
+        self.events = GatewayEvents(EventRecorder(self.api, self.tasks, REPORTING_CONTROLLER).record, self.directory)
+        self.run_index = RunIndex(on_finished=self._run_finished)
         namespaces = list(settings.namespaces) or None
         self.groups = Informer(client, "pynchy.dev", "v1alpha1", "groups", namespaces, on_event=self.directory.on_event)
         self.run_cache = Informer(client, "pynchy.dev", "v1alpha1", "agentruns", namespaces, on_event=self._run_event)
         self.runs = AgentRuns(self.api, self.directory, self.run_index)
-        self.stats = StatsReporter(self.api, on_push=lambda namespace, group: self.group_status.note(namespace, group))
+        self.stats = StatsReporter(
+            self.api, on_push=lambda namespace, group: self.group_status.note(namespace, group), tasks=self.tasks
+        )
         self.hooks = ChannelHooks(self.tasks)
-        self.delivery = Delivery(self.db, self.hooks.channels, self.metrics.delivery)
+        self.delivery = Delivery(self.db, self.hooks.channels, self.metrics.delivery, self.events.delivery_gave_up)
         self.outbox = Outbox(self.db, self.delivery, self.directory)
         self.tools = Tools(self.api, self.db, self.directory, self.outbox.send)
         key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
@@ -78,8 +84,12 @@ class Gateway:
             default,
             on_usage=self._model_used,
             on_refused=lambda namespace, group: self.metrics.record_budget_refusal(group_label(namespace, group)),
+            on_notice=self.events.budget_notice,
         )
         self.group_status = GroupStatusReporter(self.api, self.db, self.runs, self.directory, self.spend)
+        self.pruner = Pruner(
+            self.db, settings.retention_policy, settings.retention_interval_seconds, self.metrics.store.pruned
+        )
         self.lifecycle = TurnLifecycle(
             self.db,
             self.hub,
@@ -97,7 +107,11 @@ class Gateway:
         )
         self._add_configured_channels()
         self._runner: web.AppRunner | None = None
-        self.metrics_server = MetricsServer(self.metrics.registry, refresh=self._observe_state)
+        self.health = Health(self.db, self.directory, self.run_index, self.hub)
+        # /status next to /metrics: the metrics port, which agent pods cannot reach (see start()).
+        self.metrics_server = MetricsServer(
+            self.metrics.registry, refresh=self._observe_state, routes={STATUS_PATH: self.health.handle}
+        )
         self.port = 0
         self.metrics_port = 0
 
@@ -145,7 +159,13 @@ class Gateway:
             self.lifecycle.run_event(kind, run)
             self.group_status.note(run.namespace, run.group)
 
-    def _model_used(self, namespace: str, group: str, usage: ModelUsage, cost: float) -> None:
+    def _run_finished(self, run: RunEntry) -> None:
+        self.metrics.runs.finished(run.namespace, run.group, run.phase or "")
+
+    def _model_used(self, namespace: str, group: str, run: str, usage: ModelUsage, cost: float) -> None:
+        entry = self.run_index.get(namespace, run)
+        if entry is not None:  # a run deleted while its last call streamed has no status to write
+            self.stats.metered(entry, usage, cost)
         self.metrics.record_model_usage(
             group_label(namespace, group),
             usage.model or "unknown",
@@ -191,6 +211,7 @@ class Gateway:
         await self.proxy.start()
         yield
         await self.proxy.close()
+        await self.spend.flush()  # the usage of the answers just drained, before the store closes
 
     async def _watches(self, app: web.Application) -> AsyncIterator[None]:
         await self.groups.start()
@@ -205,6 +226,7 @@ class Gateway:
 
     async def _background(self, app: web.Application) -> AsyncIterator[None]:
         self.tasks.spawn(self.group_status.run(), name="group-status")
+        self.tasks.spawn(self.pruner.run(), name="store-retention")
         yield
         await self.tasks.close()
 
@@ -230,21 +252,7 @@ class Gateway:
 
     async def _observe_state(self) -> None:
         """Before a scrape: the state gauges read now (queued turns from the store)."""
-        groups = [(g.namespace, g.name) for g in self.directory.entries()]
-        counts = await self.db.call(turn_store.open_counts, groups)
-        by_state: dict[str, dict[str, int]] = {turn_store.QUEUED: {}, turn_store.DELIVERED: {}}
-        for namespace, name in groups:
-            for state, values in by_state.items():
-                values[group_label(namespace, name)] = counts.get((namespace, name, state), 0)
-        active = {group_label(*key): n for key, n in self.run_index.active_by_group().items()}
-        self.metrics.observe_state(
-            GatewayState(
-                queued=by_state[turn_store.QUEUED],
-                running=by_state[turn_store.DELIVERED],
-                active_runs=active,
-                waiting_polls=self.hub.pending_sizes()[0],
-            )
-        )
+        self.metrics.observe_state(await self.health.state())
 
     async def _release_long_polls(self, app: web.Application) -> None:
         # Before the server waits for open requests: waiting runs' long-polls answer 'no turn' now.

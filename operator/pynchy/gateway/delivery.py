@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from pynchy.aio import LogOnce
@@ -29,10 +29,17 @@ SAFETY_PASS_SECONDS = 30.0  # rows written by another gateway process have no on
 
 
 class Delivery:
-    def __init__(self, db: Db, channels: Mapping[str, Channel], metrics: DeliveryMetrics | None = None) -> None:
+    def __init__(
+        self,
+        db: Db,
+        channels: Mapping[str, Channel],
+        metrics: DeliveryMetrics | None = None,
+        on_gave_up: Callable[[OutboundRow, str], None] | None = None,  # (row, last error): an Event
+    ) -> None:
         self.db = db
         self.channels = channels
         self.metrics = metrics if metrics is not None else DeliveryMetrics()
+        self.on_gave_up = on_gave_up
         self._kick = asyncio.Event()
         self._not_before: dict[Conversation, float] = {}
         self.started_at = datetime.now(UTC)
@@ -95,6 +102,7 @@ class Delivery:
                 self.metrics.failed(conv[0], gave_up=gave_up)
                 if gave_up:
                     log.error("reply given up", key=row.key, channel=conv[0], error=str(exc), attempts=attempts)
+                    self._gave_up(row, str(exc))
                     continue  # the next message of the conversation may still go
                 log.warning("reply not delivered; will retry", key=row.key, error=str(exc), retry_in=delay)
                 self._not_before[conv] = time.monotonic() + delay
@@ -102,8 +110,15 @@ class Delivery:
             except Exception as exc:
                 log.exception("channel failed delivering", key=row.key, channel=conv[0])
                 failed = await self.db.call(outbound.mark_attempt_failed, row.id, repr(exc))
-                self.metrics.failed(conv[0], gave_up=failed is not None and failed.state == outbound.FAILED)
+                gave_up = failed is not None and failed.state == outbound.FAILED
+                self.metrics.failed(conv[0], gave_up=gave_up)
+                if gave_up:
+                    self._gave_up(row, repr(exc))
                 self._not_before[conv] = time.monotonic() + BACKOFF_SECONDS[0]
                 return
             await self.db.call(outbound.mark_sent, row.id, external_id)
         self._not_before.pop(conv, None)
+
+    def _gave_up(self, row: OutboundRow, error: str) -> None:
+        if self.on_gave_up is not None:
+            self.on_gave_up(row, error)

@@ -201,6 +201,21 @@ class ModelMetrics:
         self.budget_refusals.labels(group).inc()
 
 
+class StoreMetrics:
+    """Rows the store's retention deleted, by kind (messages, turns, outbound, usage, audit)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.pruned_rows = Counter(
+            "pynchy_store_pruned_rows",
+            "Rows deleted from the conversation store by retention, by kind of row.",
+            ["kind"],
+            registry=registry if registry is not None else new_registry(),
+        )
+
+    def pruned(self, kind: str, rows: int) -> None:
+        self.pruned_rows.labels(kind).inc(rows)
+
+
 @dataclass(frozen=True)
 class GatewayState:
     """What the gateway holds right now, read at scrape time."""
@@ -247,6 +262,7 @@ class GatewayMetrics:
         self.delivery = DeliveryMetrics(self.registry)
         self.runs = RunMetrics(self.registry)
         self.model = ModelMetrics(self.registry)
+        self.store = StoreMetrics(self.registry)
         self._state = _StateCollector()
         self.registry.register(self._state)
 

@@ -19,20 +19,22 @@ class Outbox:
     delivery: Delivery
     directory: Directory
 
-    async def add(self, **row: Any) -> None:
-        """A ledger row (see store.outbound.add); idempotent by its key."""
-        await self.db.call(outbound.add, **row)
+    async def add(self, **row: Any) -> bool:
+        """A ledger row (see store.outbound.add); idempotent by its key: True when it was new."""
+        _, created = await self.db.call(outbound.add, **row)
         self.delivery.kick()
+        return created
 
     async def send(self, namespace: str, group: str, text: str, turn_id: str | None = None) -> None:
         """A message from the agent (send_message) to the Group's first channel."""
         await self.post(f"send:{uuid.uuid4().hex}", namespace, group, text, turn_id)
 
-    async def post(self, key: str, namespace: str, group: str, text: str, turn_id: str | None = None) -> None:
-        """A message to the Group's first channel, once per ``key`` however often this is called."""
+    async def post(self, key: str, namespace: str, group: str, text: str, turn_id: str | None = None) -> bool:
+        """A message to the Group's first channel, once per ``key`` however often this is called:
+        True the one time it was new."""
         entry = self.directory.get(namespace, group)
         channel, channel_id = entry.default_channel() if entry is not None else (None, None)
-        await self.add(
+        return await self.add(
             key=key,
             namespace=namespace,
             group=group,

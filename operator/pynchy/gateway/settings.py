@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pynchy.api.group import Budget
 from pynchy.gateway.pricing import DEFAULT_PRICES, Price
+from pynchy.store import retention
 from pynchy.store.db import DEFAULT_DATABASE_URL
 
 CommaList = Annotated[list[str], NoDecode]
@@ -87,6 +88,48 @@ class GatewaySettings(BaseSettings):
         "added to and replacing rows of Anthropic's list prices built in.",
     )
 
+    # Retention (store/retention.py, docs/store.md): days each kind of row is kept, 0 keeps it forever.
+    retention_messages_days: int = Field(
+        default=retention.DEFAULT_DAYS["messages"],
+        ge=0,
+        le=retention.MAX_DAYS,
+        description="Days channel messages are kept (the conversation record and the inbound dedupe keys); 0: forever.",
+    )
+    retention_turns_days: int = Field(
+        default=retention.DEFAULT_DAYS["turns"],
+        ge=0,
+        le=retention.MAX_DAYS,
+        description="Days a finished turn is kept after it finished (queued and running ones always are); 0: forever.",
+    )
+    retention_outbound_days: int = Field(
+        default=retention.DEFAULT_DAYS["outbound"],
+        ge=0,
+        le=retention.MAX_DAYS,
+        description="Days a sent, failed or stored ledger row is kept (pending ones always are); 0: forever.",
+    )
+    retention_usage_days: int = Field(
+        default=retention.DEFAULT_DAYS["usage"],
+        ge=0,
+        le=retention.MAX_DAYS,
+        description=f"Days model usage rows are kept; 0: forever, else at least {retention.USAGE_MIN_DAYS} "
+        "(budgets read the current month's).",
+    )
+    retention_audit_days: int = Field(
+        default=retention.DEFAULT_DAYS["audit"],
+        ge=0,
+        le=retention.MAX_DAYS,
+        description="Days the audit log of agent tool calls is kept; 0: forever.",
+    )
+    retention_interval_seconds: float = Field(
+        default=3600, gt=0, description="Seconds between two retention passes over the store."
+    )
+    retention_batch_size: int = Field(
+        default=retention.DEFAULT_BATCH_SIZE,
+        ge=1,
+        le=10_000,
+        description="Rows deleted per transaction by retention: small, so writers wait at most one short batch.",
+    )
+
     @model_validator(mode="after")
     def _distinct_ports(self) -> GatewaySettings:
         if self.metrics_port and self.metrics_port == self.listen_port:
@@ -99,6 +142,22 @@ class GatewaySettings(BaseSettings):
     @property
     def prices(self) -> dict[str, Price]:
         return {**DEFAULT_PRICES, **self.model_prices}
+
+    @field_validator("retention_usage_days")
+    @classmethod
+    def _usage_covers_budgets(cls, value: int) -> int:
+        if 0 < value < retention.USAGE_MIN_DAYS:
+            raise ValueError(
+                f"{value} days is too short: budgets read the usage of the current day and month in each "
+                "Group's time zone, so usage is always kept back to the start of the previous month "
+                f"(up to 62 days and 14 hours); give at least {retention.USAGE_MIN_DAYS}, or 0 to keep it forever"
+            )
+        return value
+
+    @property
+    def retention_policy(self) -> retention.RetentionPolicy:
+        days = {kind: getattr(self, f"retention_{kind}_days") for kind in retention.KIND}
+        return retention.RetentionPolicy(days, batch_size=self.retention_batch_size)
 
     @field_validator("default_budget", mode="before")
     @classmethod

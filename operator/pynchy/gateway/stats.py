@@ -1,4 +1,7 @@
-"""Per-run counters the gateway reports into AgentRun status: turns served, usage, session."""
+"""Per-run counters the gateway reports into AgentRun status: turns served, usage, session.
+
+Usage is what the model proxy metered for the run (every call, side requests included, priced by the
+gateway's price table); the runner's own estimate of the cost is kept beside it as reportedCostUSD."""
 
 from __future__ import annotations
 
@@ -6,13 +9,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pynchy.aio import KeyedLocks
+from pynchy.aio import KeyedLocks, TaskSet
 from pynchy.gateway.agentruns import RunEntry, RunKey
+from pynchy.gateway.usage import FIELDS, ModelUsage
 from pynchy.kube.api import KubeApi, KubeError
 from pynchy.logs import get_logger
 from pynchy_agent.protocol import UsageReport
 
 log = get_logger(__name__)
+
+_WIRE = {
+    "input_tokens": "inputTokens",
+    "output_tokens": "outputTokens",
+    "cache_read_input_tokens": "cacheReadInputTokens",
+    "cache_creation_input_tokens": "cacheCreationInputTokens",
+}
 
 
 @dataclass
@@ -32,14 +43,21 @@ class RunStats:
         )
 
     def add(self, usage: UsageReport, reply: str) -> None:
+        """A turn the runner reported: counted, and its cost estimate kept apart from the metered one."""
         self.turns_served += 1
         if reply:
             self.last_reply = reply[:512]
-        for key, value in usage.wire().items():
-            if key == "costUSD":
-                self.usage[key] = round(float(self.usage.get(key, 0.0)) + float(value), 6)
-            else:
-                self.usage[key] = int(self.usage.get(key, 0)) + int(value)
+        self._add_cost("reportedCostUSD", usage.cost_usd)
+
+    def metered(self, usage: ModelUsage, cost: float) -> None:
+        """One model call the proxy metered for this run."""
+        for name in FIELDS:
+            key = _WIRE[name]
+            self.usage[key] = int(self.usage.get(key, 0)) + int(getattr(usage, name))
+        self._add_cost("costUSD", cost)
+
+    def _add_cost(self, key: str, value: float) -> None:
+        self.usage[key] = round(float(self.usage.get(key, 0.0)) + float(value), 6)
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"turnsServed": self.turns_served, "usage": self.usage}
@@ -54,11 +72,28 @@ class StatsReporter:
     """Keeps counters per run and merge-patches them into the AgentRun's status (fields the
     operator never writes), one patch at a time per run."""
 
-    def __init__(self, api: KubeApi, on_push: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self, api: KubeApi, on_push: Callable[[str, str], None] | None = None, tasks: TaskSet | None = None
+    ) -> None:
         self.api = api
         self.on_push = on_push  # (namespace, group) after a turn's counters changed: the Group's status
         self._stats: dict[RunKey, RunStats] = {}  # until the run is deleted (forget)
         self._locks: KeyedLocks[RunKey] = KeyedLocks()
+        self._tasks = tasks or TaskSet()
+        self._queued: set[RunKey] = set()  # a push is waiting to start; more changes ride along
+
+    def metered(self, run: RunEntry, usage: ModelUsage, cost: float) -> None:
+        """A model call of this run was metered: counted now, written soon (a burst of calls in one
+        turn is one patch, not one per call)."""
+        self.stats(run).metered(usage, cost)
+        if run.key not in self._queued:
+            self._queued.add(run.key)
+            self._tasks.spawn(self._push_queued(run), name="run-stats")
+
+    async def _push_queued(self, run: RunEntry) -> None:
+        async with self._locks(run.key):
+            self._queued.discard(run.key)  # from here on a change queues the next push
+        await self.push(run)
 
     def stats(self, run: RunEntry) -> RunStats:
         if run.key not in self._stats:

@@ -74,8 +74,12 @@ class SseUsage:
             self.usage.update(event.get("usage"))
 
 
-def usage_row(namespace: str, group: str, run: str, source: str, usage: object, **extra: Any) -> UsageRow:
-    """One usage record: 'proxy' (metered from the model's responses) or 'runner' (as reported by
-    the agent); `usage` has the token counts of FIELDS as attributes."""
+def usage_values(namespace: str, group: str, run: str, source: str, usage: object, **extra: Any) -> dict[str, Any]:
+    """One usage record's columns: 'proxy' (metered from the model's responses) or 'runner' (as
+    reported by the agent); `usage` has the token counts of FIELDS as attributes."""
     counts = {name: getattr(usage, name) for name in FIELDS}
-    return UsageRow(namespace=namespace, group=group, run=run, source=source, **counts, **extra)
+    return {"namespace": namespace, "group": group, "run": run, "source": source, **counts, **extra}
+
+
+def usage_row(namespace: str, group: str, run: str, source: str, usage: object, **extra: Any) -> UsageRow:
+    return UsageRow(**usage_values(namespace, group, run, source, usage, **extra))

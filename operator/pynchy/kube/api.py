@@ -36,6 +36,7 @@ class ResourceType:
         return self.prefix.removeprefix("/api/").removeprefix("/apis/")
 
 
+EVENTS_V1 = "Event.events.k8s.io"
 RESOURCES: dict[str, ResourceType] = {
     "ServiceAccount": ResourceType("/api/v1", "serviceaccounts"),
     "PersistentVolumeClaim": ResourceType("/api/v1", "persistentvolumeclaims"),
@@ -43,6 +44,8 @@ RESOURCES: dict[str, ResourceType] = {
     "Secret": ResourceType("/api/v1", "secrets"),
     "Pod": ResourceType("/api/v1", "pods"),
     "Event": ResourceType("/api/v1", "events"),
+    # The same kind in events.k8s.io (series, reportingController): keyed Kind.group, see resource_key.
+    EVENTS_V1: ResourceType("/apis/events.k8s.io/v1", "events"),
     "NetworkPolicy": ResourceType("/apis/networking.k8s.io/v1", "networkpolicies"),
     "StorageClass": ResourceType("/apis/storage.k8s.io/v1", "storageclasses", namespaced=False),
     "RuntimeClass": ResourceType("/apis/node.k8s.io/v1", "runtimeclasses", namespaced=False),
@@ -51,6 +54,13 @@ RESOURCES: dict[str, ResourceType] = {
     "ScheduledTask": ResourceType("/apis/pynchy.dev/v1alpha1", "scheduledtasks"),
     "AgentRun": ResourceType("/apis/pynchy.dev/v1alpha1", "agentruns"),
 }
+
+
+def resource_key(obj: dict[str, Any]) -> str:
+    """The RESOURCES key of an object: its kind, or Kind.group where another group has the kind too."""
+    group = str(obj.get("apiVersion", "")).rpartition("/")[0]
+    qualified = f"{obj['kind']}.{group}"
+    return qualified if group and qualified in RESOURCES else str(obj["kind"])
 
 
 class KubeError(PynchyError):
@@ -239,6 +249,12 @@ class KubeApi:
             content_type="application/merge-patch+json",
         )
 
+    async def patch(self, kind: str, namespace: str | None, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of the object itself (`kind` is a RESOURCES key)."""
+        return await self._object(
+            "PATCH", self.path(kind, namespace, name), body=patch, content_type="application/merge-patch+json"
+        )
+
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
-        return await self._object("POST", self.path(obj["kind"], meta.get("namespace")), body=obj)
+        return await self._object("POST", self.path(resource_key(obj), meta.get("namespace")), body=obj)

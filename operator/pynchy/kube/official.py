@@ -32,10 +32,30 @@ def load_kube_config(
     )
 
 
-def new_client_from_config(config_file: str | None = None) -> ApiClient:
-    """An ApiClient of its own for a kubeconfig (the default configuration stays untouched)."""
-    client: ApiClient = config.new_client_from_config(config_file=config_file)
-    return client
+def new_client_from_config(
+    config_file: str | None = None, context: str | None = None, *, retries: int | None = None
+) -> ApiClient:
+    """An ApiClient of its own for a kubeconfig (the default configuration stays untouched); `context`
+    picks one of its contexts instead of the current one; `retries` replaces urllib3's default (3) of
+    retries per request (0: one attempt, for a command that must answer quickly)."""
+    if retries is None:
+        client: ApiClient = config.new_client_from_config(config_file=config_file, context=context)
+        return client
+    configuration = Configuration()
+    config.load_kube_config(
+        config_file=config_file, context=context, client_configuration=configuration, persist_config=False
+    )
+    configuration.retries = retries
+    return ApiClient(configuration)
+
+
+def new_incluster_client(*, retries: int | None = None) -> ApiClient:
+    """An ApiClient of its own with the pod's service account; raises ConfigException outside a pod."""
+    configuration = Configuration()
+    config.load_incluster_config(client_configuration=configuration)
+    if retries is not None:
+        configuration.retries = retries
+    return ApiClient(configuration)
 
 
 def close_client(client: ApiClient) -> None:

@@ -74,6 +74,8 @@ class TurnRow(Base):
         Index("ix_turns_group_state", "namespace", "group", "state", "seq"),
         # enqueue() takes max(seq) + 1: with this index that is one lookup, not a scan of every turn.
         Index("ix_turns_seq", "seq"),
+        # Retention (retention.py) finds the turns finished long ago without reading the whole table.
+        Index("ix_turns_finished_at", "finished_at"),
     )
 
 
@@ -95,7 +97,10 @@ class UsageRow(Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
-    __table_args__ = (Index("ix_usage_group", "namespace", "group", "at"),)
+    __table_args__ = (
+        Index("ix_usage_group", "namespace", "group", "at"),
+        Index("ix_usage_at", "at"),  # retention: the old rows without reading the whole table
+    )
 
 
 class MemoryRow(Base):
@@ -149,6 +154,7 @@ class MessageRow(Base):
     __table_args__ = (
         UniqueConstraint("dedupe_key", name="uq_messages_dedupe_key"),
         Index("ix_messages_group", "namespace", "group", "id"),
+        Index("ix_messages_at", "at"),  # retention: the old rows without reading the whole table
     )
 
 
@@ -181,6 +187,8 @@ class OutboundRow(Base):
         UniqueConstraint("key", name="uq_outbound_key"),
         Index("ix_outbound_state", "state", "id"),
         Index("ix_outbound_group", "namespace", "group", "id"),
+        # Retention: the old rows in a final state, without reading the pending ones or every sent one.
+        Index("ix_outbound_state_created_at", "state", "created_at"),
     )
 
 
@@ -198,3 +206,5 @@ class AuditRow(Base):
     target_group: Mapped[str | None] = mapped_column(String(63), default=None)
     allowed: Mapped[bool] = mapped_column(Boolean)
     detail: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (Index("ix_audit_at", "at"),)  # retention: the old rows without reading the whole table

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import CursorResult, delete, func, or_, select
+from sqlalchemy import CursorResult, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pynchy.store.models import AuditRow, GroupSessionRow, MemoryRow, TurnRow, UsageRow
+from pynchy.store.models import AuditRow, GroupSessionRow, MemoryRow, TurnRow, UsageRow, table_of
 
 
 def record_usage(session: Session, row: UsageRow) -> None:
     session.add(row)
+
+
+def record_usages(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Many usage records at once (column name -> value), one Core executemany: the model proxy's
+    write-behind batch, without building an ORM object per call."""
+    if rows:
+        session.execute(insert(table_of(UsageRow)), rows)
 
 
 def group_usage(session: Session, namespace: str, group: str, source: str = "proxy") -> dict[str, float]:
