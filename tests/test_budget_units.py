@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zoneinfo
 from datetime import UTC, datetime
 
@@ -88,3 +89,21 @@ def test_costs_follow_the_longest_matching_price_row() -> None:
 def test_an_unknown_model_costs_what_the_dearest_row_costs() -> None:
     unknown = ModelUsage("some-new-model", 1_000_000, 0)
     assert cost_usd(unknown, DEFAULT_PRICES) == pytest.approx(15.0)  # claude-opus-4-1's input price
+
+
+def test_usage_is_read_from_an_sse_stream_split_anywhere() -> None:
+    from pynchy.gateway.usage import SseUsage
+
+    def event(kind: str, data: dict[str, object]) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+    start = {"type": "message_start", "message": {"model": "claude-sonnet-4-5", "usage": {"input_tokens": 120}}}
+    # A delta whose text names the usage events is content, not usage.
+    text = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "message_delta"}}
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 42}}
+    stream = event("message_start", start) + event("content_block_delta", text) * 50 + event("message_delta", end)
+    for size in (1, 7, 64, len(stream)):
+        sse = SseUsage()
+        for i in range(0, len(stream), size):
+            sse.feed(stream[i : i + size])
+        assert (sse.usage.model, sse.usage.input_tokens, sse.usage.output_tokens) == ("claude-sonnet-4-5", 120, 42)

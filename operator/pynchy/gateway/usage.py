@@ -59,6 +59,9 @@ class SseUsage:
                 self._data(line[5:].strip())
 
     def _data(self, payload: bytes) -> None:
+        # Only two event types carry usage; the many content deltas of a long answer are not parsed.
+        if b"message_start" not in payload and b"message_delta" not in payload:
+            return
         try:
             event = json.loads(payload)
         except ValueError:
