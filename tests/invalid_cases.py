@@ -447,4 +447,25 @@ INVALID_CASES: list[InvalidCase] = [
         group(agent={"model": "claude-sonnet-4-5", "allowedModels": ["not a model"]}),
         ("spec.agent.allowedModels[0]", "should match"),
     ),
+    # --- agent tool limits -------------------------------------------------------------------
+    InvalidCase(
+        "group-tool-limits-negative-messages",
+        group(agent={"toolLimits": {"sendMessagesPerMinute": -1}}),
+        ("spec.agent.toolLimits.sendMessagesPerMinute", "should be greater than or equal to 0"),
+    ),
+    InvalidCase(
+        "group-tool-limits-zero-interval",
+        group(agent={"toolLimits": {"minScheduleIntervalSeconds": 0}}),
+        ("spec.agent.toolLimits.minScheduleIntervalSeconds", "should be greater than or equal to 60"),
+    ),
+    InvalidCase(
+        "group-tool-limits-too-many-tasks",
+        group(agent={"toolLimits": {"maxScheduledTasks": 1001}}),
+        ("spec.agent.toolLimits.maxScheduledTasks", "should be less than or equal to 1000"),
+    ),
+    InvalidCase(
+        "group-tool-limits-messages-string",
+        group(agent={"toolLimits": {"sendMessagesPerMinute": "10"}}),
+        ("spec.agent.toolLimits.sendMessagesPerMinute", "must be of type integer"),
+    ),
 ]

@@ -36,9 +36,11 @@ from pynchy.gateway.proxy import ModelProxy
 from pynchy.gateway.routing import Directory
 from pynchy.gateway.spend import SpendGuard
 from pynchy.gateway.stats import StatsReporter
+from pynchy.gateway.toollimits import LimitValues
 from pynchy.gateway.tools import Tools
 from pynchy.gateway.turnhub import TurnHub
 from pynchy.runtoken import RunClaims, issue
+from pynchy.store import records
 from pynchy_agent.protocol import MODEL_PROXY_PREFIX, RUN_API_PREFIX
 
 KEY = "in-process-run-token-key-0123456789abcdef012345"
@@ -60,6 +62,9 @@ class EmptyKube:
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.created.append(obj)
         return obj
+
+    async def list(self, kind: str, namespace: str, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        return []
 
     async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         return None
@@ -115,7 +120,7 @@ def build(
     stats = StatsReporter(kube)  # type: ignore[arg-type]
     lifecycle = TurnLifecycle(db, hub, runs, directory, hooks, delivery, stats, tasks)
     outbox = Outbox(db, delivery, directory)
-    tools = Tools(kube, db, directory, outbox.send)  # type: ignore[arg-type]
+    tools = Tools(kube, db, directory, outbox.send, LimitValues(10, 20, 300))  # type: ignore[arg-type]
     auth = RunAuth(KEY, runs, directory)
     app = web.Application()
     app.add_subapp(RUN_API_PREFIX, RunApi(db, hub, runs, lifecycle, tools, stats, tasks, 60.0).app(auth))
@@ -260,6 +265,72 @@ def test_a_waiting_scheduled_run_makes_an_idle_conversation_run_give_way(tmp_pat
         assert "a scheduled run of this Group is waiting" in await error_of(r)
 
     serve(tmp_path, scenario)
+
+
+def test_tool_limits_refuse_with_errors_the_model_reads_and_are_audited(tmp_path: Path) -> None:
+    """send_message over its per-minute limit, a schedule more frequent than allowed, and schedule_task
+    turned off: each a refusal naming the limit and the field, nothing sent or created, an audit row
+    with allowed=False. A task within the limits is created, owned by its Group."""
+    limits = {"sendMessagesPerMinute": 2, "minScheduleIntervalSeconds": 600}
+
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        off = group_obj("off", "uid-off")
+        parts.directory.on_event(
+            "ADDED", {**off, "spec": {**off["spec"], "agent": {"toolLimits": {"maxScheduledTasks": 0}}}}
+        )
+        parts.index.on_event("ADDED", run_obj("r1"))
+        parts.index.on_event("ADDED", run_obj("r2", group="off"))
+        demo, quiet = bearer(token("r1")), bearer(token("r2", "off"))
+
+        async def tool(headers: dict[str, str], which: str, /, **arguments: Any) -> Any:
+            return await client.post(f"{RUN_API_PREFIX}/tools/{which}", headers=headers, json={"arguments": arguments})
+
+        for _ in range(2):
+            assert (await tool(demo, "send_message", text="hi")).status == 200
+        r = await tool(demo, "send_message", text="one too many")
+        assert r.status == 429
+        text = await error_of(r)
+        assert text.startswith("send_message limit reached: 2 messages per minute for Group demo; try again in ")
+        assert "spec.agent.toolLimits.sendMessagesPerMinute" in text
+
+        r = await tool(demo, "schedule_task", name="often", prompt="p", interval="5m")
+        assert r.status == 403
+        assert "runs as often as every 300 s, and Group demo may schedule runs at most every 600 s" in await error_of(r)
+        r = await tool(demo, "schedule_task", name="often", prompt="p", cron="*/5 * * * *")
+        assert r.status == 403
+        assert "spec.agent.toolLimits.minScheduleIntervalSeconds" in await error_of(r)
+        r = await tool(quiet, "schedule_task", name="any", prompt="p", once="2026-12-24T18:00:00Z")
+        assert r.status == 403
+        assert "schedule_task is turned off for Group off" in await error_of(r)
+        assert parts.kube.created == []
+
+        r = await tool(demo, "schedule_task", name="hourly", prompt="p", interval="1h")
+        assert r.status == 200, await r.text()
+        (task,) = parts.kube.created
+        assert task["metadata"]["ownerReferences"] == [
+            {
+                "apiVersion": "pynchy.dev/v1alpha1",
+                "kind": "Group",
+                "name": "demo",
+                "uid": "uid-demo",
+                "controller": False,
+            }
+        ]
+
+        rows = await parts.db.call(records.audit_log, NS)
+        refused = [(a.group, a.action, a.detail) for a in rows if not a.allowed]
+        expected = [
+            ("demo", "send_message", "send_message limit reached: 2 messages per minute"),
+            ("demo", "schedule_task", "schedule_task refused: interval 5m runs as often as every 300 s"),
+            ("demo", "schedule_task", "schedule_task refused: cron '*/5 * * * *' runs as often as every 300 s"),
+            ("off", "schedule_task", "schedule_task is turned off for Group off"),
+        ]
+        assert [(g, action) for g, action, _ in refused] == [(g, action) for g, action, _ in expected]
+        for (_, _, detail), (_, _, start) in zip(refused, expected, strict=True):
+            assert detail.startswith(start), detail
+        assert [a.action for a in rows if a.allowed] == ["send_message", "send_message", "schedule_task"]
+
+    serve(tmp_path, scenario, spec={"agent": {"toolLimits": limits}})
 
 
 # -- model proxy ---------------------------------------------------------------------------

@@ -245,6 +245,10 @@ PYDANTIC_REJECTS = {
     "group-workspace-ref-bad-name",
     "group-bad-egress-port",
     "group-credential-missing-secret",
+    "group-tool-limits-negative-messages",
+    "group-tool-limits-zero-interval",
+    "group-tool-limits-too-many-tasks",
+    "group-tool-limits-messages-string",
 }
 
 CASES_BY_ID = {case.id: case for case in INVALID_CASES}

@@ -7,7 +7,7 @@ token as `Authorization: Bearer <token>`; the token names the run, so paths carr
     GET  /v1/run/turns/next?wait=<s>    -> 200 Turn | 204 (nothing within `wait`) | 410 (run is over: exit)
     POST /v1/run/turns/{turnId}/events  EventBatch -> 204
     POST /v1/run/session                SessionReport -> 204
-    POST /v1/run/tools/{tool}           ToolCall -> 200 ToolResult | 403/404/422 ApiError
+    POST /v1/run/tools/{tool}           ToolCall -> 200 ToolResult | 403/404/409/422/429 ApiError
 
 Errors always have the ApiError shape. The model proxy lives at `<gateway>/model` and takes
 the same token as the Anthropic API key.

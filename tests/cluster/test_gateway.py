@@ -251,6 +251,69 @@ def test_tools_are_authorised_per_group_and_audited(control_plane: ControlPlane,
     assert "content" in r.json()["error"]
 
 
+def test_agent_tasks_are_counted_against_the_limit_and_go_with_their_group(
+    control_plane: ControlPlane, namespace: str, gateway
+) -> None:
+    """maxScheduledTasks counts the tasks the Group's agent created (from the API server, not those a
+    person applied); those tasks are owned by the Group, so the garbage collector deletes them with it."""
+    apply(control_plane, namespace, group("lim", agent={"toolLimits": {"maxScheduledTasks": 2}}))
+    grp = get(control_plane, "group", "lim", namespace)
+    assert grp is not None
+    run = make_run(control_plane, namespace, "lim-run", "lim")
+    wait_gateway_sees(gateway, namespace, "group", "lim")
+    client = agent(gateway, token_for(run, "lim"))
+    by_hand = {
+        "apiVersion": "pynchy.dev/v1alpha1",
+        "kind": "ScheduledTask",
+        "metadata": {"name": "by-hand"},
+        "spec": {"groupRef": {"name": "lim"}, "prompt": "x", "schedule": {"interval": "1h"}},
+    }
+    apply(control_plane, namespace, by_hand)
+
+    def schedule(name: str) -> httpx.Response:
+        return client.post(
+            "/v1/run/tools/schedule_task", json={"arguments": {"name": name, "prompt": "x", "interval": "1h"}}
+        )
+
+    assert schedule("t1").status_code == 200
+    assert schedule("t2").status_code == 200
+    r = schedule("t3")
+    assert r.status_code == 403, r.text
+    assert r.json()["error"] == (
+        "schedule_task limit reached: Group lim has 2 tasks its agent created and may have at most 2; cancel one "
+        "(list_tasks shows them) or ask an admin to raise spec.agent.toolLimits.maxScheduledTasks"
+    )
+    assert get(control_plane, "scheduledtask", "t3", namespace) is None
+    assert client.post("/v1/run/tools/cancel_task", json={"arguments": {"name": "t1"}}).status_code == 200
+    assert schedule("t3").status_code == 200, "a cancelled task no longer counts"
+
+    task = get(control_plane, "scheduledtask", "t3", namespace)
+    assert task is not None
+    assert task["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "pynchy.dev/v1alpha1",
+            "kind": "Group",
+            "name": "lim",
+            "uid": grp["metadata"]["uid"],
+            "controller": False,
+        }
+    ]
+    gw = gateway.gateway
+    assert gw is not None
+    audit = gateway.call(gw.db.call(records.audit_log, namespace, "lim"))
+    assert [(a.action, a.detail.split(":")[0]) for a in audit if not a.allowed] == [
+        ("schedule_task", "schedule_task limit reached")
+    ]
+
+    control_plane.kubectl("delete", "group", "lim", "-n", namespace)
+
+    def agent_tasks_gone() -> bool:
+        return all(get(control_plane, "scheduledtask", name, namespace) is None for name in ("t2", "t3"))
+
+    wait_for(agent_tasks_gone, timeout=60, what="the garbage collector deleting the Group's agent tasks")
+    assert get(control_plane, "scheduledtask", "by-hand", namespace) is not None  # a person's task has no owner
+
+
 def test_memory_tools(control_plane: ControlPlane, namespace: str, gateway) -> None:
     make_group(control_plane, namespace, "mem")
     run = make_run(control_plane, namespace, "mem-run", "mem")

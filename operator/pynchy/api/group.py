@@ -131,6 +131,44 @@ class McpServer(ApiModel):
     )
 
 
+# The gateway's defaults of spec.agent.toolLimits (PYNCHY_SEND_MESSAGES_PER_MINUTE, …) and the bounds
+# both take; here so that the descriptions kubectl explain shows cannot drift from the gateway's values.
+DEFAULT_SEND_MESSAGES_PER_MINUTE = 10
+DEFAULT_MAX_SCHEDULED_TASKS = 20
+DEFAULT_MIN_SCHEDULE_INTERVAL_SECONDS = 300
+MAX_SEND_MESSAGES_PER_MINUTE = 120
+MAX_SCHEDULED_TASKS = 1000
+MIN_SCHEDULE_INTERVAL_BOUNDS = (60, 7 * 86400)  # the API's 1m interval minimum; a week
+
+
+class ToolLimits(ApiModel):
+    """Limits on the agent's tools that reach people or create work (enforced by the gateway; unset: its default)."""
+
+    send_messages_per_minute: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEND_MESSAGES_PER_MINUTE,
+        description="Most send_message calls of the agent in any 60 seconds; 0 turns send_message off. "
+        f"Empty: the gateway's PYNCHY_SEND_MESSAGES_PER_MINUTE (default {DEFAULT_SEND_MESSAGES_PER_MINUTE}).",
+    )
+    max_scheduled_tasks: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SCHEDULED_TASKS,
+        description="Most ScheduledTasks created by the agent's schedule_task that may exist at once (tasks "
+        "applied by a person do not count); 0 turns schedule_task off. "
+        f"Empty: the gateway's PYNCHY_MAX_SCHEDULED_TASKS (default {DEFAULT_MAX_SCHEDULED_TASKS}).",
+    )
+    min_schedule_interval_seconds: int | None = Field(
+        default=None,
+        ge=MIN_SCHEDULE_INTERVAL_BOUNDS[0],
+        le=MIN_SCHEDULE_INTERVAL_BOUNDS[1],
+        description="Shortest time between two runs of a task the agent schedules: its interval, or the "
+        "closest two of a cron expression's next firings; a once schedule is not limited. Empty: the "
+        f"gateway's PYNCHY_MIN_SCHEDULE_INTERVAL_SECONDS (default {DEFAULT_MIN_SCHEDULE_INTERVAL_SECONDS}).",
+    )
+
+
 class AgentSettings(ApiModel):
     """How the Group's agent behaves."""
 
@@ -180,6 +218,10 @@ class AgentSettings(ApiModel):
         ge=30,
         le=86400,
         description="The agent pod exits after this many seconds without a turn; the session stays resumable.",
+    )
+    tool_limits: ToolLimits | None = Field(
+        default=None,
+        description="Limits on send_message and schedule_task; empty uses the gateway's defaults for each.",
     )
 
 

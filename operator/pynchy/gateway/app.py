@@ -72,7 +72,7 @@ class Gateway:
         self.hooks = ChannelHooks(self.tasks)
         self.delivery = Delivery(self.db, self.hooks.channels, self.metrics.delivery, self.events.delivery_gave_up)
         self.outbox = Outbox(self.db, self.delivery, self.directory)
-        self.tools = Tools(self.api, self.db, self.directory, self.outbox.send)
+        self.tools = Tools(self.api, self.db, self.directory, self.outbox.send, settings.tool_limits)
         key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
         token = settings.anthropic_auth_token.get_secret_value() if settings.anthropic_auth_token else None
         self.proxy = ModelProxy(settings.model_upstream_url, key, token)

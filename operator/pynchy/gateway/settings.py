@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pynchy.api.group import Budget
+from pynchy.api.group import (
+    DEFAULT_MAX_SCHEDULED_TASKS,
+    DEFAULT_MIN_SCHEDULE_INTERVAL_SECONDS,
+    DEFAULT_SEND_MESSAGES_PER_MINUTE,
+    MAX_SCHEDULED_TASKS,
+    MAX_SEND_MESSAGES_PER_MINUTE,
+    MIN_SCHEDULE_INTERVAL_BOUNDS,
+    Budget,
+)
 from pynchy.gateway.pricing import DEFAULT_PRICES, Price
+from pynchy.gateway.toollimits import LimitValues
 from pynchy.store import retention
 from pynchy.store.db import DEFAULT_DATABASE_URL
 
 CommaList = Annotated[list[str], NoDecode]
+
+
+def _retention_days(kind: str, description: str) -> Any:
+    """A retention period in days: the kind's default, 0 (forever) up to retention.MAX_DAYS."""
+    return Field(default=retention.DEFAULT_DAYS[kind], ge=0, le=retention.MAX_DAYS, description=description)
 
 
 class GatewaySettings(BaseSettings):
@@ -88,37 +102,47 @@ class GatewaySettings(BaseSettings):
         "added to and replacing rows of Anthropic's list prices built in.",
     )
 
+    # Agent tool limits (gateway/toollimits.py, docs/gateway.md): a Group's spec.agent.toolLimits overrides each.
+    send_messages_per_minute: int = Field(
+        default=DEFAULT_SEND_MESSAGES_PER_MINUTE,
+        ge=0,
+        le=MAX_SEND_MESSAGES_PER_MINUTE,
+        description="send_message calls a Group's agent may make in any 60 seconds; 0 turns the tool off.",
+    )
+    max_scheduled_tasks: int = Field(
+        default=DEFAULT_MAX_SCHEDULED_TASKS,
+        ge=0,
+        le=MAX_SCHEDULED_TASKS,
+        description="ScheduledTasks created by a Group's agent that may exist at once; 0 turns schedule_task off.",
+    )
+    min_schedule_interval_seconds: int = Field(
+        default=DEFAULT_MIN_SCHEDULE_INTERVAL_SECONDS,
+        ge=MIN_SCHEDULE_INTERVAL_BOUNDS[0],
+        le=MIN_SCHEDULE_INTERVAL_BOUNDS[1],
+        description="Shortest time between two runs of a task an agent schedules (interval or cron spacing).",
+    )
+
     # Retention (store/retention.py, docs/store.md): days each kind of row is kept, 0 keeps it forever.
-    retention_messages_days: int = Field(
-        default=retention.DEFAULT_DAYS["messages"],
-        ge=0,
-        le=retention.MAX_DAYS,
-        description="Days channel messages are kept (the conversation record and the inbound dedupe keys); 0: forever.",
+    retention_messages_days: int = _retention_days(
+        "messages",
+        "Days channel messages are kept (the conversation record and the inbound dedupe keys); 0: forever.",
     )
-    retention_turns_days: int = Field(
-        default=retention.DEFAULT_DAYS["turns"],
-        ge=0,
-        le=retention.MAX_DAYS,
-        description="Days a finished turn is kept after it finished (queued and running ones always are); 0: forever.",
+    retention_turns_days: int = _retention_days(
+        "turns",
+        "Days a finished turn is kept after it finished (queued and running ones always are); 0: forever.",
     )
-    retention_outbound_days: int = Field(
-        default=retention.DEFAULT_DAYS["outbound"],
-        ge=0,
-        le=retention.MAX_DAYS,
-        description="Days a sent, failed or stored ledger row is kept (pending ones always are); 0: forever.",
+    retention_outbound_days: int = _retention_days(
+        "outbound",
+        "Days a sent, failed or stored ledger row is kept (pending ones always are); 0: forever.",
     )
-    retention_usage_days: int = Field(
-        default=retention.DEFAULT_DAYS["usage"],
-        ge=0,
-        le=retention.MAX_DAYS,
-        description=f"Days model usage rows are kept; 0: forever, else at least {retention.USAGE_MIN_DAYS} "
+    retention_usage_days: int = _retention_days(
+        "usage",
+        f"Days model usage rows are kept; 0: forever, else at least {retention.USAGE_MIN_DAYS} "
         "(budgets read the current month's).",
     )
-    retention_audit_days: int = Field(
-        default=retention.DEFAULT_DAYS["audit"],
-        ge=0,
-        le=retention.MAX_DAYS,
-        description="Days the audit log of agent tool calls is kept; 0: forever.",
+    retention_audit_days: int = _retention_days(
+        "audit",
+        "Days the audit log of agent tool calls is kept; 0: forever.",
     )
     retention_interval_seconds: float = Field(
         default=3600, gt=0, description="Seconds between two retention passes over the store."
@@ -138,6 +162,11 @@ class GatewaySettings(BaseSettings):
                 "run API's port and must not read /metrics; give them different ports"
             )
         return self
+
+    @property
+    def tool_limits(self) -> LimitValues:
+        """The defaults every Group's spec.agent.toolLimits overrides."""
+        return LimitValues(self.send_messages_per_minute, self.max_scheduled_tasks, self.min_schedule_interval_seconds)
 
     @property
     def prices(self) -> dict[str, Price]:

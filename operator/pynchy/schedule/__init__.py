@@ -3,7 +3,8 @@
 - ``timing``: interval parsing, time zones, next and most recent due times (cron via cronsim);
 - ``validate``: schedule problems the API server cannot catch, as messages that say what to fix;
 - ``decide``: what a task should do at a given instant (Wait, Fire, Skip, Missed, Suspended, Done);
-- ``naming``: deterministic AgentRun names, so a create conflict means "already fired".
+- ``naming``: deterministic AgentRun names, so a create conflict means "already fired";
+- ``spacing``: how often a schedule fires at its most frequent (the gateway's limit on agent-made tasks).
 """
 
 from pynchy.schedule.decide import (
@@ -20,6 +21,7 @@ from pynchy.schedule.decide import (
     decide,
 )
 from pynchy.schedule.naming import MAX_TASK_NAME, run_name, unix_minutes
+from pynchy.schedule.spacing import shortest_gap
 from pynchy.schedule.timing import (
     MIN_INTERVAL,
     MISSED_COUNT_LIMIT,
@@ -54,6 +56,7 @@ __all__ = [
     "next_fire_time",
     "parse_interval",
     "run_name",
+    "shortest_gap",
     "unix_minutes",
     "validate_schedule",
 ]
