@@ -37,7 +37,7 @@ def test_the_runs_deadline_times_it_out_and_logs_show_the_runner(
     installed: Install, node_namespace: str, tmp_path: Path
 ) -> None:
     ns = node_namespace
-    installed.ready_group(ns, GROUP.format(name="slow", extra="agent: {timeoutSeconds: 60}"), "slow")
+    installed.ready_group(ns, GROUP.format(name="slow", extra="agent: {timeoutSeconds: 30}"), "slow")
     gate = threading.Event()  # never set: the turn outlives the run's deadline
     installed.model.on_prompt("take forever", text("never said"), gate=gate)
     code, out, err = installed.chat(ns, "slow", "take forever", tmp_path, timeout=200)

@@ -209,7 +209,7 @@ class AgentSettings(ApiModel):
     )
     timeout_seconds: int = Field(
         default=1800,
-        ge=60,
+        ge=30,
         le=86400,
         description="Hard limit on one agent run (pod lifetime), in seconds.",
     )
