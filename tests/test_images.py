@@ -152,7 +152,7 @@ def test_the_cache_directory_follows_the_environment(monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah is installed by ./scripts/test")
-def test_untagged_images_older_than_the_oldest_pynchy_image_are_pruned(tmp_path: Path) -> None:
+def test_untagged_images_a_day_old_and_older_than_the_oldest_pynchy_image_are_pruned(tmp_path: Path) -> None:
     """Real buildah, a throwaway vfs storage, empty images from scratch (nothing pulled)."""
     bh = ["buildah", "--root", str(tmp_path / "root"), "--runroot", str(tmp_path / "run"), "--storage-driver", "vfs"]
 
@@ -161,7 +161,7 @@ def test_untagged_images_older_than_the_oldest_pynchy_image_are_pruned(tmp_path:
         container = container.strip()
         subprocess.run([*bh, "config", "--label", f"step={label}", container], check=True, capture_output=True)
         # --timestamp is the image's created time: an order without waiting between commits.
-        order = {"old": 1000, "kept": 2000, "new": 3000}[label]
+        order = {"old": 1000, "recent": 1500, "kept": 2000, "new": 3000}[label]
         ref = [tag] if tag else []
         out = subprocess.run(
             [*bh, "commit", "--quiet", "--rm", "--timestamp", str(order), container, *ref],
@@ -176,10 +176,14 @@ def test_untagged_images_older_than_the_oldest_pynchy_image_are_pruned(tmp_path:
         return {line.removeprefix("sha256:")[:12] for line in out.stdout.split()}
 
     old = image(tag=None, label="old")
+    recent = image(tag=None, label="recent")  # older than the kept image, but less than a day old
     kept = image(tag="localhost/pynchy:abc", label="kept")
     new = image(tag=None, label="new")
-    assert {old, kept, new} <= ids()
+    assert {old, recent, kept, new} <= ids()
 
-    assert images.prune_dangling(bh) == 1
+    now = 1500 + images.DANGLING_MIN_AGE_S - 1  # "recent" is a second under a day old
+    assert images.prune_dangling(bh, now=now) == 1
+    assert ids() == {recent, kept, new}
+    assert images.prune_dangling(bh, now=now) == 0
+    assert images.prune_dangling(bh, now=now + 2) == 1  # a day on: it goes too
     assert ids() == {kept, new}
-    assert images.prune_dangling(bh) == 0

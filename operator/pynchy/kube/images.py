@@ -665,11 +665,18 @@ def _prune(bh: _Buildah, cache: _Cache, image: str, keep: Path) -> None:
         log.info("old image archive removed", archive=str(old))
 
 
-def prune_dangling(buildah: Sequence[str], env: Mapping[str, str] | None = None) -> int:
-    """Remove untagged images (earlier builds' builder stages and layer-cache steps) older than the
-    oldest Pynchy Dockerfile image still tagged: newer ones are the layer cache the next build
-    reuses, older ones only fill the disk (a gigabyte or more per rebuild). `buildah` is the command
-    with its storage options; returns how many were removed."""
+# Untagged images younger than this are never pruned. A builder stage's last image is untagged and
+# no kept image's parent, yet the next build's cache needs it (else the stage's last step runs
+# again, and a new runtime image follows); age is the one sign of disuse buildah keeps, as in
+# `docker builder prune --filter until=24h`.
+DANGLING_MIN_AGE_S = 24 * 3600
+
+
+def prune_dangling(buildah: Sequence[str], env: Mapping[str, str] | None = None, now: float | None = None) -> int:
+    """Remove untagged images (earlier builds' builder stages and layer-cache steps) that are both
+    older than the oldest Pynchy Dockerfile image still tagged and a day old: what only fills the
+    disk (a gigabyte or more per rebuild). `buildah` is the command with its storage options;
+    returns how many were asked to go (a parent of a kept image refuses and stays)."""
 
     def images(dangling: bool) -> list[dict[str, Any]]:
         out = subprocess.run(
@@ -687,7 +694,8 @@ def prune_dangling(buildah: Sequence[str], env: Mapping[str, str] | None = None)
     ]
     if not built:
         return 0
-    old = [img["id"] for img in images(True) if img["created"] < min(built)]
+    cutoff = min(min(built), (time.time() if now is None else now) - DANGLING_MIN_AGE_S)
+    old = [img["id"] for img in images(True) if img["created"] < cutoff]
     for image_id in old:
         # A parent of a kept image refuses removal; keeping it is the point.
         subprocess.run([*buildah, "rmi", image_id], env=env, check=False, capture_output=True)
