@@ -39,9 +39,15 @@ class FakeEvents:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.gate: asyncio.Event | None = None
         self.fail: Exception | None = None
+        self._held = asyncio.Event()  # a call is waiting at the gate
+
+    async def held(self) -> None:
+        """Until a call of the recorder waits at the gate (it has taken what it posts)."""
+        await self._held.wait()
 
     async def _answer(self, verb: str, body: dict[str, Any]) -> dict[str, Any]:
         if self.gate is not None:
+            self._held.set()
             await self.gate.wait()
         if self.fail is not None:
             raise self.fail
@@ -91,7 +97,7 @@ def test_the_first_occurrence_creates_an_events_k8s_io_event_from_the_background
         rec = recorder(api, tasks, clock)
         rec.record(RUN, "Warning", "RunFailed", "RunAgent", "agent run Failed: boom")
         assert rec.pending == 1  # record() only noted it
-        await asyncio.sleep(0)
+        await api.held()
         assert rec.pending == 0  # the poster took it and waits for the API server
         assert api.calls == []
         api.gate.set()
@@ -160,7 +166,7 @@ def test_repeats_before_the_create_go_with_it_and_distinct_events_stay_apart() -
         rec = recorder(api, tasks)
         api.gate = asyncio.Event()
         rec.record(RUN, "Warning", "RunFailed", "RunAgent", "first")
-        await asyncio.sleep(0)  # being created
+        await api.held()  # being created
         rec.record(RUN, "Warning", "RunFailed", "RunAgent", "second")
         rec.record(RUN, "Warning", "RunFailed", "RunAgent", "second")
         rec.record(RUN, "Normal", "RunFailed", "RunAgent", "second")  # another type: another Event
@@ -201,7 +207,7 @@ def test_the_map_is_bounded_and_the_least_recently_seen_goes_first() -> None:
         rec = recorder(api, tasks, limit=2)
         api.gate = asyncio.Event()
         rec.record(RUN, "Warning", "R", "A", "n0")
-        await asyncio.sleep(0)  # being created
+        await api.held()  # being created
         for i in range(1, 200):
             rec.record(RUN, "Warning", "R", "A", f"n{i}")
         assert len(rec) == 2

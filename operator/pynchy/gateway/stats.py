@@ -88,12 +88,7 @@ class StatsReporter:
         self.stats(run).metered(usage, cost)
         if run.key not in self._queued:
             self._queued.add(run.key)
-            self._tasks.spawn(self._push_queued(run), name="run-stats")
-
-    async def _push_queued(self, run: RunEntry) -> None:
-        async with self._locks(run.key):
-            self._queued.discard(run.key)  # from here on a change queues the next push
-        await self.push(run)
+            self._tasks.spawn(self.push(run), name="run-stats")
 
     def stats(self, run: RunEntry) -> RunStats:
         if run.key not in self._stats:
@@ -109,6 +104,7 @@ class StatsReporter:
     async def push(self, run: RunEntry) -> None:
         key = run.key
         async with self._locks(key):
+            self._queued.discard(key)  # from here on a change queues the next push
             try:
                 await self.api.patch_status("AgentRun", key[0], key[1], self.stats(run).status())
             except KubeError as exc:
