@@ -468,4 +468,75 @@ INVALID_CASES: list[InvalidCase] = [
         group(agent={"toolLimits": {"sendMessagesPerMinute": "10"}}),
         ("spec.agent.toolLimits.sendMessagesPerMinute", "must be of type integer"),
     ),
+    # --- agent tool policy ---------------------------------------------------------------------
+    InvalidCase(
+        "group-tool-policy-bad-action",
+        group(agent={"toolPolicy": {"rules": [{"tools": ["Bash"], "action": "maybe"}]}}),
+        ("spec.agent.toolPolicy.rules[0].action", "Unsupported value"),
+    ),
+    InvalidCase(
+        "group-tool-policy-bad-default",
+        group(agent={"toolPolicy": {"default": "prompt"}}),
+        ("spec.agent.toolPolicy.default", "Unsupported value"),
+    ),
+    InvalidCase(
+        "group-tool-policy-no-tools",
+        group(agent={"toolPolicy": {"rules": [{"tools": [], "action": "deny"}]}}),
+        ("spec.agent.toolPolicy.rules[0].tools", "should have at least 1 items"),
+    ),
+    InvalidCase(
+        "group-tool-policy-rule-without-action",
+        group(agent={"toolPolicy": {"rules": [{"tools": ["Bash"]}]}}),
+        ("spec.agent.toolPolicy.rules[0].action", "Required value"),
+    ),
+    InvalidCase(
+        "group-tool-policy-pattern-with-space",
+        group(agent={"toolPolicy": {"rules": [{"tools": ["Bash rm"], "action": "deny"}]}}),
+        ("spec.agent.toolPolicy.rules[0].tools[0]", "should match"),
+    ),
+    InvalidCase(
+        "group-tool-policy-empty-server",
+        group(agent={"toolPolicy": {"rules": [{"tools": ["/create_issue"], "action": "ask"}]}}),
+        ("spec.agent.toolPolicy.rules[0].tools[0]", "should match"),
+    ),
+    InvalidCase(
+        "group-tool-policy-two-slashes",
+        group(agent={"toolPolicy": {"rules": [{"tools": ["github/issues/create"], "action": "ask"}]}}),
+        ("spec.agent.toolPolicy.rules[0].tools[0]", "should match"),
+    ),
+    InvalidCase(
+        "group-tool-policy-unknown-server",
+        group(agent={"toolPolicy": {"rules": [{"tools": ["github/create_issue"], "action": "ask"}]}}),
+        ("spec.agent.toolPolicy.rules", "not in mcpServers"),
+    ),
+    InvalidCase(
+        "group-tool-policy-unknown-pynchy-tool",
+        group(agent={"toolPolicy": {"rules": [{"tools": ["pynchy/send_email"], "action": "deny"}]}}),
+        ("spec.agent.toolPolicy.rules[0].tools", "must name one of Pynchy's tools"),
+    ),
+    InvalidCase(
+        "group-tool-policy-timeout-too-short",
+        group(agent={"toolPolicy": {"approvalTimeoutSeconds": 5}}),
+        ("spec.agent.toolPolicy.approvalTimeoutSeconds", "should be greater than or equal to 30"),
+    ),
+    InvalidCase(
+        "group-tool-policy-timeout-too-long",
+        group(agent={"toolPolicy": {"approvalTimeoutSeconds": 90000}}),
+        ("spec.agent.toolPolicy.approvalTimeoutSeconds", "should be less than or equal to 86400"),
+    ),
+    InvalidCase(
+        "group-tool-policy-bad-approver",
+        group(agent={"toolPolicy": {"approvers": ["alice"]}}),
+        ("spec.agent.toolPolicy.approvers", "must be 'owner' or 'slack:<user id>'"),
+    ),
+    InvalidCase(
+        "group-tool-policy-no-approvers",
+        group(agent={"toolPolicy": {"approvers": []}}),
+        ("spec.agent.toolPolicy.approvers", "should have at least 1 items"),
+    ),
+    InvalidCase(
+        "group-tool-policy-too-many-rules",
+        group(agent={"toolPolicy": {"rules": [{"tools": [f"Tool{i}"], "action": "deny"} for i in range(33)]}}),
+        ("spec.agent.toolPolicy.rules", "must have at most 32 items"),
+    ),
 ]

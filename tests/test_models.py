@@ -249,6 +249,17 @@ PYDANTIC_REJECTS = {
     "group-tool-limits-zero-interval",
     "group-tool-limits-too-many-tasks",
     "group-tool-limits-messages-string",
+    "group-tool-policy-bad-action",
+    "group-tool-policy-bad-default",
+    "group-tool-policy-no-tools",
+    "group-tool-policy-rule-without-action",
+    "group-tool-policy-pattern-with-space",
+    "group-tool-policy-empty-server",
+    "group-tool-policy-two-slashes",
+    "group-tool-policy-timeout-too-short",
+    "group-tool-policy-timeout-too-long",
+    "group-tool-policy-no-approvers",
+    "group-tool-policy-too-many-rules",
 }
 
 CASES_BY_ID = {case.id: case for case in INVALID_CASES}

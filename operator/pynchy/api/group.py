@@ -169,8 +169,93 @@ class ToolLimits(ApiModel):
     )
 
 
+DEFAULT_APPROVAL_TIMEOUT_SECONDS = 300
+# Pynchy's agent tools (pynchy_agent.protocol.TOOLS; a test keeps the two equal: the API types import
+# nothing of the agent image).
+PYNCHY_TOOL_NAMES = (
+    "send_message",
+    "schedule_task",
+    "list_tasks",
+    "pause_task",
+    "resume_task",
+    "cancel_task",
+    "save_memory",
+    "recall_memories",
+    "forget_memory",
+    "reset_context",
+)
+# Built-in names (Bash, WebFetch), '<server>/<tool>' or a pattern of either; '*' and '?' are wildcards.
+TOOL_PATTERN = r"^([A-Za-z*?][A-Za-z0-9_*?]*|[a-z0-9*?][-a-z0-9_*?]*/[A-Za-z0-9*?][-A-Za-z0-9_.*?]*)$"
+APPROVER_RULE = "self.all(s, s == 'owner' || s.matches('^slack:[UW][A-Z0-9]{8,20}$'))"
+_PYNCHY_NAMES_CEL = "[" + ", ".join(f"'{n}'" for n in PYNCHY_TOOL_NAMES) + "]"
+
+ToolAction = Literal["allow", "ask", "deny"]
+
+
+class ToolRule(ApiModel):
+    """Tools matched by any of `tools` get `action`; rules are read in order and the first match decides."""
+
+    tools: list[Annotated[str, Field(min_length=1, max_length=128, pattern=TOOL_PATTERN)]] = Field(
+        min_length=1,
+        max_length=16,
+        description="Tool names or patterns: a built-in tool (Bash, Write, WebFetch), pynchy/<tool> for "
+        "Pynchy's tools (pynchy/send_message), <server>/<tool> for an MCP server's (github/create_issue); "
+        "'*' matches any characters, '?' one (github/*, */delete_*).",
+        json_schema_extra=validations(
+            cel(
+                "self.all(t, !t.startsWith('pynchy/') || t.contains('*') || t.contains('?') "
+                f"|| t.substring(7) in {_PYNCHY_NAMES_CEL})",
+                "tools: pynchy/<tool> must name one of Pynchy's tools: " + ", ".join(PYNCHY_TOOL_NAMES),
+            )
+        ),
+    )
+    action: ToolAction = Field(
+        description="allow: run it; ask: hold the call until an approver decides in the chat; deny: refuse it "
+        "(the model reads why)."
+    )
+
+
+class ToolPolicy(ApiModel):
+    """Which tool calls run, wait for a person's approval, or are refused (enforced by the gateway)."""
+
+    default: ToolAction = Field(default="allow", description="The action for a tool no rule matches.")
+    rules: list[ToolRule] = Field(
+        default_factory=list, max_length=32, description="Ordered rules; the first whose tools match decides."
+    )
+    approvers: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=lambda: ["owner"],
+        min_length=1,
+        max_length=32,
+        description="Who may approve or deny an 'ask': 'owner' (the gateway's configured owner; in the local "
+        "channel its user) or 'slack:<user id>' entries.",
+        json_schema_extra=validations(
+            cel(APPROVER_RULE, "approvers entries must be 'owner' or 'slack:<user id>' such as slack:U0123ABCD")
+        ),
+    )
+    approval_timeout_seconds: int = Field(
+        default=DEFAULT_APPROVAL_TIMEOUT_SECONDS,
+        ge=30,
+        le=86400,
+        description="A request nobody decides within this many seconds is denied (and its message says so).",
+    )
+
+
 class AgentSettings(ApiModel):
     """How the Group's agent behaves."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "!has(self.toolPolicy) || !has(self.toolPolicy.rules) || self.toolPolicy.rules.all(r, "
+                "r.tools.all(t, !t.contains('/') || t.split('/')[0] == 'pynchy' || t.split('/')[0].contains('*') "
+                "|| t.split('/')[0].contains('?') "
+                "|| (has(self.mcpServers) && self.mcpServers.exists(s, s.name == t.split('/')[0]))))",
+                "toolPolicy.rules: a tool pattern <server>/<tool> names a server that is not in mcpServers; "
+                "add the server or fix the name (pynchy/<tool> is for Pynchy's own tools)",
+                field_path=".toolPolicy.rules",
+            ),
+        )
+    }
 
     model: str | None = Field(
         default=None,
@@ -222,6 +307,11 @@ class AgentSettings(ApiModel):
     tool_limits: ToolLimits | None = Field(
         default=None,
         description="Limits on send_message and schedule_task; empty uses the gateway's defaults for each.",
+    )
+    tool_policy: ToolPolicy | None = Field(
+        default=None,
+        description="Allow, ask a person about, or deny tool calls (built-in, Pynchy and MCP tools); empty "
+        "allows every tool the agent has.",
     )
 
 
