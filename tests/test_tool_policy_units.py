@@ -80,6 +80,7 @@ def test_the_api_type_takes_a_policy_in_its_wire_shape() -> None:
         }
     )
     policy = spec.agent.tool_policy
-    assert policy is not None and policy.approval_timeout_seconds == 60
+    assert policy is not None
+    assert policy.approval_timeout_seconds == 60
     assert Policy.of(policy.model_dump(by_alias=True)).action("Bash") == "ask"
     assert Policy.of(policy.model_dump(by_alias=True)).action("Write") == "deny"
