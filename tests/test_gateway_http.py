@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from pynchy.aio import TaskSet
 from pynchy.chat.protocol import CHAT_PREFIX
 from pynchy.gateway.agentruns import AgentRuns, RunEntry, RunIndex, parse_run
+from pynchy.gateway.approvals import Approvals
 from pynchy.gateway.db import Db
 from pynchy.gateway.delivery import Delivery
 from pynchy.gateway.hooks import ChannelHooks
@@ -36,6 +37,7 @@ from pynchy.gateway.proxy import ModelProxy
 from pynchy.gateway.routing import Directory
 from pynchy.gateway.spend import SpendGuard
 from pynchy.gateway.stats import StatsReporter
+from pynchy.gateway.toolgate import ToolGate
 from pynchy.gateway.toollimits import LimitValues
 from pynchy.gateway.tools import Tools
 from pynchy.gateway.turnhub import TurnHub
@@ -99,6 +101,8 @@ class Parts:
     lifecycle: TurnLifecycle
     proxy: ModelProxy
     spend: SpendGuard
+    approvals: Approvals
+    gate: ToolGate
 
 
 def build(
@@ -122,12 +126,14 @@ def build(
     outbox = Outbox(db, delivery, directory)
     tools = Tools(kube, db, directory, outbox.send, LimitValues(10, 20, 300))  # type: ignore[arg-type]
     auth = RunAuth(KEY, runs, directory)
+    approvals = Approvals(db, delivery, directory, None, lambda ns, run: (index.get(ns, run) is None))
+    gate = ToolGate(db, directory, approvals)
     app = web.Application()
-    app.add_subapp(RUN_API_PREFIX, RunApi(db, hub, runs, lifecycle, tools, stats, tasks, 60.0).app(auth))
+    app.add_subapp(RUN_API_PREFIX, RunApi(db, hub, runs, lifecycle, tools, stats, tasks, 60.0, gate).app(auth))
     proxy = ModelProxy(upstream, "sk-ant-test-key", None)
     spend = SpendGuard(db, DEFAULT_PRICES, outbox.post, clock=clock or (lambda: datetime.now(UTC)))
     app.add_subapp(MODEL_PROXY_PREFIX, ModelApi(db, proxy, spend).app(auth))
-    return Parts(db, kube, directory, index, runs, hub, stats, tasks, lifecycle, proxy, spend), app
+    return Parts(db, kube, directory, index, runs, hub, stats, tasks, lifecycle, proxy, spend, approvals, gate), app
 
 
 Scenario = Callable[[TestClient[Any, Any], Parts], Awaitable[None]]

@@ -316,7 +316,7 @@ def test_the_metrics_port_serves_status_with_the_store_and_the_queue(db: Db) -> 
     assert probe.health.store.latency_ms is not None
     assert (probe.health.queue_depth, probe.health.running_turns, probe.health.active_runs) == (2, 0, 1)
     assert probe.health.queued == {"home/demo": 2}  # Groups without queued turns are left out
-    assert probe.health.pending_approvals is None
+    assert probe.health.pending_approvals == 0
 
 
 def test_a_failing_or_stuck_store_is_reported_not_raised(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:

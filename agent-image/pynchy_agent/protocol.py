@@ -8,6 +8,8 @@ token as `Authorization: Bearer <token>`; the token names the run, so paths carr
     POST /v1/run/turns/{turnId}/events  EventBatch -> 204
     POST /v1/run/session                SessionReport -> 204
     POST /v1/run/tools/{tool}           ToolCall -> 200 ToolResult | 403/404/409/422/429 ApiError
+    POST /v1/run/permissions?wait=<s>   PermissionRequest -> 200 PermissionAnswer (the tool policy,
+                                        asked before any tool runs; 'pending': ask again, same id)
 
 Errors always have the ApiError shape. The model proxy lives at `<gateway>/model` and takes
 the same token as the Anthropic API key.
@@ -106,6 +108,23 @@ class SessionReport(WireModel):
 
 class ToolCall(WireModel):
     arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class PermissionRequest(WireModel):
+    """The runner asks before Claude Code runs a tool (its PreToolUse hook)."""
+
+    tool: str = Field(min_length=1, max_length=200, description="The tool as Claude Code names it: Bash, mcp__s__t.")
+    input: dict[str, Any] = Field(default_factory=dict)
+    tool_use_id: str = Field(
+        min_length=1, max_length=200, description="Idempotency: the same id finds the same request."
+    )
+    turn_id: str | None = Field(default=None, max_length=64, description="The turn it runs for (where to ask).")
+
+
+class PermissionAnswer(WireModel):
+    decision: Literal["allow", "deny", "pending"]
+    reason: str = Field(default="", description="Why it was denied, for the model.")
+    approval: str | None = Field(default=None, description="The approval request's id, when a person was asked.")
 
 
 class ToolResult(WireModel):

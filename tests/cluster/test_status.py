@@ -83,7 +83,7 @@ def test_status_shows_groups_runs_the_queue_and_the_store(
     assert health["store"]["latency_ms"] >= 0
     assert (health["queue_depth"], health["active_runs"]) == (1, 1)
     assert health["queued"] == {f"{namespace}/home": 1}
-    assert health["pending_approvals"] is None
+    assert health["pending_approvals"] == 0
 
     # The gateway writes the Group's spend (no budget here) into its status, and status shows it.
     wait_for(

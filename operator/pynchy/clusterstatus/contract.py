@@ -31,7 +31,7 @@ class GatewayHealth(_Wire):
         default_factory=dict, description="`namespace/name` -> queued turns, for the Groups with any."
     )
     pending_approvals: int | None = Field(
-        default=None, description="Actions waiting for a person's approval; approvals do not exist yet, so null."
+        default=None, description="Tool calls waiting for a person's approval; null when the store cannot be read."
     )
 
     def to_wire(self) -> dict[str, object]:

@@ -13,8 +13,9 @@ from kubernetes.client import ApiClient
 from pynchy.aio import TaskSet
 from pynchy.clusterstatus.contract import STATUS_PATH
 from pynchy.gateway.agentruns import AgentRuns, RunEntry, RunIndex
+from pynchy.gateway.approvals import Approvals
 from pynchy.gateway.budget import Limits
-from pynchy.gateway.channels.base import Accepted, Channel, Inbound
+from pynchy.gateway.channels.base import Accepted, Channel, DecisionReply, Inbound
 from pynchy.gateway.command_runner import CommandRunner
 from pynchy.gateway.db import Db
 from pynchy.gateway.delivery import Delivery
@@ -35,6 +36,7 @@ from pynchy.gateway.routing import Directory
 from pynchy.gateway.settings import GatewaySettings
 from pynchy.gateway.spend import SpendGuard
 from pynchy.gateway.stats import StatsReporter
+from pynchy.gateway.toolgate import ToolGate
 from pynchy.gateway.tools import Tools
 from pynchy.gateway.turnhub import TurnHub, TurnWatch
 from pynchy.gateway.usage import ModelUsage
@@ -101,7 +103,9 @@ class Gateway:
             self.tasks,
             self.metrics.turns,
         )
-        self.commands = CommandRunner(self.db, self.api, self.hub, self.runs, self.hooks, self.outbox)
+        self.approvals = Approvals(self.db, self.delivery, self.directory, settings.owner, self._run_ended)
+        self.tools_gate = ToolGate(self.db, self.directory, self.approvals)
+        self.commands = CommandRunner(self.db, self.api, self.hub, self.runs, self.hooks, self.outbox, self.approvals)
         self.inbox = Inbox(
             self.db, self.directory, settings.owner, self.commands.run, self.lifecycle.queued, self.metrics.inbound
         )
@@ -128,6 +132,10 @@ class Gateway:
 
     def watch(self, turn_id: str) -> TurnWatch:
         return self.hub.watch(turn_id)
+
+    async def decide_approval(self, approval_id: str, approve: bool, sender: str) -> DecisionReply:
+        """A person's Approve / Deny from a channel's button (text commands go through the inbox)."""
+        return await self.approvals.decide(approval_id, approve, sender)
 
     def add_channel(self, channel: Channel) -> None:
         """Register a channel before start(): its routes, its deliveries, its turn hooks."""
@@ -159,6 +167,10 @@ class Gateway:
             self.lifecycle.run_event(kind, run)
             self.group_status.note(run.namespace, run.group)
 
+    def _run_ended(self, namespace: str, run: str) -> bool:
+        entry = self.run_index.get(namespace, run)
+        return entry is None or entry.over
+
     def _run_finished(self, run: RunEntry) -> None:
         self.metrics.runs.finished(run.namespace, run.group, run.phase or "")
 
@@ -189,6 +201,7 @@ class Gateway:
             self.stats,
             self.tasks,
             self.settings.long_poll_seconds,
+            self.tools_gate,
         )
         app.add_subapp(RUN_API_PREFIX, run_api.app(auth))
         app.add_subapp(MODEL_PROXY_PREFIX, ModelApi(self.db, self.proxy, self.spend).app(auth))
@@ -227,6 +240,7 @@ class Gateway:
     async def _background(self, app: web.Application) -> AsyncIterator[None]:
         self.tasks.spawn(self.group_status.run(), name="group-status")
         self.tasks.spawn(self.pruner.run(), name="store-retention")
+        self.tasks.spawn(self.approvals.run(), name="approvals")
         yield
         await self.tasks.close()
 

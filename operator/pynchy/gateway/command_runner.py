@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from pynchy.gateway.agentruns import AgentRuns
+from pynchy.gateway.approvals import Approvals
 from pynchy.gateway.channels.base import Inbound
 from pynchy.gateway.commands import HELP, Command
 from pynchy.gateway.db import Db
@@ -33,11 +34,17 @@ class CommandRunner:
     runs: AgentRuns
     hooks: ChannelHooks
     outbox: Outbox
+    approvals: Approvals
 
-    async def run(self, entry: GroupEntry, inbound: Inbound, command: Command) -> str:
+    async def run(self, entry: GroupEntry, inbound: Inbound, command: Command, argument: str = "") -> str:
         """Answer a command; the answer goes back through the ledger, keyed by the message."""
         ns, group = entry.namespace, entry.name
-        if command == Command.RESET:
+        if command in (Command.APPROVE, Command.DENY):
+            answer = await self.approvals.decide(
+                argument, command == Command.APPROVE, inbound.sender, namespace=ns, group=group
+            )
+            reply = answer.text
+        elif command == Command.RESET:
             await self.db.call(_mark_reset, ns, group)
             reply = "Done: the next message starts a fresh conversation (saved memories are kept)."
         elif command == Command.STOP:
@@ -87,9 +94,10 @@ class CommandRunner:
 
     async def _pending_text(self, ns: str, group: str) -> str:
         rows = await self.db.call(turn_store.open_turns, ns, group)
-        if not rows:
+        asks = await self.approvals.pending(ns, group)
+        if not rows and not asks:
             return "Nothing pending. " + HELP
-        lines = []
+        lines = [f"- approval [{a.id}]: {a.tool} (`approve {a.id}` / `deny {a.id}`)" for a in asks]
         for row in rows[:PENDING_LISTED]:
             state = "running" if row.state == turn_store.DELIVERED else "queued"
             prompt = row.prompt if len(row.prompt) <= 80 else row.prompt[:77] + "..."

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 
 class Command(StrEnum):
     RESET = "reset"  # the next message starts a fresh session (memories stay)
     STOP = "stop"  # stop the running turn and drop queued ones
-    PENDING = "pending"  # list what is running and queued
+    PENDING = "pending"  # list what is running and queued, and the approval requests
+    APPROVE = "approve"  # approve <id>: an approval request
+    DENY = "deny"  # deny <id>
 
 
 _RESET_VERBS = ("reset", "restart", "clear", "new", "wipe")
@@ -31,4 +34,18 @@ def parse_command(text: str) -> Command | None:
     return _WORDS.get(" ".join(words.split()))
 
 
-HELP = "Commands: `reset` (fresh conversation), `stop` (stop the current run), `pending` (what is queued)."
+_DECISION = re.compile(r"^[/!]?(approve|deny|reject)\s+\[?([a-z0-9]{4,16})\]?[.!]?$")
+
+
+def parse_decision(text: str) -> tuple[Command, str] | None:
+    """`approve <id>` / `deny <id>` (also `reject <id>`, `/approve [id]`): the command and the id."""
+    match = _DECISION.match(" ".join(text.strip().lower().split()))
+    if match is None:
+        return None
+    return (Command.APPROVE if match.group(1) == "approve" else Command.DENY), match.group(2)
+
+
+HELP = (
+    "Commands: `reset` (fresh conversation), `stop` (stop the current run), `pending` (what is queued "
+    "and waiting for approval), `approve <id>` / `deny <id>` (an approval request)."
+)

@@ -22,6 +22,7 @@ from pynchy.gateway.routing import Directory
 from pynchy.gateway.turnhub import TurnHub
 from pynchy.logs import get_logger
 from pynchy.metrics import group_label
+from pynchy.store import approvals as approval_store
 from pynchy.store import turns as turn_store
 
 log = get_logger(__name__)
@@ -89,6 +90,7 @@ class Health:
             running_turns=sum(state.running.values()),
             active_runs=active,
             queued={group: n for group, n in sorted(state.queued.items()) if n},
+            pending_approvals=await self.db.call(approval_store.count_pending),
         )
 
     async def handle(self, request: web.Request) -> web.Response:

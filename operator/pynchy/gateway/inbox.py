@@ -21,7 +21,7 @@ from pynchy.store import messages
 from pynchy.store import turns as turn_store
 from pynchy.store.models import MessageRow, TurnRow
 
-RunCommand = Callable[[GroupEntry, Inbound, Command], Awaitable[str]]
+RunCommand = Callable[[GroupEntry, Inbound, Command, str], Awaitable[str]]  # (…, argument)
 
 log = get_logger(__name__)
 
@@ -136,7 +136,7 @@ class Inbox:
             return Accepted(Outcome.IGNORED, ns, group, message_id=stored.message.id, reason=decision.reason)
         if decision.action == "command":
             assert decision.command is not None
-            reply = await self.run_command(entry, inbound, decision.command)
+            reply = await self.run_command(entry, inbound, decision.command, decision.argument)
             return Accepted(Outcome.COMMAND, ns, group, message_id=stored.message.id, reply=reply)
         turn = stored.turn
         assert turn is not None

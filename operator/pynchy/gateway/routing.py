@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from pynchy.aio import LogOnce
 from pynchy.api.group import GroupSpec
 from pynchy.gateway.channels.base import Inbound
-from pynchy.gateway.commands import Command, parse_command
+from pynchy.gateway.commands import Command, parse_command, parse_decision
 from pynchy.logs import get_logger
 
 log = get_logger(__name__)
@@ -114,6 +114,7 @@ class Decision:
     text: str = ""  # the prompt (aliases removed) for a turn
     command: Command | None = None
     reason: str = ""
+    argument: str = ""  # a command's argument: the approval id of approve/deny
 
 
 def sender_allowed(allowed: list[str], sender: str, owner: str | None) -> bool:
@@ -146,6 +147,9 @@ def decide(entry: GroupEntry, inbound: Inbound, owner: str | None, *, agent_thre
     if without_alias is not None:
         text, addressed = without_alias.strip(), True
     command = parse_command(text)
+    decision = parse_decision(text)
+    if decision is not None and (addressed or spec.trigger.mode == "always"):
+        return Decision("command", command=decision[0], argument=decision[1])
     if command is not None and (addressed or spec.trigger.mode == "always"):
         return Decision("command", command=command)
     if spec.trigger.mode == "mention" and not addressed:

@@ -178,6 +178,8 @@ class OutboundRow(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending")
     # The channel's id of the message once posted (Slack ts); a placeholder's before the final text.
     external_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Channel-specific layout as JSON (Slack Block Kit: an approval's buttons); text stays the fallback.
+    blocks: Mapped[str | None] = mapped_column(Text, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
@@ -208,3 +210,41 @@ class AuditRow(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
     __table_args__ = (Index("ix_audit_at", "at"),)  # retention: the old rows without reading the whole table
+
+
+class ApprovalRow(Base):
+    """A tool call held for a person's decision (an 'ask' of the Group's tool policy)."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # short, typed in 'approve <id>'
+    # Idempotency key of the request: 'hook:<run uid>:<tool use id>' (the runner, retried across gateway
+    # restarts) or 'call:<run uid>:<kind>:<call id>' (a call that reached the gateway unannounced).
+    key: Mapped[str] = mapped_column(String(300))
+    namespace: Mapped[str] = mapped_column(String(63))
+    group: Mapped[str] = mapped_column(String(63))
+    run: Mapped[str] = mapped_column(String(253))
+    run_uid: Mapped[str] = mapped_column(String(64))
+    turn_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    tool: Mapped[str] = mapped_column(String(200))  # the policy's name: Bash, pynchy/send_message, github/x
+    args_digest: Mapped[str] = mapped_column(String(64))
+    summary: Mapped[str] = mapped_column(Text)  # what the approver is shown
+    # pending | approved | denied | expired; consumed once the approved call ran (one approval, one call)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    consumed: Mapped[bool] = mapped_column(Boolean, default=False)
+    decided_by: Mapped[str | None] = mapped_column(String(255), default=None)
+    channel: Mapped[str | None] = mapped_column(String(16), default=None)
+    channel_id: Mapped[str | None] = mapped_column(String(63), default=None)
+    thread: Mapped[str | None] = mapped_column(String(64), default=None)
+    outbound_key: Mapped[str | None] = mapped_column(String(200), default=None)  # the request's ledger row
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    reported: Mapped[bool] = mapped_column(Boolean, default=False)  # the outcome shown in the channel
+
+    __table_args__ = (
+        UniqueConstraint("key", name="uq_approvals_key"),
+        Index("ix_approvals_state_expires_at", "state", "expires_at"),
+        Index("ix_approvals_group", "namespace", "group", "state"),
+        Index("ix_approvals_run", "run_uid", "tool", "state"),
+    )

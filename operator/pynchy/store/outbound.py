@@ -35,6 +35,7 @@ def add(
     turn_id: str | None = None,
     is_error: bool = False,
     streaming: bool = False,
+    blocks: str | None = None,
 ) -> tuple[OutboundRow, bool]:
     """Put a message in the ledger once per `key`. Returns (row, created). A message with no
     channel is kept as `stored` (nobody to deliver to, but the record stays)."""
@@ -51,6 +52,7 @@ def add(
         thread=thread,
         turn_id=turn_id,
         is_error=is_error,
+        blocks=blocks,
         state=(STREAMING if streaming else PENDING) if channel else STORED,
         created_at=datetime.now(UTC),
     )
@@ -99,6 +101,20 @@ def set_text(session: Session, key: str, text: str, is_error: bool = False) -> O
         row.is_error = is_error
     if row.channel and row.state in (SENT, STREAMING):
         row.state = PENDING
+    return row
+
+
+def restate(session: Session, key: str, text: str, blocks: str | None) -> OutboundRow | None:
+    """New text and layout for a message already in the ledger (an approval's outcome replaces its
+    buttons): sent again, as an update in place once the channel has it (external_id)."""
+    row = by_key(session, key)
+    if row is None:
+        return None
+    row.text = text
+    row.blocks = blocks
+    if row.channel and row.state in (SENT, FAILED):
+        row.state = PENDING
+        row.attempts = 0
     return row
 
 

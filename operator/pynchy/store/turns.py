@@ -193,6 +193,17 @@ def get(session: Session, turn_id: str) -> TurnRow | None:
     return session.get(TurnRow, turn_id)
 
 
+def delivered_to_run(session: Session, namespace: str, run: str) -> TurnRow | None:
+    """The turn a run is working on now (the oldest delivered to it and not finished)."""
+    stmt = (
+        select(TurnRow)
+        .where(TurnRow.namespace == namespace, TurnRow.delivered_to == run, TurnRow.state == DELIVERED)
+        .order_by(TurnRow.seq)
+        .limit(1)
+    )
+    return session.scalar(stmt)
+
+
 def open_turns(session: Session, namespace: str, group: str) -> list[TurnRow]:
     """The Group's turns not yet answered (running first, then queued), in order."""
     rows = session.scalars(

@@ -59,6 +59,14 @@ class Accepted:
     reason: str = ""  # why it was ignored, for the log
 
 
+@dataclass(frozen=True)
+class DecisionReply:
+    """What the gateway made of a person's Approve / Deny (a button, or `approve <id>`)."""
+
+    text: str  # the answer for the person who decided (a refusal says why)
+    decided: bool  # False: refused (not an approver, unknown id, decided already); nothing changed
+
+
 class DeliveryError(PynchyError):
     """A send failed. `retry_after` (seconds) when the channel said when to retry; `permanent`
     when retrying cannot help (a deleted channel, a rejected message)."""

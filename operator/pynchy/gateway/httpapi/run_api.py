@@ -3,6 +3,7 @@ Pynchy's tools). Every route is authenticated by the run token, in one middlewar
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from pynchy.gateway.httpapi.runauth import RUN_CONTEXT, RunAuth, RunContext, Run
 from pynchy.gateway.lifecycle import TurnLifecycle
 from pynchy.gateway.problems import Handler, RequestError, api_error_body, bearer, parse, problems
 from pynchy.gateway.stats import StatsReporter
+from pynchy.gateway.toolgate import ToolGate
 from pynchy.gateway.tools import ToolError, Tools
 from pynchy.gateway.turnhub import TurnHub
 from pynchy.gateway.usage import usage_row
@@ -25,13 +27,17 @@ from pynchy.store import turns as turn_store
 from pynchy_agent.protocol import (
     MAX_WAIT_SECONDS,
     EventBatch,
+    PermissionAnswer,
+    PermissionRequest,
     RunInfo,
     SessionReport,
     ToolCall,
+    ToolUse,
     Turn,
     TurnFailed,
     TurnResult,
 )
+from pynchy_agent.toolpolicy import PYNCHY_SERVER, arguments_digest, policy_name
 
 log = get_logger(__name__)
 
@@ -64,6 +70,7 @@ class RunApi:
     stats: StatsReporter
     tasks: TaskSet
     long_poll_seconds: float
+    gate: ToolGate
 
     def app(self, auth: RunAuth) -> web.Application:
         """The sub-app, to mount at RUN_API_PREFIX."""
@@ -73,6 +80,7 @@ class RunApi:
         app.router.add_post("/turns/{turn}/events", self.events)
         app.router.add_post("/session", self.session)
         app.router.add_post("/tools/{tool}", self.tool)
+        app.router.add_post("/permissions", self.permission)
         return app
 
     async def info(self, request: web.Request) -> web.Response:
@@ -144,6 +152,9 @@ class RunApi:
             raise RequestError(404, f"turn {turn_id} was not delivered to this run")
         if batch.events:
             self.lifecycle.events_posted(turn_id)
+        uses = [e for e in batch.events if isinstance(e, ToolUse)]
+        if uses:  # what the agent actually did, built-in tools too
+            await self.db.call(_audit_tool_uses, ctx, uses, self.gate.servers(ctx.caller))
         for event in batch.events:
             self.hub.publish(turn_id, event)
             if isinstance(event, TurnResult | TurnFailed):
@@ -184,12 +195,45 @@ class RunApi:
         _live(ctx)
         call = parse(ToolCall, await request.read() or b"{}", "tool call")
         name = request.match_info["tool"]
+        verdict = await self.gate.check(ctx.caller, ctx.claims.uid, f"{PYNCHY_SERVER}/{name}", call.arguments)
+        if not verdict.allowed:
+            log.info("tool refused by the tool policy", run=ctx.name, tool=name, by=verdict.decided_by)
+            raise RequestError(403, verdict.reason)
         try:
             result = await self.tools.call(ctx.caller, name, call.arguments)
         except ToolError as exc:
             log.info("tool refused", run=ctx.name, tool=name, status=exc.status, reason=str(exc))
             raise RequestError(exc.status, str(exc)) from None
         return web.json_response(result.wire())
+
+    async def permission(self, request: web.Request) -> web.Response:
+        ctx = request[RUN_CONTEXT]
+        _live(ctx)
+        ask = parse(PermissionRequest, await request.read(), "permission request")
+        try:
+            wait = min(float(request.query.get("wait", "0")), self.long_poll_seconds, MAX_WAIT_SECONDS)
+        except ValueError:
+            raise RequestError(400, "wait must be a number of seconds") from None
+        tool = policy_name(ask.tool, self.gate.servers(ctx.caller))
+        decision, reason, approval = await self.gate.preflight(
+            ctx.caller, ctx.claims.uid, tool, ask.input, tool_use_id=ask.tool_use_id, turn_id=ask.turn_id, wait=wait
+        )
+        answer = PermissionAnswer(decision=decision, reason=reason, approval=approval)  # type: ignore[arg-type]
+        return web.json_response(answer.wire())
+
+
+def _audit_tool_uses(session: Session, ctx: RunContext, uses: list[ToolUse], servers: list[str]) -> None:
+    for use in uses:
+        tool = policy_name(use.name, servers)
+        records.audit(
+            session,
+            namespace=ctx.namespace,
+            group=ctx.group_name,
+            run=ctx.name,
+            action=f"tool:{tool}"[:64],
+            allowed=True,
+            detail=json.dumps({"tool": tool, "argsDigest": arguments_digest(use.input), "decision": "used"}),
+        )
 
 
 def _take_reset(session: Session, namespace: str, group: str) -> bool:
