@@ -17,6 +17,8 @@ from pynchy_agent.protocol import (
     ApiError,
     Event,
     EventBatch,
+    PermissionAnswer,
+    PermissionRequest,
     RunInfo,
     SessionReport,
     ToolCall,
@@ -150,6 +152,15 @@ class RunApiClient:
             "POST", f"/tools/{name}", json=ToolCall(arguments=arguments).wire(), timeout=120.0, idempotent=False
         )
         return ToolResult.model_validate_json(response.content)
+
+
+    async def ask_permission(self, ask: PermissionRequest, wait: float) -> PermissionAnswer:
+        """The tool policy's answer for a tool use; 'pending' after `wait` seconds (ask again). Idempotent
+        by the tool use id, so it is retried through a gateway restart like every other call."""
+        response = await self._request(
+            "POST", "/permissions", json=ask.wire(), params={"wait": int(wait)}, timeout=wait + 30.0
+        )
+        return PermissionAnswer.model_validate_json(response.content)
 
 
 def _checked(response: httpx.Response) -> httpx.Response:

@@ -42,6 +42,7 @@ class AgentConfig(_Model):
     model: str | None = None
     allowed_tools: list[str] = Field(default_factory=list)
     mcp_servers: list[McpServer] = Field(default_factory=list)
+    tool_policy: dict[str, Any] | None = None  # Group.spec.agent.toolPolicy, as toolpolicy.Policy.of reads it
     max_turns: int | None = Field(default=None, ge=1)
     timeout_seconds: int | None = Field(default=None, ge=1)
     idle_timeout_seconds: int | None = Field(default=None, ge=1)

@@ -124,6 +124,11 @@ class Conversation:
     # -- state -------------------------------------------------------------------------
 
     @property
+    def current_turn_id(self) -> str | None:
+        """The turn tool uses belong to now (the oldest unfinished one)."""
+        return self.in_flight[0].turn.id if self.in_flight else None
+
+    @property
     def busy(self) -> bool:
         return bool(self.in_flight)
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from claude_agent_sdk import ClaudeAgentOptions
-from claude_agent_sdk.types import McpSdkServerConfig, SystemPromptPreset
+from claude_agent_sdk import ClaudeAgentOptions, HookMatcher
+from claude_agent_sdk.types import HookEvent, McpSdkServerConfig, SystemPromptPreset
 
 from pynchy_agent.config import GroupConfig, mcp_servers
 from pynchy_agent.settings import RunnerSettings
@@ -54,6 +54,7 @@ def build_options(
     pynchy: McpSdkServerConfig,
     env: dict[str, str],
     stderr: Callable[[str], None] | None = None,
+    hooks: dict[HookEvent, list[HookMatcher]] | None = None,
 ) -> ClaudeAgentOptions:
     agent = config.agent
     servers: dict[str, Any] = mcp_servers(agent, settings.mcp_secrets_dir)
@@ -74,4 +75,6 @@ def build_options(
         resume=resume,
         env={"HOME": str(settings.home), "IS_SANDBOX": "1", **side_model_env(agent.model), **env},
         stderr=stderr,
+        # The tool policy's check before every tool (permissions.py); bypassPermissions does not skip hooks.
+        hooks=hooks,
     )

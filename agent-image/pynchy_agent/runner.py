@@ -18,9 +18,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from claude_agent_sdk import ClaudeAgentOptions
+from claude_agent_sdk import ClaudeAgentOptions, HookMatcher
+from claude_agent_sdk.types import HookEvent
 
 from pynchy_agent.client import (
     GatewayUnavailableError,
@@ -36,9 +38,11 @@ from pynchy_agent.errors import AgentError
 from pynchy_agent.gitclone import GitError, git_environment, prepare_workspace
 from pynchy_agent.logs import configure_logging
 from pynchy_agent.options import build_options
+from pynchy_agent.permissions import PermissionHook, permission_hooks
 from pynchy_agent.protocol import Turn, TurnFailed
 from pynchy_agent.session import SessionStore
 from pynchy_agent.settings import RunnerSettings, SettingsError, load_settings
+from pynchy_agent.toolpolicy import Policy
 from pynchy_agent.tools import pynchy_server
 
 log = logging.getLogger("pynchy_agent")
@@ -240,6 +244,8 @@ async def serve(settings: RunnerSettings, config: GroupConfig) -> int:
         resume = initial.session_id if initial else None
         log.info("run started", extra={"context_mode": info.context_mode, "cwd": str(cwd), "resume": resume})
 
+        hooks = tool_policy_hooks(api, config, lambda: conversation.current_turn_id)
+
         def make_options(resume: str | None) -> ClaudeAgentOptions:
             return build_options(
                 settings,
@@ -249,6 +255,7 @@ async def serve(settings: RunnerSettings, config: GroupConfig) -> int:
                 pynchy=pynchy_server(api, lambda: conversation.request_reset()),
                 env=git_env,
                 stderr=lambda line: logging.getLogger("claude").info(line.rstrip()),
+                hooks=hooks,
             )
 
         conversation = Conversation(
@@ -277,6 +284,21 @@ def fail(message: str, code: int, termination_log: Path) -> int:
     print(f"pynchy-agent: {message}", file=sys.stderr, flush=True)
     write_termination_log(termination_log, message)
     return code
+
+
+DEFAULT_APPROVAL_TIMEOUT = 300
+
+
+def tool_policy_hooks(
+    api: RunApiClient, config: GroupConfig, current_turn: Callable[[], str | None]
+) -> dict[HookEvent, list[HookMatcher]] | None:
+    """The PreToolUse hook when the Group has a tool policy that does not simply allow everything."""
+    policy = Policy.of(config.agent.tool_policy)
+    if policy.default == "allow" and all(rule.action == "allow" for rule in policy.rules):
+        return None
+    servers = [s.name for s in config.agent.mcp_servers]
+    timeout = int((config.agent.tool_policy or {}).get("approvalTimeoutSeconds") or DEFAULT_APPROVAL_TIMEOUT)
+    return permission_hooks(PermissionHook(api, policy, servers, current_turn), timeout)
 
 
 def _stop_during_start_up(signum: int, frame: object) -> None:

@@ -124,7 +124,7 @@ class Approvals:
         )
         if created:
             out_key = f"approval:{row.id}"
-            blocks = json.dumps(view.request_blocks(row)) if row.channel == "slack" else None
+            blocks = json.dumps(view.request_blocks(row) if row.channel == "slack" else view.request_data(row))
             outbound.add(
                 session,
                 key=out_key,

@@ -53,6 +53,11 @@ def outcome_text(row: ApprovalRow, *, run_ended: bool = False) -> str:
     return f"[{row.id}] {row.tool}: {outcome_line(row, run_ended=run_ended)}."
 
 
+def request_data(row: ApprovalRow) -> dict[str, Any]:
+    """The request as data, for channels that draw it themselves (the local channel's `pynchy chat`)."""
+    return {"approval": {"id": row.id, "tool": row.tool}}
+
+
 def request_blocks(row: ApprovalRow) -> list[dict[str, Any]]:
     return [
         _section(f":lock: *Approval needed* `{row.id}`: the agent wants to use *{row.tool}*"),

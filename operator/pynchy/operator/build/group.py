@@ -82,6 +82,8 @@ def agent_config(g: Group, inputs: GroupInputs, settings: OperatorSettings) -> d
             {"name": m.name, "transport": m.transport, "url": m.url, "headersSecret": bool(m.headers_secret_ref)}
             for m in agent.mcp_servers
         ],
+        # The runner asks the gateway only about the calls this does not allow outright.
+        "toolPolicy": agent.tool_policy.model_dump(mode="json", by_alias=True) if agent.tool_policy else None,
         "maxTurns": agent.max_turns,
         "timeoutSeconds": agent.timeout_seconds,
         "idleTimeoutSeconds": agent.idle_timeout_seconds,
