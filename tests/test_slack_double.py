@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from conftest import RUN_TOKEN_KEY
 from doubles.slack import APP_TOKEN, BOT_TOKEN, BOT_USER, SIGNING_SECRET, SlackDouble, wait_until
-from pynchy.gateway.channels.base import Accepted, DeliveryError, Inbound, Outcome
+from pynchy.gateway.channels.base import Accepted, DecisionReply, DeliveryError, Inbound, Outcome
 from pynchy.gateway.db import Db
 from pynchy.gateway.settings import GatewaySettings
 from pynchy.gateway.slack.channel import SlackChannel
@@ -79,6 +79,46 @@ def test_web_api_round_trip(double: SlackDouble) -> None:
     assert double.reactions(CHANNEL, double.channel_messages(CHANNEL)[0]["ts"]) == ["eyes"]
 
 
+def test_blocks_and_ephemeral_messages(double: SlackDouble) -> None:
+    button = {"type": "button", "action_id": "act", "value": "v1", "text": {"type": "plain_text", "text": "Go"}}
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": "*hi*"}},
+        {"type": "actions", "block_id": "b1", "elements": [button]},
+    ]
+    plain = [{"type": "section", "text": {"type": "mrkdwn", "text": "done"}}]
+
+    async def main() -> str:
+        client = make_client(BOT_TOKEN, double.api_url)
+        posted = await client.chat_postMessage(channel=CHANNEL, text="hi", blocks=blocks)
+        ts = str(posted["ts"])
+        assert double.buttons(CHANNEL, ts) == [button | {"block_id": "b1"}]
+        await client.chat_update(channel=CHANNEL, ts=ts, text="still hi")  # blocks left out: kept
+        assert double.buttons(CHANNEL, ts)
+        await client.chat_update(channel=CHANNEL, ts=ts, text="done", blocks=plain)
+        history = await client.conversations_history(channel=CHANNEL)
+        assert history["messages"][0]["blocks"] == plain  # as Slack shows it, without the double's edits
+        assert "block_edits" not in history["messages"][0]
+        with pytest.raises(SlackApiError) as err:
+            await client.chat_postMessage(channel=CHANNEL, text="x", blocks=[{"text": "no type"}])
+        assert err.value.response["error"] == "invalid_blocks"
+        eph = await client.chat_postEphemeral(channel=CHANNEL, user="U0PERSON001", text="only you", thread_ts=ts)
+        assert eph["message_ts"]
+        with pytest.raises(SlackApiError) as err:
+            await client.chat_postEphemeral(channel=CHANNEL, user="nobody", text="x")
+        assert err.value.response["error"] == "user_not_found"
+        return ts
+
+    ts = asyncio.run(main())
+    message = double.message(CHANNEL, ts)
+    assert message is not None
+    assert message["blocks"] == plain
+    assert message["block_edits"] == [blocks]
+    assert double.buttons(CHANNEL, ts) == []
+    (eph,) = double.ephemerals("U0PERSON001")
+    assert (eph["channel"], eph["text"], eph["thread_ts"]) == (CHANNEL, "only you", ts)
+    assert [m["ts"] for m in double.channel_messages(CHANNEL)] == [ts]  # ephemeral: not in the channel
+
+
 def test_bad_token_is_refused(double: SlackDouble) -> None:
     async def main() -> str:
         with pytest.raises(SlackApiError) as err:
@@ -121,15 +161,20 @@ def test_429_past_the_retries_becomes_a_delivery_error_with_retry_after(double: 
 
 
 class Core:
-    """The part of the gateway the channel calls: its store and accept()."""
+    """The part of the gateway the channel calls: its store, accept() and decide_approval()."""
 
     def __init__(self, db: Db) -> None:
         self.db = db
         self.accepted: list[Inbound] = []
+        self.decisions: list[tuple[str, bool, str]] = []
 
     async def accept(self, inbound: Inbound) -> Accepted:
         self.accepted.append(inbound)
         return Accepted(Outcome.QUEUED, "ns", "alpha", turn_id="t")
+
+    async def decide_approval(self, approval_id: str, approve: bool, sender: str) -> DecisionReply:
+        self.decisions.append((approval_id, approve, sender))
+        return DecisionReply("recorded", decided=True)
 
 
 class Harness:

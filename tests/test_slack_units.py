@@ -16,7 +16,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from structlog.testing import capture_logs
 
 from doubles.slack import BOT_ID, BOT_TOKEN, BOT_USER, SIGNING_SECRET, signed_headers
-from pynchy.gateway.channels.base import Accepted, Inbound, Outcome
+from pynchy.gateway.channels.base import Accepted, DecisionReply, Inbound, Outcome
 from pynchy.gateway.channels.text import split_message
 from pynchy.gateway.slack.client import carries_key, metadata
 from pynchy.gateway.slack.errors import to_delivery_error
@@ -264,6 +264,8 @@ class Recorder:
     def __init__(self) -> None:
         self.accepted: list[Inbound] = []
         self.replies: list[tuple[str, str, str]] = []
+        self.decisions: list[tuple[str, bool, str]] = []
+        self.ephemerals: list[tuple[str, str, str, str | None]] = []
 
     async def accept(self, inbound: Inbound) -> Accepted:
         self.accepted.append(inbound)
@@ -271,6 +273,13 @@ class Recorder:
 
     async def reply(self, channel: str, thread: str, text: str) -> None:
         self.replies.append((channel, thread, text))
+
+    async def decide(self, approval_id: str, approve: bool, sender: str) -> DecisionReply:
+        self.decisions.append((approval_id, approve, sender))
+        return DecisionReply("ok", decided=True)
+
+    async def ephemeral(self, channel: str, user: str, text: str, thread: str | None) -> None:
+        self.ephemerals.append((channel, user, text, thread))
 
 
 # The receiver makes no Web API calls (who it is comes from whoami(), replies go through reply()).
@@ -284,7 +293,13 @@ async def whoami() -> Identity:
 async def _with_receiver(scenario: Any, overrides: dict[str, Any]) -> Any:
     recorder = Recorder()
     tasks: list[asyncio.Future[Any]] = []
-    parts: dict[str, Any] = {"accept": recorder.accept, "whoami": whoami, "reply": recorder.reply} | overrides
+    parts: dict[str, Any] = {
+        "accept": recorder.accept,
+        "whoami": whoami,
+        "reply": recorder.reply,
+        "decide": recorder.decide,
+        "ephemeral": recorder.ephemeral,
+    } | overrides
     receiver = EventReceiver(
         BOT_TOKEN,
         NO_API,
@@ -302,7 +317,7 @@ async def _with_receiver(scenario: Any, overrides: dict[str, Any]) -> Any:
 
 def run_receiver(scenario: Any, **overrides: Any) -> Any:
     """Run `scenario(client, recorder)` against an EventReceiver behind /slack/events; `overrides`
-    replace its accept/whoami/reply. Returns (the scenario's result, the recorder)."""
+    replace its accept/whoami/reply/decide/ephemeral. Returns (the scenario's result, the recorder)."""
     return asyncio.run(_with_receiver(scenario, overrides))
 
 

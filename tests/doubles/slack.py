@@ -1,7 +1,9 @@
 """A local Slack: the Web API methods the gateway calls, Socket Mode, and signed Events API requests.
 
 Point slack_sdk at it with `base_url=double.api_url`. It keeps channels' messages (threads,
-metadata, reactions, edits) so tests assert on what people would see, and records every call.
+metadata, Block Kit blocks, reactions, edits) and ephemeral messages so tests assert on what people
+would see, and records every call. A person clicks a message's button with `click()` (Socket Mode)
+or `post_action(url, double.block_actions(...))` (HTTP, signed).
 Answers are shaped like Slack's: HTTP 200 with `ok: false` and an `error` for logical failures,
 HTTP 429 with `Retry-After` when rate limited (`rate_limit(method, times, retry_after)`)."""
 
@@ -17,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 from aiohttp import WSMsgType, web
@@ -75,6 +77,8 @@ class SlackDouble(ThreadedServer):
         self._ts_base = int(time.time())
         self._event_ids = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
+        self._ephemerals: list[dict[str, Any]] = []
+        self._trigger_ids = itertools.count(1)
         self._holds: dict[str, threading.Event] = {}
         self._holds_after: dict[str, threading.Event] = {}
         self.acks: dict[str, dict[str, Any]] = {}
@@ -174,6 +178,81 @@ class SlackDouble(ThreadedServer):
         msg = self.message(channel, ts) or {}
         return [r["name"] for r in msg.get("reactions", [])]
 
+    def ephemerals(self, user: str | None = None) -> list[dict[str, Any]]:
+        """chat.postEphemeral messages (channel, user, text, thread_ts, blocks, message_ts), oldest
+        first; only `user`'s with it. They are not part of any channel's history, as in Slack."""
+        with self._lock:
+            return [dict(e) for e in self._ephemerals if user is None or e["user"] == user]
+
+    def buttons(self, channel: str, ts: str) -> list[dict[str, Any]]:
+        """The buttons in a message's blocks (each with its block_id added), in order."""
+        msg = self.message(channel, ts) or {}
+        found = []
+        for block in msg.get("blocks") or []:
+            elements = list(block.get("elements") or [])
+            if isinstance(block.get("accessory"), dict):
+                elements.append(block["accessory"])
+            for element in elements:
+                if isinstance(element, dict) and element.get("type") == "button":
+                    found.append(element | {"block_id": block.get("block_id", "")})
+        return found
+
+    # -- for tests: a person clicks a button -------------------------------------------------
+
+    def block_actions(
+        self, channel: str, ts: str, action_id: str, *, user: str = OWNER, value: str | None = None
+    ) -> dict[str, Any]:
+        """The block_actions payload Slack sends when `user` clicks the button `action_id` of the
+        message `ts` (it must be there, as in Slack; `value` overrides the button's own)."""
+        msg = self.message(channel, ts)
+        if msg is None:
+            raise AssertionError(f"no message {ts} in {channel}")
+        button = next((b for b in self.buttons(channel, ts) if b.get("action_id") == action_id), None)
+        if button is None:
+            raise AssertionError(f"message {ts} has no button {action_id!r}")
+        name = "owner" if user == OWNER else user.lower()
+        message = {k: v for k, v in msg.items() if k != "edits"}
+        container: dict[str, Any] = {
+            "type": "message",
+            "message_ts": ts,
+            "channel_id": channel,
+            "is_ephemeral": False,
+        }
+        if msg.get("thread_ts"):
+            container["thread_ts"] = msg["thread_ts"]
+        trigger = f"{next(self._trigger_ids)}.{TEAM_ID}.{uuid.uuid4().hex[:16]}"
+        return {
+            "type": "block_actions",
+            "user": {"id": user, "username": name, "name": name, "team_id": TEAM_ID},
+            "api_app_id": APP_ID,
+            "token": "legacy-verification-token",
+            "container": container,
+            "trigger_id": trigger,
+            "team": {"id": TEAM_ID, "domain": "pynchy-test"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "channel": {"id": channel, "name": channel.lower()},
+            "message": message,
+            "state": {"values": {}},
+            "response_url": f"{self.base_url}/actions/{TEAM_ID}/{uuid.uuid4().hex}",
+            "actions": [
+                {
+                    "type": "button",
+                    "action_id": action_id,
+                    "block_id": button["block_id"],
+                    "text": button.get("text", {"type": "plain_text", "text": action_id}),
+                    "value": button.get("value", "") if value is None else value,
+                    **({"style": button["style"]} if "style" in button else {}),
+                    "action_ts": f"{time.time():.6f}",
+                }
+            ],
+        }
+
+    def click(self, channel: str, ts: str, action_id: str, *, user: str = OWNER, value: str | None = None) -> str:
+        """`user` clicks a button, over Socket Mode: an `interactive` envelope; its envelope id
+        (wait for it in `acks`)."""
+        return self.socket_send(self.block_actions(channel, ts, action_id, user=user, value=value), kind="interactive")
+
     # -- Socket Mode -------------------------------------------------------------------------
 
     @property
@@ -181,17 +260,18 @@ class SlackDouble(ThreadedServer):
         with self._lock:
             return any(not ws.closed for ws in self._sockets)
 
-    def socket_send(self, body: dict[str, Any], *, retry_attempt: int = 0) -> str:
-        """Send an events_api envelope to the connected app; returns its envelope id."""
+    def socket_send(self, body: dict[str, Any], *, retry_attempt: int = 0, kind: str = "events_api") -> str:
+        """Send an envelope (`events_api`, or `interactive` for a block_actions payload) to the
+        connected app; returns its envelope id."""
         envelope_id = str(uuid.uuid4())
-        envelope = {
+        envelope: dict[str, Any] = {
             "envelope_id": envelope_id,
-            "type": "events_api",
+            "type": kind,
             "accepts_response_payload": False,
-            "retry_attempt": retry_attempt,
-            "retry_reason": "timeout" if retry_attempt else "",
             "payload": body,
         }
+        if kind == "events_api":  # interactive envelopes are not redelivered, so carry no retry fields
+            envelope |= {"retry_attempt": retry_attempt, "retry_reason": "timeout" if retry_attempt else ""}
         with self._lock:
             sockets = [ws for ws in self._sockets if not ws.closed]
         if not sockets or self._loop is None:
@@ -344,10 +424,24 @@ class SlackDouble(ThreadedServer):
             return None
         return json.loads(value) if isinstance(value, str) else dict(value)
 
+    @staticmethod
+    def _blocks(value: Any) -> list[dict[str, Any]] | None:
+        """Block Kit blocks as sent: a list (JSON bodies) or its JSON (form bodies); None if absent."""
+        if value is None:
+            return None
+        try:
+            blocks = json.loads(value) if isinstance(value, str) else value
+        except ValueError:
+            raise _ApiError("invalid_blocks_format") from None
+        if not isinstance(blocks, list) or not all(isinstance(b, dict) and b.get("type") for b in blocks):
+            raise _ApiError("invalid_blocks")
+        return json.loads(json.dumps(blocks))
+
     def _api_chat_postMessage(self, p: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(p)
         text = p.get("text") or ""
-        if not text and not p.get("blocks"):
+        blocks = self._blocks(p.get("blocks"))
+        if not text and not blocks:
             raise _ApiError("no_text")
         if len(text) > MAX_TEXT:
             raise _ApiError("msg_too_long")
@@ -369,19 +463,53 @@ class SlackDouble(ThreadedServer):
                 parent["reply_count"] = parent.get("reply_count", 0) + 1
         if (meta := self._metadata(p.get("metadata"))) is not None:
             msg["metadata"] = meta
+        if blocks:
+            msg["blocks"] = blocks
         self.messages.setdefault(channel, []).append(msg)
         return {"ok": True, "channel": channel, "ts": msg["ts"], "message": dict(msg)}
 
     def _api_chat_update(self, p: dict[str, Any]) -> dict[str, Any]:
         msg = self._target(p, not_ours="cant_update_message")
         text = p.get("text") or ""
+        blocks = self._blocks(p.get("blocks"))
         if len(text) > MAX_TEXT:
             raise _ApiError("msg_too_long")
         msg.setdefault("edits", []).append(msg["text"])
         msg["text"] = text
         if (meta := self._metadata(p.get("metadata"))) is not None:
             msg["metadata"] = meta
+        # As in Slack: blocks left out are kept; an empty list removes them.
+        if blocks is not None:
+            msg.setdefault("block_edits", []).append(msg.get("blocks"))
+            if blocks:
+                msg["blocks"] = blocks
+            else:
+                msg.pop("blocks", None)
         return {"ok": True, "channel": p["channel"], "ts": msg["ts"], "text": text, "message": dict(msg)}
+
+    def _api_chat_postEphemeral(self, p: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(p)
+        user = str(p.get("user") or "")
+        if not user.startswith(("U", "W")):
+            raise _ApiError("user_not_found")
+        text = p.get("text") or ""
+        blocks = self._blocks(p.get("blocks"))
+        if not text and not blocks:
+            raise _ApiError("no_text")
+        if len(text) > MAX_TEXT:
+            raise _ApiError("msg_too_long")
+        ts = self.next_ts()
+        self._ephemerals.append(
+            {
+                "channel": channel,
+                "user": user,
+                "text": text,
+                "thread_ts": str(p["thread_ts"]) if p.get("thread_ts") else None,
+                "blocks": blocks,
+                "message_ts": ts,
+            }
+        )
+        return {"ok": True, "message_ts": ts}
 
     def _api_chat_delete(self, p: dict[str, Any]) -> dict[str, Any]:
         msg = self._target(p, not_ours="cant_delete_message")
@@ -411,7 +539,8 @@ class SlackDouble(ThreadedServer):
         start = int(p.get("cursor") or 0)
         page = items[start : start + limit]
         with_meta = _truthy(p.get("include_all_metadata"))
-        shown = [{k: v for k, v in m.items() if k != "edits" and (with_meta or k != "metadata")} for m in page]
+        hidden = ("edits", "block_edits")
+        shown = [{k: v for k, v in m.items() if k not in hidden and (with_meta or k != "metadata")} for m in page]
         more = start + limit < len(items)
         return {
             "ok": True,
@@ -447,10 +576,16 @@ def signature(secret: str, timestamp: str, body: str) -> str:
     return f"v0={digest}"
 
 
-def signed_headers(body: str, *, secret: str = SIGNING_SECRET, timestamp: int | None = None) -> dict[str, str]:
+def signed_headers(
+    body: str,
+    *,
+    secret: str = SIGNING_SECRET,
+    timestamp: int | None = None,
+    content_type: str = "application/json",
+) -> dict[str, str]:
     ts = str(int(time.time()) if timestamp is None else timestamp)
     return {
-        "Content-Type": "application/json",
+        "Content-Type": content_type,
         "X-Slack-Request-Timestamp": ts,
         "X-Slack-Signature": signature(secret, ts, body),
     }
@@ -471,6 +606,31 @@ def post_event(
     if retry_num is not None:
         sent["X-Slack-Retry-Num"] = str(retry_num)
         sent["X-Slack-Retry-Reason"] = "http_timeout"
+    sent.update(headers or {})
+    return httpx.post(url, content=raw.encode(), headers=sent, timeout=30)
+
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def action_body(payload: dict[str, Any]) -> str:
+    """The form body Slack POSTs for an interactive payload: `payload=<url-encoded JSON>`."""
+    return urlencode({"payload": json.dumps(payload)})
+
+
+def post_action(
+    url: str,
+    payload: dict[str, Any] | str,
+    *,
+    secret: str = SIGNING_SECRET,
+    timestamp: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """POST an interactive payload (e.g. `double.block_actions(...)`) to `url` as Slack does: the
+    request URL of the app's interactivity (the gateway's /slack/events), form-encoded, signed. A
+    str is sent as the raw form body."""
+    raw = payload if isinstance(payload, str) else action_body(payload)
+    sent = signed_headers(raw, secret=secret, timestamp=timestamp, content_type=FORM)
     sent.update(headers or {})
     return httpx.post(url, content=raw.encode(), headers=sent, timeout=30)
 

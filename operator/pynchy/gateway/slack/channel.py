@@ -16,7 +16,7 @@ from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_sdk.errors import SlackApiError
 
 from pynchy.aio import KeyedLocks, TaskSet
-from pynchy.gateway.channels.base import Accepted, ChannelKind, Inbound
+from pynchy.gateway.channels.base import Accepted, ChannelKind, DecisionReply, Inbound
 from pynchy.gateway.settings import GatewaySettings
 from pynchy.gateway.slack.client import SlackApi, make_client
 from pynchy.gateway.slack.errors import error_code
@@ -47,6 +47,8 @@ class Core(Protocol):
     db: Db
 
     async def accept(self, inbound: Inbound) -> Accepted: ...
+
+    async def decide_approval(self, approval_id: str, approve: bool, sender: str) -> DecisionReply: ...
 
 
 class SlackChannel:
@@ -79,6 +81,8 @@ class SlackChannel:
             accept=gateway.accept,
             whoami=self.whoami,
             reply=self._reply_directly,
+            decide=gateway.decide_approval,
+            ephemeral=self.api.post_ephemeral,
             background=self._background,
         )
         self._socket: AsyncSocketModeHandler | None = None

@@ -55,21 +55,45 @@ class SlackApi:
     def __init__(self, client: AsyncWebClient) -> None:
         self.client = client
 
-    async def post(self, channel: str, text: str, *, thread: str | None, key: str | None) -> str:
+    async def post(
+        self,
+        channel: str,
+        text: str,
+        *,
+        thread: str | None,
+        key: str | None,
+        blocks: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """chat.postMessage. With `blocks` (Block Kit), `text` is what notifications show."""
         kwargs: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False, "unfurl_media": False}
         if thread:
             kwargs["thread_ts"] = thread
         if key:
             kwargs["metadata"] = metadata(key)
+        if blocks is not None:
+            kwargs["blocks"] = blocks
         response = await self.client.chat_postMessage(**kwargs)
         return str(response["ts"])
 
-    async def update(self, channel: str, ts: str, text: str, *, key: str | None) -> str:
+    async def update(
+        self, channel: str, ts: str, text: str, *, key: str | None, blocks: list[dict[str, Any]] | None = None
+    ) -> str:
+        """chat.update. Without `blocks` Slack keeps the message's earlier blocks; `[]` removes them."""
         kwargs: dict[str, Any] = {"channel": channel, "ts": ts, "text": text}
         if key:
             kwargs["metadata"] = metadata(key)
+        if blocks is not None:
+            kwargs["blocks"] = blocks
         response = await self.client.chat_update(**kwargs)
         return str(response.get("ts") or ts)
+
+    async def post_ephemeral(self, channel: str, user: str, text: str, thread: str | None = None) -> str:
+        """chat.postEphemeral: a message only `user` sees (not kept in history); its message_ts."""
+        kwargs: dict[str, Any] = {"channel": channel, "user": user, "text": text}
+        if thread:
+            kwargs["thread_ts"] = thread
+        response = await self.client.chat_postEphemeral(**kwargs)
+        return str(response.get("message_ts") or "")
 
     async def delete(self, channel: str, ts: str) -> None:
         await self.client.chat_delete(channel=channel, ts=ts)

@@ -5,7 +5,11 @@ than 5 minutes refused), the url_verification challenge, ssl_check, and acknowle
 processed *before* the acknowledgement (`process_before_response`): the message is stored and
 deduped first (fast: one transaction), so an event acknowledged is never lost, and one that failed
 is retried by Slack. Nothing slow happens before the ack: reactions and replies are sent later, by
-hooks and by the delivery loop."""
+hooks and by the delivery loop.
+
+Approval buttons (block_actions, actions.py) come the same two ways: Socket Mode `interactive`
+envelopes, or form-encoded `payload=<json>` POSTs to the same URL, signed like events. They are
+acknowledged first and decided in the background."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
-from slack_bolt.async_app import AsyncApp
+from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.request.async_request import AsyncBoltRequest
@@ -23,7 +27,9 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from pynchy.aio import LogOnce
+from pynchy.gateway.approvalview import ACTION_PATTERN
 from pynchy.gateway.channels.base import Accepted, Inbound, Outcome
+from pynchy.gateway.slack.actions import Decide, Ephemeral, answer_click, parse_click
 from pynchy.gateway.slack.inbound import Identity, Skip, parse
 from pynchy.logs import get_logger
 
@@ -31,7 +37,8 @@ log = get_logger(__name__)
 
 EVENTS_PATH = "/slack/events"
 MAX_INBOUND_CHARS = 40_000
-MAX_BODY_BYTES = 1 << 20  # an Events API request is a few KiB; Slack's own limit is far below this
+# An Events API request or an interactive payload (which repeats the clicked message) is a few KiB.
+MAX_BODY_BYTES = 1 << 20
 TOO_LONG_REPLY = (
     "That message is too long for me ({length:,} characters; the limit is {limit:,}). "
     "Please shorten it, or put the text in a file and tell me where it is."
@@ -54,12 +61,16 @@ class EventReceiver:
         accept: Accept,
         whoami: WhoAmI,
         reply: Reply,
+        decide: Decide,
+        ephemeral: Ephemeral,
         background: Callable[[Coroutine[Any, Any, Any]], None],
     ) -> None:
         self._token = token
         self._accept = accept
         self._whoami = whoami
         self._reply = reply
+        self._decide = decide
+        self._ephemeral = ephemeral
         self._background = background
         self._verifier = SignatureVerifier(signing_secret) if signing_secret else None
         self._unhandled_logged: LogOnce[str] = LogOnce()
@@ -80,6 +91,7 @@ class EventReceiver:
             name="pynchy-slack",
         )
         self.app.event(re.compile(r".*"))(self._on_event)
+        self.app.action(re.compile(ACTION_PATTERN))(self._on_action)
 
     def _authorizer(self) -> Callable[..., Awaitable[AuthorizeResult]]:
         # A plain function: bolt passes arguments by the names it finds (a bound method's `self` confuses it).
@@ -99,7 +111,8 @@ class EventReceiver:
     # -- HTTP (Events API) -----------------------------------------------------------------
 
     async def handle_http(self, request: web.Request) -> web.StreamResponse:
-        """POST /slack/events."""
+        """POST /slack/events: Events API requests (JSON), and interactive payloads (a form with a
+        `payload=<json>` field; bolt parses both, and checks the signature of the raw body)."""
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             log.warning("slack request refused: body too large", bytes=request.content_length)
             return _error(413, "request body too large")
@@ -176,6 +189,16 @@ class EventReceiver:
             turn=accepted.turn_id,
             reason=accepted.reason or None,
         )
+
+    async def _on_action(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """An Approve / Deny button: acknowledged at once, decided in the background."""
+        await ack()
+        click = parse_click(body)
+        if isinstance(click, str):
+            user = body.get("user")
+            log.warning("slack button ignored", reason=click, user=user.get("id") if isinstance(user, dict) else None)
+            return
+        self._background(answer_click(click, self._decide, self._ephemeral))
 
     def _log_skip(self, skip: Skip, body: dict[str, Any]) -> None:
         if skip.known:

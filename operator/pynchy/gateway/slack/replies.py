@@ -3,17 +3,22 @@
 * A row with an external id (a streamed reply's placeholder, or a message posted before) is
   finished in place with chat.update.
 * A row that may have been sent by a process that then crashed is looked for first, by the key in
-  its message metadata, and adopted (updated if its text differs) instead of posted again.
+  its message metadata, and adopted (updated if its text or blocks differ) instead of posted again.
 * Otherwise chat.postMessage, in the row's thread, with the key in its metadata.
+
+A row with `blocks` (JSON of a Block Kit list: an approval's buttons, or its outcome) sends them with
+every post and update; its text stays the notification fallback.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
 from slack_sdk.errors import SlackApiError
 
 from pynchy.aio import KeyedLocks
+from pynchy.gateway.channels.base import DeliveryError
 from pynchy.gateway.slack.client import SlackApi
 from pynchy.gateway.slack.errors import error_code, to_delivery_error
 from pynchy.gateway.slack.mrkdwn import to_mrkdwn
@@ -56,10 +61,11 @@ class Replies:
                 raise to_delivery_error(ValueError("ledger row without a channel id"), "deliver")
             method = "chat.postMessage"
             text = render(row.text, row.is_error)
+            blocks = _blocks(row)
             try:
                 if row.external_id:
                     method = "chat.update"
-                    updated = await self._update(row.channel_id, row.external_id, text, row.key)
+                    updated = await self._update(row.channel_id, row.external_id, text, row.key, blocks)
                     if updated is not None:
                         return updated
                 elif maybe_sent:
@@ -68,24 +74,42 @@ class Replies:
                     if found is not None:
                         log.info("slack reply found from an earlier attempt; adopted", key=row.key)
                         ts = str(found["ts"])
-                        if found.get("text") == text:
+                        # (Slack may return blocks normalised, e.g. with block ids added: then the
+                        # update below is redundant, never wrong.)
+                        if found.get("text") == text and (blocks is None or found.get("blocks") == blocks):
                             return ts
                         method = "chat.update"
-                        updated = await self._update(row.channel_id, ts, text, row.key)
+                        updated = await self._update(row.channel_id, ts, text, row.key, blocks)
                         if updated is not None:
                             return updated
                 method = "chat.postMessage"
-                return await self.api.post(row.channel_id, text, thread=row.thread, key=row.key)
+                return await self.api.post(row.channel_id, text, thread=row.thread, key=row.key, blocks=blocks)
             except Exception as exc:
                 raise to_delivery_error(exc, method) from exc
 
-    async def _update(self, channel: str, ts: str, text: str, key: str) -> str | None:
+    async def _update(
+        self, channel: str, ts: str, text: str, key: str, blocks: list[dict[str, Any]] | None
+    ) -> str | None:
         """chat.update; None when the message can no longer be updated (post anew instead)."""
         try:
-            return await self.api.update(channel, ts, text, key=key)
+            return await self.api.update(channel, ts, text, key=key, blocks=blocks)
         except SlackApiError as exc:
             code = error_code(exc)
             if code in GONE:
                 log.info("slack message cannot be updated; posting anew", key=key, error=code)
                 return None
             raise
+
+
+def _blocks(row: OutboundRow) -> list[dict[str, Any]] | None:
+    """The row's Block Kit layout, or None (plain text). Malformed JSON is a permanent failure of
+    the row: retrying cannot mend it."""
+    if not row.blocks:
+        return None
+    try:
+        blocks = json.loads(row.blocks)
+    except ValueError as exc:
+        raise DeliveryError(f"ledger row {row.key}: blocks are not JSON ({exc})", permanent=True) from exc
+    if not isinstance(blocks, list):
+        raise DeliveryError(f"ledger row {row.key}: blocks are not a list", permanent=True)
+    return blocks
