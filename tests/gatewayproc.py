@@ -17,9 +17,10 @@ from pynchy.kube.controlplane import free_port
 
 
 class GatewayProcess:
-    def __init__(self, kubeconfig: Path, data_dir: Path, **settings: str) -> None:
+    def __init__(self, kubeconfig: Path, data_dir: Path, *, port: int | None = None, **settings: str) -> None:
+        """`port`: a restarted gateway takes its predecessor's, so agent pods reach it at the same URL."""
         self.data_dir = data_dir
-        self.port = free_port()
+        self.port = port or free_port()
         self.log_path = data_dir / "gateway.log"
         self.env = {
             **os.environ,

@@ -50,7 +50,6 @@ def settings(tmp_path: Path, **overrides: Any) -> RunnerSettings:
         "workspace": tmp_path / "workspace",
         "home": tmp_path / "home",
         "config_dir": tmp_path / "config",
-        "mcp_secrets_dir": tmp_path / "mcp",
         "git_ssh_key_file": tmp_path / "no-such-key",
         "ANTHROPIC_BASE_URL": "http://gateway.test/model",
         "ANTHROPIC_API_KEY": TOKEN,
@@ -166,42 +165,24 @@ def test_the_memory_seed_is_copied_once_and_never_over_the_agents_memory(tmp_pat
     assert not seed_memory(None, tmp_path / "other")
 
 
-def kubernetes_secret_volume(folder: Path, data: dict[str, str]) -> None:
-    """The layout kubelet writes: keys are symlinks through ..data to a timestamped folder."""
-    stamp = folder / "..2026_11_21_10_00_00.000000001"
-    stamp.mkdir(parents=True)
-    for key, value in data.items():
-        (stamp / key).write_text(value)
-    (folder / "..data").symlink_to(stamp.name)
-    for key in data:
-        (folder / key).symlink_to(f"..data/{key}")
-
-
-def test_mcp_servers_take_their_headers_from_the_mounted_secret(tmp_path: Path) -> None:
-    secrets = tmp_path / "mcp"
-    kubernetes_secret_volume(secrets / "github", {"Authorization": "Bearer ghp_x\n", "X-Org": "acme"})
+def test_mcp_servers_are_reached_through_the_gateway_with_the_run_token(tmp_path: Path) -> None:
     agent = load_agent(
         {
             "group": "g",
             "mcpServers": [
+                # headersSecret (older operators wrote it): ignored, the gateway reads the Secret.
                 {"name": "github", "transport": "http", "url": "https://mcp.github.test/", "headersSecret": True},
-                {"name": "docs", "transport": "sse", "url": "http://docs.test/sse", "headersSecret": False},
+                {"name": "docs", "transport": "sse", "url": "http://docs.test/sse"},
             ],
         }
     )
-    assert mcp_servers(agent, secrets) == {
-        "github": {
-            "type": "http",
-            "url": "https://mcp.github.test/",
-            "headers": {"Authorization": "Bearer ghp_x", "X-Org": "acme"},
-        },
-        "docs": {"type": "sse", "url": "http://docs.test/sse"},
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert mcp_servers(agent, "http://gateway.test/mcp/", TOKEN) == {
+        "github": {"type": "http", "url": "http://gateway.test/mcp/github", "headers": auth},
+        "docs": {"type": "sse", "url": "http://gateway.test/mcp/docs", "headers": auth},
     }
-    missing = load_agent(
-        {"group": "g", "mcpServers": [{"name": "jira", "url": "https://j.test", "headersSecret": True}]}
-    )
-    with pytest.raises(ConfigError, match=r"MCP server 'jira' sends headers from a Secret, but .* is not mounted"):
-        mcp_servers(missing, secrets)
+    assert settings(tmp_path).mcp_url == "http://gateway.test/mcp"  # unset: the run API's gateway
+    assert settings(tmp_path, mcp_proxy_url="http://mcp.test:8080/mcp").mcp_url == "http://mcp.test:8080/mcp"
 
 
 # -- options -------------------------------------------------------------------------------------
@@ -215,14 +196,13 @@ def test_builtin_tools_narrow_the_tool_set_only_when_some_are_named() -> None:
 
 def test_build_options(tmp_path: Path) -> None:
     s = settings(tmp_path)
-    kubernetes_secret_volume(s.mcp_secrets_dir / "github", {"Authorization": "Bearer x"})
     agent = load_agent(
         {
             "group": "family",
             "model": "claude-sonnet-4-5",
             "allowedTools": ["Read", "Bash(git:*)"],
             "maxTurns": 7,
-            "mcpServers": [{"name": "github", "url": "https://gh.test/mcp", "headersSecret": True}],
+            "mcpServers": [{"name": "github", "url": "https://gh.test/mcp"}],
         }
     )
     pynchy = {"type": "sdk", "name": "pynchy", "instance": None}
@@ -239,7 +219,11 @@ def test_build_options(tmp_path: Path) -> None:
     assert options.tools == ["Read", "Bash"]
     assert options.allowed_tools == ["Read", "Bash(git:*)", *tool_names()]
     assert options.mcp_servers == {
-        "github": {"type": "http", "url": "https://gh.test/mcp", "headers": {"Authorization": "Bearer x"}},
+        "github": {
+            "type": "http",
+            "url": "http://gateway.test/mcp/github",
+            "headers": {"Authorization": f"Bearer {TOKEN}"},
+        },
         "pynchy": pynchy,
     }
     assert options.permission_mode == "bypassPermissions"

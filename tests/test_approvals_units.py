@@ -176,3 +176,83 @@ def test_slack_requests_carry_buttons_that_the_outcome_replaces() -> None:
     assert all(b["type"] != "actions" for b in blocks)
     assert "Approved by <@U0123ABCDE>" in blocks[-1]["elements"][0]["text"]
     assert "already ended" in view.outcome_text(row, run_ended=True)
+
+
+ASK = {
+    "questions": [
+        {"question": "Which colour?", "options": ["red", "blue"]},
+        {"question": "How big?", "options": ["small", "large"], "allowFreeText": True},
+    ]
+}
+
+
+def test_ask_user_waits_for_every_answer_and_a_retry_finds_the_same_question(tmp_path: Path) -> None:
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        parts.index.on_event("ADDED", run_obj("r1"))
+        body = {"arguments": ASK, "callId": "call-1"}
+        first = asyncio.ensure_future(
+            client.post(f"{RUN_API_PREFIX}/tools/ask_user", json=body, headers=bearer(token("r1")))
+        )
+
+        async def asked() -> Any:
+            rows = await parts.questions.pending("home", "demo")
+            return rows[0] if rows else None
+
+        row = await until(asked, "the question")
+        ledger = await parts.db.call(outbound.by_key, f"question:{row.id}")
+        assert "1) red" in ledger.text
+        assert f"answer {row.id}" in ledger.text
+        # A retry of the call (a gateway restart in between) waits on the same question.
+        second = asyncio.ensure_future(
+            client.post(f"{RUN_API_PREFIX}/tools/ask_user", json=body, headers=bearer(token("r1")))
+        )
+        assert not (await parts.questions.answer(row.id, "owner", choice=5)).decided  # no such option
+        assert not (await parts.questions.answer(row.id, "slack:U0STRANGER1", choice=0)).decided
+        assert (await parts.questions.answer(row.id, "owner", text="2")).decided  # 'blue', by number
+        assert not (await parts.questions.answer(row.id, "owner", index=0, choice=0)).decided  # answered
+        assert (await parts.questions.answer(row.id, "owner", text="as big as a house")).decided
+        for response in (await first, await second):
+            assert response.status == 200, await response.text()
+            result = await response.json()
+            assert "Which colour? → blue" in result["text"]
+            assert "How big? → as big as a house" in result["text"]
+            assert result["data"]["question"] == row.id
+        assert len(await parts.db.call(_all_questions)) == 1
+
+    serve(tmp_path, scenario)
+
+
+def test_ask_user_unanswered_comes_back_as_a_clear_result(tmp_path: Path) -> None:
+    now = [datetime(2026, 12, 1, 12, 0, tzinfo=UTC)]
+
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        parts.index.on_event("ADDED", run_obj("r1"))
+        parts.questions.clock = lambda: now[0]
+        call = asyncio.ensure_future(
+            client.post(
+                f"{RUN_API_PREFIX}/tools/ask_user", json={"arguments": ASK, "callId": "c"}, headers=bearer(token("r1"))
+            )
+        )
+
+        async def asked() -> Any:
+            return await parts.questions.pending("home", "demo")
+
+        [row] = await until(asked, "the question")
+        assert (await parts.questions.answer(row.id, "owner", choice=0)).decided
+        now[0] += timedelta(seconds=301)
+        response = await call
+        result = await response.json()
+        assert "did not answer within 300 seconds" in result["text"]
+        assert "Which colour? → red" in result["text"]  # what was answered still counts
+        outcome = await parts.db.call(outbound.by_key, f"question:{row.id}:outcome")
+        assert "Nobody answered in time" in outcome.text
+
+    serve(tmp_path, scenario)
+
+
+def _all_questions(session: Any) -> list[Any]:
+    from sqlalchemy import select
+
+    from pynchy.store.models import QuestionRow
+
+    return list(session.scalars(select(QuestionRow)))

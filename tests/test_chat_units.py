@@ -6,18 +6,25 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
+from sqlalchemy.orm import Session
 
 from doubles.server import ThreadedServer
 from pynchy.api.validation import format_errors
+from pynchy.chat.cli import Session as ChatSession
 from pynchy.chat.client import ChatClient, ChatTimeoutError, Deadline
 from pynchy.chat.config import ChatConfig, ChatConfigError, resolve
 from pynchy.chat.protocol import (
+    ApprovalAsked,
     ChatMessage,
     EventsQuery,
     MessageBatch,
@@ -38,9 +45,13 @@ from pynchy.chat.protocol import (
 )
 from pynchy.chat.render import Style, TurnPrinter, message_block, tool_summary
 from pynchy.chat.state import MAX_SHOWN, StateFile, state_dir
-from pynchy.gateway.channels.local import TurnFeed, final_event
+from pynchy.gateway.channels.base import Accepted, Inbound, Outcome
+from pynchy.gateway.channels.local import LocalChannel, TurnFeed, approval_request_id, final_event
+from pynchy.gateway.db import Db
 from pynchy.gateway.turnhub import TurnWatch
-from pynchy.store.models import TurnRow
+from pynchy.store import outbound
+from pynchy.store import turns as turn_store
+from pynchy.store.models import OutboundRow, TurnRow
 
 URL = "http://127.0.0.1:8420"
 TOKEN = "chat-token-0123456789abcdef"
@@ -201,14 +212,19 @@ def test_parse_every_event_type() -> None:
         Ping().line(),
         TextDelta(text="hel").model_dump_json(by_alias=True).encode(),
         ToolUse(name="Write", input={"file_path": "a.md"}).model_dump_json(by_alias=True).encode(),
+        ApprovalAsked(id="k3f9x2", tool="Bash", text="Approval needed").line(),
         TurnResult(text="hello", session_id="s").model_dump_json(by_alias=True).encode(),
         TurnFailed(message="the agent stopped").model_dump_json(by_alias=True).encode(),
     ]
     events = [parse_event(line) for line in lines]
-    assert [type(e) for e in events] == [StreamHeader, Status, Ping, TextDelta, ToolUse, TurnResult, TurnFailed]
+    assert [type(e) for e in events] == [
+        StreamHeader, Status, Ping, TextDelta, ToolUse, ApprovalAsked, TurnResult, TurnFailed
+    ]  # fmt: skip
     assert events[1].attempt == 2
-    assert events[5].session_id == "s"
-    assert [is_final(e) for e in events] == [False] * 5 + [True, True]
+    assert events[5] == ApprovalAsked(id="k3f9x2", tool="Bash", text="Approval needed")
+    assert json.loads(lines[5]) == {"type": "approval", "id": "k3f9x2", "tool": "Bash", "text": "Approval needed"}
+    assert events[6].session_id == "s"
+    assert [is_final(e) for e in events] == [False] * 6 + [True, True]
 
 
 def test_parse_blank_and_unknown_lines_are_skipped() -> None:
@@ -299,6 +315,21 @@ def test_an_empty_answer_says_why() -> None:
     assert out == ""
     assert "no text in the answer" in err
     assert p.ok
+
+
+def test_an_approval_request_is_a_note_by_default_and_breaks_the_text() -> None:
+    out, err, _ = render(
+        TextDelta(text="Let me check."),
+        ApprovalAsked(id="k3f9x2", tool="Bash", text="Approval needed [k3f9x2]: the agent wants to use Bash."),
+        TextDelta(text="Checked."),
+        TurnResult(text="Checked."),
+    )
+    assert out == "Let me check.\n\nChecked.\n"
+    assert err == "Approval needed [k3f9x2]: the agent wants to use Bash.\n"
+    asked: list[ApprovalAsked] = []
+    printer = TurnPrinter(io.StringIO(), io.StringIO(), asked.append)
+    printer.event(ApprovalAsked(id="a", tool="t", text="x"))
+    assert asked == [ApprovalAsked(id="a", tool="t", text="x")]
 
 
 def test_tool_summary_is_short_and_drops_the_mcp_prefix() -> None:
@@ -512,3 +543,215 @@ def test_an_unreachable_gateway_gives_up_at_the_deadline() -> None:
     cfg = ChatConfig(gateway_url="http://127.0.0.1:9", token=TOKEN, namespace=None, path=Path("/nowhere"))
     with pytest.raises(ChatTimeoutError, match=r"cannot reach the gateway at http://127.0.0.1:9: connection failed"):
         ChatClient(cfg).send("demo", "hello", "m1", Deadline(1.5))
+
+
+# -- approvals: a real LocalChannel and the CLI session ---------------------------------------
+
+APPROVAL = "k3f9x2"
+REQUEST = (
+    f"Approval needed [{APPROVAL}]: the agent wants to use Bash.\nrm -rf build\n"
+    f"Reply `approve {APPROVAL}` or `deny {APPROVAL}` (denied if nobody decides in time)."
+)
+
+
+def test_approval_request_ids_come_from_request_keys_only() -> None:
+    assert approval_request_id(f"approval:{APPROVAL}") == APPROVAL
+    for key in (f"approval:{APPROVAL}:outcome", "approval:", "approval", "turn:t1:0", f"cmd:approval:{APPROVAL}"):
+        assert approval_request_id(key) is None, key
+
+
+@dataclass(frozen=True)
+class Bound:
+    namespace: str = "ns"
+    name: str = "demo-group"
+
+
+class OneChannel:
+    def lookup(self, kind: str, channel_id: str) -> Bound | None:
+        return Bound() if (kind, channel_id) == ("local", "demo") else None
+
+    def local_channels(self) -> list[str]:
+        return ["demo"]
+
+
+class ApprovalGateway(ThreadedServer):
+    """A real LocalChannel (SQLite store) behind a stand-in for the gateway's `accept`: a message
+    queues a turn that asks for an approval (delivered twice, like a retried delivery); `approve
+    <id>` / `deny <id>` is answered as a command and ends the turn, as the real gateway would."""
+
+    name = "approval-chat-gateway"
+
+    def __init__(self, db_path: Path, blocks: bool = True) -> None:
+        super().__init__()
+        self.db_path = db_path
+        self.blocks = blocks
+        self.channel: LocalChannel | None = None
+        self.db: Db | None = None
+        self.watches: dict[str, TurnWatch] = {}
+        self.decisions: list[str] = []
+        self.asked = threading.Event()
+        self.turn_id = ""
+
+    async def _start_site(self, sock: socket.socket) -> None:
+        self.db = Db(f"sqlite:///{self.db_path}")
+        self.channel = LocalChannel(
+            self.db, OneChannel(), self._accept, self._watch, token=SecretStr(TOKEN), long_poll_seconds=0.5
+        )
+        app = web.Application()
+        self.channel.install(app)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+
+    def stop(self) -> None:
+        super().stop()
+        if self.db is not None:
+            self.db.close()
+
+    def _watch(self, turn_id: str) -> TurnWatch:
+        watch = self.watches[turn_id] = TurnWatch()
+        return watch
+
+    async def _ledger(self, key: str, text: str, turn_id: str | None = None, blocks: str | None = None) -> OutboundRow:
+        assert self.db is not None
+
+        def add(session: Session) -> OutboundRow:
+            row, _ = outbound.add(
+                session,
+                key=key,
+                namespace="ns",
+                group="demo-group",
+                text=text,
+                channel="local",
+                channel_id="demo",
+                turn_id=turn_id,
+                blocks=blocks,
+            )
+            return row
+
+        return await self.db.call(add)
+
+    async def _accept(self, inbound: Inbound) -> Accepted:
+        assert self.channel is not None
+        assert self.db is not None
+        word, _, approval = inbound.text.partition(" ")
+        if word in ("approve", "deny"):
+            self.decisions.append(inbound.text)
+            outcome = "Approved" if word == "approve" else "Denied"
+            reply = f"[{approval}] {outcome} by owner."
+            await self._ledger(f"cmd:{inbound.dedupe_key}", reply)
+            done = await self._ledger(
+                f"approval:{approval}:outcome", f"[{approval}] Bash: {outcome} by owner.", self.turn_id
+            )
+            await self.channel.deliver(done, maybe_sent=False)  # an outcome: not a request in the feed
+            await self._ledger(outbound.reply_key(self.turn_id), f"The agent was {outcome.lower()}.", self.turn_id)
+            self.watches[self.turn_id].events.put_nowait(TurnResult(text=f"The agent was {outcome.lower()}."))
+            return Accepted(Outcome.COMMAND, "ns", "demo-group", reply=reply)
+        turn = await self.db.call(
+            turn_store.enqueue, "ns", "demo-group", inbound.text, reply_channel="local", reply_channel_id="demo"
+        )
+        self.turn_id = turn.id
+        await self.channel.turn_queued(turn)
+        watch = self.watches[turn.id]
+        watch.events.put_nowait(TextDelta(text="Let me run it."))
+        await asyncio.sleep(0.05)  # the feed takes these before the request
+        data = json.dumps({"approval": {"id": APPROVAL, "tool": "Bash"}}) if self.blocks else None
+        request = await self._ledger(f"approval:{APPROVAL}", REQUEST, turn.id, data)
+        await self.channel.deliver(request, maybe_sent=False)
+        await self.channel.deliver(request, maybe_sent=True)  # delivered again: still one request
+        self.asked.set()
+        return Accepted(Outcome.QUEUED, "ns", "demo-group", turn_id=turn.id)
+
+    def feed_events(self) -> list[object]:
+        assert self.channel is not None
+        return list(self.channel._feeds[self.turn_id].events)
+
+
+@pytest.fixture
+def approvals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApprovalGateway]:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    server = ApprovalGateway(tmp_path / "gateway.db").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def session_for(server: ApprovalGateway) -> tuple[ChatSession, io.StringIO, io.StringIO]:
+    out, err = io.StringIO(), io.StringIO()
+    cfg = ChatConfig(gateway_url=server.base_url, token=TOKEN, namespace=None, path=Path("/nowhere"))
+    return ChatSession(cfg, "demo", out, err), out, err
+
+
+class FakeTty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("answer", "decision"), [("y", "approve"), ("yes", "approve"), ("n", "deny"), ("", "deny")])
+def test_an_approval_asked_mid_turn_is_answered_from_the_piped_input(
+    approvals: ApprovalGateway, answer: str, decision: str
+) -> None:
+    session, out, err = session_for(approvals)
+    assert session.interactive(io.StringIO(f"run the build\n{answer}\n")) == 0
+    assert approvals.decisions == [f"{decision} {APPROVAL}"]
+    outcome = "Approved" if decision == "approve" else "Denied"
+    first = out.getvalue()
+    assert first.startswith(f"Let me run it.\n\nThe agent was {outcome.lower()}.\n\n")
+    text = err.getvalue()
+    assert f"approval needed [{APPROVAL}]: Bash\n{REQUEST}\nApprove? [y/N] {answer}\n" in text
+    assert f"[{APPROVAL}] {outcome} by owner.\n" in text  # the command's answer
+    # The feed had the request once, though it was delivered twice (and its outcome after it).
+    asked = [e for e in approvals.feed_events() if isinstance(e, ApprovalAsked)]
+    assert asked == [ApprovalAsked(id=APPROVAL, tool="Bash", text=REQUEST)]
+    # Nothing of it shows again, in this session's arrivals or the next session's catch-up: the
+    # request, the command's answer and the turn's reply were shown, and the outcome message is
+    # part of that turn (its turn id), whose answer this session showed.
+    later, out, _ = session_for(approvals)
+    assert later.interactive(io.StringIO("")) == 0
+    assert first + out.getvalue() == f"Let me run it.\n\nThe agent was {outcome.lower()}.\n\n"
+
+
+def test_at_the_end_of_input_an_approval_is_denied(approvals: ApprovalGateway) -> None:
+    session, _, err = session_for(approvals)
+    assert session.interactive(io.StringIO("run the build\n")) == 0
+    assert approvals.decisions == [f"deny {APPROVAL}"]
+    assert f"Approve? [y/N] \n[{APPROVAL}] Denied by owner.\n" in err.getvalue()
+
+
+def test_one_shot_from_a_terminal_asks_there(approvals: ApprovalGateway) -> None:
+    session, out, err = session_for(approvals)
+    assert session.one_shot("run the build", 30, FakeTty("y\n")) == 0
+    assert approvals.decisions == [f"approve {APPROVAL}"]
+    assert out.getvalue() == "Let me run it.\n\nThe agent was approved.\n"
+    assert "Approve? [y/N] [k3f9x2] Approved by owner.\n" in err.getvalue()  # a terminal echoed the y
+
+
+def test_one_shot_without_a_terminal_shows_the_request_and_waits_for_another_client(
+    approvals: ApprovalGateway,
+) -> None:
+    approvals.blocks = False  # a gateway that does not say the tool yet
+
+    def another_client() -> None:
+        assert approvals.asked.wait(20)
+        time.sleep(0.2)
+        cfg = ChatConfig(gateway_url=approvals.base_url, token=TOKEN, namespace=None, path=Path("/nowhere"))
+        with ChatClient(cfg) as client:
+            client.send("demo", f"approve {APPROVAL}", "other-client-1", Deadline(20))
+
+    decider = threading.Thread(target=another_client)
+    decider.start()
+    session, out, err = session_for(approvals)
+    stdin = io.StringIO("y\n")
+    try:
+        assert session.one_shot("run the build", 30, stdin) == 0
+    finally:
+        decider.join(30)
+    assert stdin.read() == "y\n"  # not read
+    assert out.getvalue() == "Let me run it.\n\nThe agent was approved.\n"
+    text = err.getvalue()
+    assert f"approval needed [{APPROVAL}]: a tool\n{REQUEST}\n" in text
+    assert (
+        f'reply "approve {APPROVAL}" or "deny {APPROVAL}" in pynchy chat demo (or in any channel of the Group)' in text
+    )
+    assert "Approve?" not in text

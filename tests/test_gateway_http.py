@@ -34,6 +34,7 @@ from pynchy.gateway.lifecycle import TurnLifecycle
 from pynchy.gateway.outbox import Outbox
 from pynchy.gateway.pricing import DEFAULT_PRICES
 from pynchy.gateway.proxy import ModelProxy
+from pynchy.gateway.questions import Questions
 from pynchy.gateway.routing import Directory
 from pynchy.gateway.spend import SpendGuard
 from pynchy.gateway.stats import StatsReporter
@@ -103,6 +104,7 @@ class Parts:
     spend: SpendGuard
     approvals: Approvals
     gate: ToolGate
+    questions: Questions
 
 
 def build(
@@ -126,14 +128,18 @@ def build(
     outbox = Outbox(db, delivery, directory)
     tools = Tools(kube, db, directory, outbox.send, LimitValues(10, 20, 300))  # type: ignore[arg-type]
     auth = RunAuth(KEY, runs, directory)
-    approvals = Approvals(db, delivery, directory, None, lambda ns, run: (index.get(ns, run) is None))
+    approvals = Approvals(db, delivery, directory, None, lambda ns, run: index.get(ns, run) is None)
     gate = ToolGate(db, directory, approvals)
+    questions = Questions(db, delivery, directory, None)
     app = web.Application()
-    app.add_subapp(RUN_API_PREFIX, RunApi(db, hub, runs, lifecycle, tools, stats, tasks, 60.0, gate).app(auth))
+    run_api = RunApi(db, hub, runs, lifecycle, tools, stats, tasks, 60.0, gate, questions)
+    app.add_subapp(RUN_API_PREFIX, run_api.app(auth))
     proxy = ModelProxy(upstream, "sk-ant-test-key", None)
     spend = SpendGuard(db, DEFAULT_PRICES, outbox.post, clock=clock or (lambda: datetime.now(UTC)))
     app.add_subapp(MODEL_PROXY_PREFIX, ModelApi(db, proxy, spend).app(auth))
-    return Parts(db, kube, directory, index, runs, hub, stats, tasks, lifecycle, proxy, spend, approvals, gate), app
+    return Parts(
+        db, kube, directory, index, runs, hub, stats, tasks, lifecycle, proxy, spend, approvals, gate, questions
+    ), app
 
 
 Scenario = Callable[[TestClient[Any, Any], Parts], Awaitable[None]]

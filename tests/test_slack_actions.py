@@ -43,7 +43,7 @@ from pynchy.gateway.approvalview import (
 from pynchy.gateway.channels.base import Accepted, DecisionReply, DeliveryError, Inbound, Outcome
 from pynchy.gateway.db import Db
 from pynchy.gateway.settings import GatewaySettings
-from pynchy.gateway.slack.actions import Click, parse_click
+from pynchy.gateway.slack.actions import Click, answer_click, parse_click
 from pynchy.gateway.slack.channel import SlackChannel
 from pynchy.gateway.slack.events import EVENTS_PATH
 from pynchy.gateway.slack.mrkdwn import to_mrkdwn
@@ -65,6 +65,7 @@ class Core:
     def __init__(self, db: Db) -> None:
         self.db = db
         self.decisions: list[tuple[str, bool, str]] = []
+        self.questions: list[tuple[str, int, int, str]] = []
         self.answer: DecisionReply | Exception = DecisionReply("Approved.", decided=True)
         self.hold: threading.Event | None = None  # set: decisions wait for it
 
@@ -78,6 +79,10 @@ class Core:
         if isinstance(self.answer, Exception):
             raise self.answer
         return self.answer
+
+    async def answer_question(self, question_id: str, index: int, choice: int, sender: str) -> DecisionReply:
+        self.questions.append((question_id, index, choice, sender))
+        return DecisionReply("Answered.", decided=True)
 
 
 class Gateway:
@@ -469,3 +474,33 @@ def test_the_app_manifest_turns_interactivity_on() -> None:
     assert settings["interactivity"]["is_enabled"] is True
     assert settings["socket_mode_enabled"] is True  # so no request_url is needed
     assert "chat:write" in manifest["oauth_config"]["scopes"]["bot"]  # chat.postEphemeral
+
+
+def test_a_question_button_is_parsed_with_its_question_and_option() -> None:
+    body = {
+        "user": {"id": "U0ASKER0001"},
+        "channel": {"id": "C0QUESTION1"},
+        "message": {"ts": "1.000100", "thread_ts": "1.000000"},
+        "actions": [{"action_id": "pynchy_question_1_2", "value": "qid234", "type": "button"}],
+    }
+    click = parse_click(body)
+    assert not isinstance(click, str)
+    assert (click.approval_id, click.option, click.sender) == ("qid234", (1, 2), "slack:U0ASKER0001")
+
+    async def main() -> list[tuple[str, int, int, str]]:
+        got: list[tuple[str, int, int, str]] = []
+
+        async def answer(qid: str, index: int, choice: int, sender: str) -> DecisionReply:
+            got.append((qid, index, choice, sender))
+            return DecisionReply("ok", decided=True)
+
+        async def never(*args: object) -> DecisionReply:
+            raise AssertionError("not an approval")
+
+        async def no_ephemeral(*args: object) -> None:
+            raise AssertionError("nothing to tell")
+
+        await answer_click(click, never, no_ephemeral, answer)
+        return got
+
+    assert asyncio.run(main()) == [("qid234", 1, 2, "slack:U0ASKER0001")]

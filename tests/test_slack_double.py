@@ -167,6 +167,7 @@ class Core:
         self.db = db
         self.accepted: list[Inbound] = []
         self.decisions: list[tuple[str, bool, str]] = []
+        self.answers: list[tuple[str, int, int, str]] = []
 
     async def accept(self, inbound: Inbound) -> Accepted:
         self.accepted.append(inbound)
@@ -175,6 +176,10 @@ class Core:
     async def decide_approval(self, approval_id: str, approve: bool, sender: str) -> DecisionReply:
         self.decisions.append((approval_id, approve, sender))
         return DecisionReply("recorded", decided=True)
+
+    async def answer_question(self, question_id: str, index: int, choice: int, sender: str) -> DecisionReply:
+        self.answers.append((question_id, index, choice, sender))
+        return DecisionReply("answered", decided=True)
 
 
 class Harness:

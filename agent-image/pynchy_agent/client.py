@@ -147,12 +147,19 @@ class RunApiClient:
     async def report_session(self, session_id: str | None) -> None:
         await self._request("POST", "/session", json=SessionReport(session_id=session_id).model_dump(by_alias=True))
 
-    async def call_tool(self, name: str, arguments: dict[str, Any]) -> ToolResult:
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], *, call_id: str | None = None, timeout: float = 120.0
+    ) -> ToolResult:
+        """A tool call. With `call_id` it is idempotent (the gateway finds a retried call by it) and is
+        retried like the other calls; without, only when it cannot have reached the gateway."""
         response = await self._request(
-            "POST", f"/tools/{name}", json=ToolCall(arguments=arguments).wire(), timeout=120.0, idempotent=False
+            "POST",
+            f"/tools/{name}",
+            json=ToolCall(arguments=arguments, call_id=call_id).wire(),
+            timeout=timeout,
+            idempotent=call_id is not None,
         )
         return ToolResult.model_validate_json(response.content)
-
 
     async def ask_permission(self, ask: PermissionRequest, wait: float) -> PermissionAnswer:
         """The tool policy's answer for a tool use; 'pending' after `wait` seconds (ask again). Idempotent

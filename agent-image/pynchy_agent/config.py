@@ -30,8 +30,8 @@ class _Model(BaseModel):
 class McpServer(_Model):
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
     transport: Literal["http", "sse"] = "http"
+    # The server's own URL: only the gateway uses it (the runner reaches servers through its MCP proxy).
     url: str = Field(pattern=r"^https?://")
-    headers_secret: bool = False
 
 
 class AgentConfig(_Model):
@@ -86,29 +86,12 @@ def seed_memory(seed: Path | None, home: Path) -> bool:
     return True
 
 
-def mcp_headers(secrets_dir: Path, server: McpServer) -> dict[str, str]:
-    """Header values from the server's mounted Secret: one file per header, named after it."""
-    folder = secrets_dir / server.name
-    if not server.headers_secret:
-        return {}
-    if not folder.is_dir():
-        raise ConfigError(f"MCP server {server.name!r} sends headers from a Secret, but {folder} is not mounted")
-    headers = {}
-    for entry in sorted(folder.iterdir()):
-        # Secret volumes hold `..data` and timestamped folders besides the keys (symlinks); skip those.
-        if entry.name.startswith(".") or not entry.is_file():
-            continue
-        headers[entry.name] = entry.read_text().strip()
-    return headers
-
-
-def mcp_servers(agent: AgentConfig, secrets_dir: Path) -> dict[str, dict[str, Any]]:
-    """The Group's MCP servers in the Claude Agent SDK's shape."""
-    servers: dict[str, dict[str, Any]] = {}
-    for server in agent.mcp_servers:
-        entry: dict[str, Any] = {"type": server.transport, "url": server.url}
-        headers = mcp_headers(secrets_dir, server)
-        if headers:
-            entry["headers"] = headers
-        servers[server.name] = entry
-    return servers
+def mcp_servers(agent: AgentConfig, proxy_url: str, run_token: str) -> dict[str, dict[str, Any]]:
+    """The Group's MCP servers in the Claude Agent SDK's shape: each one through the gateway's MCP proxy,
+    with the run token (the gateway adds the server's credentials, which never enter the pod)."""
+    base = proxy_url.rstrip("/")
+    headers = {"Authorization": f"Bearer {run_token}"}
+    return {
+        server.name: {"type": server.transport, "url": f"{base}/{server.name}", "headers": dict(headers)}
+        for server in agent.mcp_servers
+    }

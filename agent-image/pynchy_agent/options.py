@@ -57,7 +57,7 @@ def build_options(
     hooks: dict[HookEvent, list[HookMatcher]] | None = None,
 ) -> ClaudeAgentOptions:
     agent = config.agent
-    servers: dict[str, Any] = mcp_servers(agent, settings.mcp_secrets_dir)
+    servers: dict[str, Any] = mcp_servers(agent, settings.mcp_url, settings.run_token.get_secret_value())
     if SERVER_NAME in servers:
         log.warning("the Group's MCP server named 'pynchy' is shadowed by Pynchy's own tools")
     servers[SERVER_NAME] = pynchy

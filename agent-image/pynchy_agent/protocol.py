@@ -12,7 +12,8 @@ token as `Authorization: Bearer <token>`; the token names the run, so paths carr
                                         asked before any tool runs; 'pending': ask again, same id)
 
 Errors always have the ApiError shape. The model proxy lives at `<gateway>/model` and takes
-the same token as the Anthropic API key.
+the same token as the Anthropic API key. The Group's MCP servers are reached only through the
+gateway's MCP proxy, `<gateway>/mcp/<server>`, with the same token as `Authorization: Bearer`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic.alias_generators import to_camel
 
 RUN_API_PREFIX = "/v1/run"
 MODEL_PROXY_PREFIX = "/model"
+MCP_PROXY_PREFIX = "/mcp"
 MAX_WAIT_SECONDS = 60
 
 
@@ -108,6 +110,12 @@ class SessionReport(WireModel):
 
 class ToolCall(WireModel):
     arguments: dict[str, Any] = Field(default_factory=dict)
+    call_id: str | None = Field(
+        default=None,
+        max_length=100,
+        description="Set by calls that wait for a person (ask_user): a retry with the same id finds the same "
+        "question, so the call survives a gateway restart.",
+    )
 
 
 class PermissionRequest(WireModel):
@@ -183,6 +191,21 @@ class NoArgs(WireModel):
     pass
 
 
+class Question(WireModel):
+    question: str = Field(min_length=1, max_length=1000, description="The question, one short sentence.")
+    options: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        min_length=2, max_length=4, description="2 to 4 answers to choose from."
+    )
+    allow_free_text: bool = Field(default=False, description="The user may answer in their own words instead.")
+
+
+class AskUserArgs(WireModel):
+    questions: list[Question] = Field(min_length=1, max_length=4, description="1 to 4 questions, asked together.")
+
+
+ASK_USER = "ask_user"
+
+
 TOOLS: dict[str, tuple[type[WireModel], str]] = {
     "send_message": (SendMessageArgs, "Post a message to the group's channel right away (progress, answers)."),
     "schedule_task": (ScheduleTaskArgs, "Create a scheduled task (cron, interval or once) that runs this agent."),
@@ -194,4 +217,9 @@ TOOLS: dict[str, tuple[type[WireModel], str]] = {
     "recall_memories": (RecallMemoriesArgs, "Look up facts remembered for this group."),
     "forget_memory": (ForgetMemoryArgs, "Forget a remembered fact."),
     "reset_context": (NoArgs, "Start a fresh conversation after this turn; memories are kept."),
+    ASK_USER: (
+        AskUserArgs,
+        "Ask the user 1-4 multiple-choice questions in the chat and wait for the answers (buttons in Slack, "
+        "numbered choices in pynchy chat). Returns each answer, or says that nobody answered in time.",
+    ),
 }

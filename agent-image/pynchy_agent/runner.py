@@ -32,7 +32,7 @@ from pynchy_agent.client import (
     UnauthorizedError,
     backoff,
 )
-from pynchy_agent.config import ConfigError, GroupConfig, load_config, mcp_servers, seed_memory
+from pynchy_agent.config import ConfigError, GroupConfig, load_config, seed_memory
 from pynchy_agent.conversation import Conversation
 from pynchy_agent.errors import AgentError
 from pynchy_agent.gitclone import GitError, git_environment, prepare_workspace
@@ -322,7 +322,6 @@ def run() -> int:
     )
     try:
         config = load_config(settings.config_dir)
-        mcp_servers(config.agent, settings.mcp_secrets_dir)  # the header Secrets must be there
         if config.agent.has_memory_seed and config.memory_seed is None:
             log.warning("agent.json promises a memory seed but CLAUDE.md is missing from the ConfigMap")
         if config.agent.directive_count and config.directives is None:

@@ -8,6 +8,7 @@ from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pynchy_agent.errors import AgentError
+from pynchy_agent.protocol import MCP_PROXY_PREFIX
 
 
 class RunnerSettings(BaseSettings):
@@ -29,8 +30,10 @@ class RunnerSettings(BaseSettings):
         ge=1,
         description="The pod's activeDeadlineSeconds: a stop near it is the run running out of time.",
     )
-    mcp_secrets_dir: Path = Field(
-        default=Path("/etc/pynchy/mcp"), description="<dir>/<server>/<header>: header values of MCP servers."
+    mcp_proxy_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="The gateway's MCP proxy (<gateway>/mcp): the Group's MCP servers are reached there. "
+        "Unset: PYNCHY_RUN_API_URL + /mcp.",
     )
     termination_log: Path = Field(
         default=Path("/dev/termination-log"), description="Where a fatal error is written for Kubernetes."
@@ -56,6 +59,13 @@ class RunnerSettings(BaseSettings):
     git_ssh_key_file: Path = Field(
         default=Path("/etc/pynchy/git/ssh-privatekey"), description="ssh private key, used when the file exists."
     )
+
+    @property
+    def mcp_url(self) -> str:
+        """Where the Group's MCP server <name> is reached: <mcp_url>/<name>."""
+        if self.mcp_proxy_url is not None:
+            return str(self.mcp_proxy_url).rstrip("/")
+        return str(self.run_api_url).rstrip("/") + MCP_PROXY_PREFIX
 
     @property
     def state_dir(self) -> Path:

@@ -7,6 +7,7 @@ mcp__pynchy__<name>, with input schemas derived from the argument models in prot
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -14,11 +15,13 @@ from claude_agent_sdk import SdkMcpTool, create_sdk_mcp_server, tool
 from claude_agent_sdk.types import McpSdkServerConfig
 
 from pynchy_agent.client import RunApiClient, RunApiError
-from pynchy_agent.protocol import TOOLS, WireModel
+from pynchy_agent.protocol import ASK_USER, TOOLS, WireModel
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "pynchy"
+# The gateway answers ask_user by the question's deadline (at most a day, spec.agent.toolPolicy).
+ASK_USER_TIMEOUT = 86400 + 120.0
 RESET_TOOL = "reset_context"
 
 
@@ -59,7 +62,12 @@ def make_tool(
 ) -> SdkMcpTool[Any]:
     async def call(arguments: dict[str, Any]) -> dict[str, Any]:
         try:
-            result = await api.call_tool(name, dict(arguments or {}))
+            if name == ASK_USER:  # waits for people: as long as the gateway lets it, and retried
+                result = await api.call_tool(
+                    name, dict(arguments or {}), call_id=uuid.uuid4().hex, timeout=ASK_USER_TIMEOUT
+                )
+            else:
+                result = await api.call_tool(name, dict(arguments or {}))
         except RunApiError as exc:
             log.info("tool refused", extra={"tool": name, "status": exc.status, "error": exc.message})
             return _text(exc.message, error=True)

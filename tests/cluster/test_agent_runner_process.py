@@ -251,7 +251,7 @@ class Pod:
             "HOME": str(self.home),
             "PYNCHY_CONFIG_DIR": str(self.config),
             "PYNCHY_IDLE_TIMEOUT_SECONDS": str(self.idle),
-            "PYNCHY_MCP_SECRETS_DIR": str(self.root / "mcp"),
+            "PYNCHY_MCP_PROXY_URL": url + "/mcp",  # the gateway's MCP proxy
             "PYNCHY_TERMINATION_LOG": str(self.termination_log),
             "ANTHROPIC_BASE_URL": url + "/model",  # the gateway's model proxy
             "ANTHROPIC_API_KEY": self.token,
@@ -466,11 +466,15 @@ def test_pynchy_tools_call_the_gateway_and_a_refusal_reaches_the_model(pod: Pod)
     ledger = cluster.store(outbound.for_group, cluster.namespace, GROUP)
     assert [(o.text, o.turn_id) for o in ledger] == [("Dinner at 7", None), (result.text, t1.id)]
     audit = cluster.store(records.audit_log, cluster.namespace, GROUP)
-    assert [(a.action, a.allowed, a.target_group, a.run) for a in audit] == [
+    calls = [a for a in audit if not a.action.startswith("tool:")]
+    assert [(a.action, a.allowed, a.target_group, a.run) for a in calls] == [
         ("send_message", True, GROUP, pod.name),
         ("schedule_task", False, "others", pod.name),
     ]
-    assert audit[0].detail == "{'text': 'Dinner at 7'}"
+    assert calls[0].detail == "{'text': 'Dinner at 7'}"
+    # And what the runner streamed: every tool use, as the agent made it.
+    used = sorted(a.action for a in audit if a.action.startswith("tool:"))
+    assert used == ["tool:pynchy/schedule_task", "tool:pynchy/send_message"]
 
 
 def test_the_next_pod_resumes_the_group_session_and_isolated_runs_do_not_touch_it(cluster: Cluster) -> None:

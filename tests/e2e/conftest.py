@@ -14,6 +14,7 @@ import pytest
 
 from conftest import RUN_TOKEN_KEY, make_gateway
 from doubles.anthropic import ScriptedModel
+from doubles.slack import BOT_TOKEN, OWNER, SIGNING_SECRET, SlackDouble
 from pynchy.devnode import Address, DevNode, Sandbox
 from pynchy.gateway.main import EmbeddedGateway
 from pynchy.kube.controlplane import ControlPlane
@@ -99,3 +100,37 @@ def stack(
         control_plane, namespace, operator_kubeconfig, gateway_kubeconfig, model, tmp_path, monkeypatch
     ) as s:
         yield s
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackDouble]:
+    with SlackDouble() as double:
+        yield double
+
+
+@pytest.fixture
+def slack_stack(
+    control_plane: ControlPlane,
+    namespace: str,
+    operator_kubeconfig: Path,
+    gateway_kubeconfig: Path,
+    model: ScriptedModel,
+    slack: SlackDouble,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Stack]:
+    """e2e.conftest's stack, with the gateway's Slack channel pointed at the double."""
+    with running_stack(
+        control_plane,
+        namespace,
+        operator_kubeconfig,
+        gateway_kubeconfig,
+        model,
+        tmp_path,
+        monkeypatch,
+        owner=OWNER,
+        slack_bot_token=BOT_TOKEN,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_api_url=slack.api_url,
+    ) as stack:
+        yield stack

@@ -5,54 +5,15 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from cluster.helpers import group, is_ready, wait_for
-from doubles.anthropic import ScriptedModel, Usage, text, write_in_cwd
-from doubles.slack import BOT_TOKEN, BOT_USER, OWNER, SIGNING_SECRET, SlackDouble, post_event
-from e2e.conftest import Stack, running_stack
+from doubles.anthropic import Usage, text, write_in_cwd
+from doubles.slack import BOT_USER, SlackDouble, post_event
+from e2e.conftest import Stack
 from pynchy.gateway.slack.stream import PLACEHOLDER
-from pynchy.kube.controlplane import ControlPlane
 
 CHANNEL = "C0E2ESLACK1"
 GROUP = group("forecaster", channels=[{"slack": {"channelId": CHANNEL}}], trigger={"mode": "mention"})
-
-
-@pytest.fixture
-def slack() -> Iterator[SlackDouble]:
-    with SlackDouble() as double:
-        yield double
-
-
-@pytest.fixture
-def slack_stack(
-    control_plane: ControlPlane,
-    namespace: str,
-    operator_kubeconfig: Path,
-    gateway_kubeconfig: Path,
-    model: ScriptedModel,
-    slack: SlackDouble,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Stack]:
-    """e2e.conftest's stack, with the gateway's Slack channel pointed at the double."""
-    with running_stack(
-        control_plane,
-        namespace,
-        operator_kubeconfig,
-        gateway_kubeconfig,
-        model,
-        tmp_path,
-        monkeypatch,
-        owner=OWNER,
-        slack_bot_token=BOT_TOKEN,
-        slack_signing_secret=SIGNING_SECRET,
-        slack_api_url=slack.api_url,
-    ) as stack:
-        yield stack
 
 
 def test_slack_mention_runs_the_agent_and_the_reply_streams_into_the_thread(

@@ -121,13 +121,15 @@ class McpServer(ApiModel):
     )
     transport: Literal["http", "sse"] = Field(default="http", description="MCP transport: streamable 'http' or 'sse'.")
     url: str = Field(
-        description="Server URL; must be allowed by spec.network for the pod to reach it.",
+        description="Server URL, reached by the gateway (the agent calls the gateway's MCP proxy): the Group's "
+        "NetworkPolicy needs no egress for it, the gateway's must allow it.",
         max_length=2048,
         pattern=r"^https?://",
     )
     headers_secret_ref: LocalObjectReference | None = Field(
         default=None,
-        description="A Secret whose keys are sent as HTTP headers (for example Authorization).",
+        description="A Secret in the Group's namespace whose keys the gateway sends as HTTP headers (for example "
+        "Authorization); it never enters the agent pod.",
     )
 
 
@@ -183,6 +185,7 @@ PYNCHY_TOOL_NAMES = (
     "recall_memories",
     "forget_memory",
     "reset_context",
+    "ask_user",
 )
 # Built-in names (Bash, WebFetch), '<server>/<tool>' or a pattern of either; '*' and '?' are wildcards.
 TOOL_PATTERN = r"^([A-Za-z*?][A-Za-z0-9_*?]*|[a-z0-9*?][-a-z0-9_*?]*/[A-Za-z0-9*?][-A-Za-z0-9_.*?]*)$"

@@ -7,18 +7,23 @@ import logging
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from typing import TextIO
 
 import click
 
 from pynchy.chat.client import ChatClient, ChatError, ChatTimeoutError, Deadline
 from pynchy.chat.config import ChatConfig, ChatConfigError, resolve
-from pynchy.chat.protocol import ChannelInfo, MessageAccepted, MessageBatch
+from pynchy.chat.protocol import ApprovalAsked, ChannelInfo, MessageAccepted, MessageBatch, QuestionAsked
 from pynchy.chat.render import Style, TurnPrinter, message_block
 from pynchy.chat.state import StateFile
 
 SEND_SECONDS = 60.0  # interactive: how long a message is re-sent while the gateway is unreachable
 POLL_SECONDS = 25.0
+APPROVE_PROMPT = "Approve? [y/N] "
+YES = ("y", "yes")
+
+LineReader = Callable[[str], str]  # shows the prompt, returns the line read ("" at the end of input)
 
 
 @click.command("chat")
@@ -41,7 +46,7 @@ def chat(channel: str, message: str | None, timeout: float, gateway_url: str | N
         raise click.ClickException(str(exc)) from None
     session = Session(config, channel, sys.stdout, sys.stderr)
     if message is not None:
-        sys.exit(session.one_shot(message, timeout))
+        sys.exit(session.one_shot(message, timeout, sys.stdin))
     sys.exit(session.interactive(sys.stdin))
 
 
@@ -57,6 +62,8 @@ class Session:
         self.at_prompt = False
         self.prompt = ""
         self.sent = False  # the last message reached the gateway
+        self.read_line: LineReader | None = None  # where an approval's answer is read; None: not asked
+        self.answered: set[str] = set()  # approvals decided here (a restarted stream shows them again)
 
     def note(self, text: str) -> None:
         self.err.write(self.style.dim(f"({text})") + "\n")
@@ -101,17 +108,105 @@ class Session:
         if accepted.turn_id is None:
             self.note("already sent; nothing more to show")
             return True
-        printer = TurnPrinter(self.out, self.err)
+        printer = TurnPrinter(self.out, self.err, self.on_approval, self.on_question)
         for event in self.client.events(self.channel, accepted.turn_id, deadline):
             printer.event(event)
         # Shown here in full: its copy in the channel's messages is skipped.
         self.state.update(add=[f"turn:{accepted.turn_id}"])
         return printer.ok
 
+    def on_approval(self, event: ApprovalAsked) -> None:
+        """The turn waits for a decision: show the request, and ask for it where there is someone
+        to ask; the turn's stream carries on afterwards."""
+        if event.id in self.answered:
+            return
+        self.err.write(self.style.bold(f"approval needed [{event.id}]: {event.tool}") + "\n")
+        self.err.write(event.text.rstrip("\n") + "\n")
+        self.err.flush()
+        if self.read_line is None:
+            self.note(
+                f'reply "approve {event.id}" or "deny {event.id}" in pynchy chat {self.channel} '
+                "(or in any channel of the Group)"
+            )
+            return
+        self.state.update(add=[f"approval:{event.id}"])  # shown here: its copy among the messages is skipped
+        answer = self.read_line(APPROVE_PROMPT).strip().lower()
+        self.answered.add(event.id)
+        self.decide("approve" if answer in YES else "deny", event.id)
+
+    def on_question(self, event: QuestionAsked) -> None:
+        """The agent asks (ask_user): each question with numbered options, answered in order."""
+        if event.id in self.answered:
+            return
+        self.err.write(self.style.bold(f"the agent asks [{event.id}]") + "\n")
+        if self.read_line is None:
+            self.err.write(event.text.rstrip("\n") + "\n")
+            self.note(f'reply "answer {event.id} <number>" in pynchy chat {self.channel}, once per question')
+            return
+        self.state.update(add=[f"question:{event.id}"])  # shown here: its copy among the messages is skipped
+        self.answered.add(event.id)
+        for question in event.questions:
+            self.err.write(question.question + "\n")
+            for number, option in enumerate(question.options, 1):
+                self.err.write(f"  {number}) {option}\n")
+            words = " or your own words" if question.allow_free_text else ""
+            self.err.flush()
+            line = self.read_line(f"Answer (1-{len(question.options)}{words}): ").strip()
+            if not line:
+                self.note("no answer given; the agent is told when the question times out")
+                return
+            self.command(f"answer {event.id} {line}")
+
+    def decide(self, decision: str, approval_id: str) -> None:
+        """Send `approve <id>` or `deny <id>` (a command) and show its answer."""
+        self.command(f"{decision} {approval_id}")
+
+    def command(self, text: str) -> None:
+        """Send a command (approve, deny, answer) while a turn streams, and show its answer."""
+        client_message_id = uuid.uuid4().hex
+        try:
+            accepted = self.client.send(self.channel, text, client_message_id, Deadline(SEND_SECONDS))
+        except ChatError as exc:  # a ChatTimeoutError too
+            self.fail(f"could not send `{text}`: {exc}")
+            return
+        if accepted.reply is not None:
+            self.err.write(accepted.reply.rstrip("\n") + "\n")
+            self.err.flush()
+            self.state.update(add=[f"cmd:local:{client_message_id}"])
+        elif accepted.outcome == "ignored":
+            self.fail(f"`{text}` was not taken: {accepted.reason or 'ignored'}")
+        else:
+            self.note(f"`{text}` was taken as a message, not as a decision ({accepted.outcome})")
+
+    def _reader(self, stdin: TextIO, *, use_input: bool) -> LineReader:
+        """input() at a terminal conversation (line editing); else the prompt on stderr and one line
+        of `stdin`, echoed when it is not a terminal (nobody saw it typed)."""
+        echo = not stdin.isatty()
+
+        def read(prompt: str) -> str:
+            if use_input:
+                try:
+                    return input(prompt)
+                except EOFError:
+                    return ""
+            self.err.write(prompt)
+            self.err.flush()
+            line = stdin.readline()
+            if echo or not line:
+                self.err.write(line.rstrip("\n") + "\n")
+                self.err.flush()
+            return line
+
+        return read
+
     # -- -m ----------------------------------------------------------------------------------
 
-    def one_shot(self, text: str, timeout: float) -> int:
+    def one_shot(self, text: str, timeout: float, stdin: TextIO | None = None) -> int:
+        """With `stdin` a terminal, an approval the turn waits for is asked there; otherwise only
+        shown (someone may decide from another client)."""
         deadline = Deadline(timeout)
+        if stdin is not None and stdin.isatty():
+            self.read_line = self._reader(stdin, use_input=False)
         try:
             self.connect(deadline)
             return 0 if self.ask(text, deadline) else 1
@@ -147,6 +242,7 @@ class Session:
             self.client.close()
             return 1
         self.prompt = f"{self.channel}> " if tty else ""
+        self.read_line = self._reader(stdin, use_input=tty)  # an approval's answer: from the same input
         self.note(
             f"{self.channel} → Group {info.namespace}/{info.group} at {self.config.gateway_url}; "
             "Ctrl-D or Ctrl-C leaves"

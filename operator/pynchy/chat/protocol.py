@@ -13,6 +13,10 @@ Errors are `{"error": "..."}` (the run API's ApiError) with 401/404/413/422/503.
 The event stream: the first line is a `StreamHeader`; then the turn's events in order (a `status`
 line each time a run takes the turn, text deltas, tool uses) up to and including the final
 `result` or `error` line, after which the response ends. `ping` lines keep an idle stream alive.
+An `approval` line (ApprovalAsked) says the turn waits for a person's decision on a tool call:
+answer it by sending `approve <id>` or `deny <id>` as a message to the channel (a command; its
+reply is the outcome), and keep reading the stream. A `question` line (QuestionAsked): the agent
+asks 1-4 questions (ask_user); answer each, in order, with `answer <id> <option number or words>`.
 A client that lost the connection asks again with `stream=<the header's id>&from=<events read>`
 and gets only what it has not seen (a gateway restart starts a new stream id: events from 0).
 """
@@ -174,12 +178,37 @@ class Ping(Response):
     type: Literal["ping"] = "ping"
 
 
+class ApprovalAsked(Response):
+    """The turn waits for a person to approve a tool call: send `approve <id>` or `deny <id>`."""
+
+    type: Literal["approval"] = "approval"
+    id: str = Field(description="The approval request's id, as typed in `approve <id>`.")
+    tool: str = Field(description="The tool the agent wants to use.")
+    text: str = Field(description="The request as a person reads it (what, and how to answer).")
+
+
+class AskedQuestion(Response):
+    question: str
+    options: list[str]
+    allow_free_text: bool = False
+
+
+class QuestionAsked(Response):
+    """The agent asks the user (ask_user): send `answer <id> <n | words>` once per question, in order."""
+
+    type: Literal["question"] = "question"
+    id: str = Field(description="The question's id, as typed in `answer <id> …`.")
+    questions: list[AskedQuestion]
+    text: str = Field(description="The questions as a person reads them.")
+
+
 ChatEvent = Annotated[
-    StreamHeader | Status | Ping | TextDelta | ToolUse | TurnResult | TurnFailed, Field(discriminator="type")
+    StreamHeader | Status | Ping | ApprovalAsked | QuestionAsked | TextDelta | ToolUse | TurnResult | TurnFailed,
+    Field(discriminator="type"),
 ]
 FINAL_TYPES = {"result", "error"}
 _EVENT = TypeAdapter(ChatEvent)
-_KNOWN = {"stream", "status", "ping", "text_delta", "tool_use", "result", "error"}
+_KNOWN = {"stream", "status", "ping", "approval", "question", "text_delta", "tool_use", "result", "error"}
 
 
 class StreamError(PynchyError, ValueError):

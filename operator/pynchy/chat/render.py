@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO
 
-from pynchy.chat.protocol import ChatMessage, Status, StreamHeader, TextDelta, ToolUse, TurnFailed, TurnResult
+from pynchy.chat.protocol import (
+    ApprovalAsked,
+    ChatMessage,
+    QuestionAsked,
+    Status,
+    StreamHeader,
+    TextDelta,
+    ToolUse,
+    TurnFailed,
+    TurnResult,
+)
 
 TOOL_ARG_KEYS = ("file_path", "path", "command", "pattern", "url", "query", "name", "key", "text", "prompt")
 
@@ -45,11 +56,20 @@ def tool_summary(event: ToolUse, width: int = 70) -> str:
 
 class TurnPrinter:
     """Writes one turn's events as they arrive: text deltas to `out`, tool uses dimly to `err`,
-    and at the end whatever of the final text the deltas did not already show."""
+    and at the end whatever of the final text the deltas did not already show. An approval request
+    goes to `on_approval` (default: its text as a dim note), after the current line is ended."""
 
-    def __init__(self, out: TextIO, err: TextIO) -> None:
+    def __init__(
+        self,
+        out: TextIO,
+        err: TextIO,
+        on_approval: Callable[[ApprovalAsked], None] | None = None,
+        on_question: Callable[[QuestionAsked], None] | None = None,
+    ) -> None:
         self.out, self.err = out, err
         self.style = Style(err)
+        self.on_approval = on_approval or (lambda event: self.note(event.text))
+        self.on_question = on_question or (lambda event: self.note(event.text))
         self.streamed = ""
         self.line_open = False  # out's current line has text
         self.gap = False  # a tool use came between texts: start the next on a new paragraph
@@ -96,6 +116,14 @@ class TurnPrinter:
             self.streamed += event.text
         elif isinstance(event, ToolUse):
             self.note(f"⏺ {tool_summary(event)}")
+            self.gap = True
+        elif isinstance(event, ApprovalAsked):
+            self._end_line()
+            self.on_approval(event)
+            self.gap = True
+        elif isinstance(event, QuestionAsked):
+            self._end_line()
+            self.on_question(event)
             self.gap = True
         elif isinstance(event, TurnResult):
             self.final = event

@@ -23,15 +23,18 @@ from pynchy.gateway.events import REPORTING_CONTROLLER, GatewayEvents
 from pynchy.gateway.groupstatus import GroupStatusReporter
 from pynchy.gateway.health import Health
 from pynchy.gateway.hooks import ChannelHooks
+from pynchy.gateway.httpapi.mcp_api import McpApi
 from pynchy.gateway.httpapi.model_api import ModelApi
 from pynchy.gateway.httpapi.run_api import RunApi
 from pynchy.gateway.httpapi.runauth import RunAuth
 from pynchy.gateway.inbox import Inbox
 from pynchy.gateway.lifecycle import TurnLifecycle
+from pynchy.gateway.mcpproxy import McpProxy
 from pynchy.gateway.metrics import GatewayMetrics
 from pynchy.gateway.outbox import Outbox
 from pynchy.gateway.proxy import ModelProxy
 from pynchy.gateway.pruner import Pruner
+from pynchy.gateway.questions import Questions
 from pynchy.gateway.routing import Directory
 from pynchy.gateway.settings import GatewaySettings
 from pynchy.gateway.spend import SpendGuard
@@ -46,7 +49,7 @@ from pynchy.kube.informer import Informer
 from pynchy.logs import get_logger
 from pynchy.metrics import MetricsServer, group_label
 from pynchy.store.models import TurnRow
-from pynchy_agent.protocol import MODEL_PROXY_PREFIX, RUN_API_PREFIX
+from pynchy_agent.protocol import MCP_PROXY_PREFIX, MODEL_PROXY_PREFIX, RUN_API_PREFIX
 
 log = get_logger(__name__)
 MAX_REQUEST_BYTES = 32 << 20  # the model proxy passes whole prompts (with images) through
@@ -78,6 +81,7 @@ class Gateway:
         key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
         token = settings.anthropic_auth_token.get_secret_value() if settings.anthropic_auth_token else None
         self.proxy = ModelProxy(settings.model_upstream_url, key, token)
+        self.mcp_proxy = McpProxy(self.api)  # the Group's MCP servers, with their Secrets' headers
         default = Limits.of(settings.default_budget) if settings.default_budget is not None else None
         self.spend = SpendGuard(
             self.db,
@@ -105,7 +109,10 @@ class Gateway:
         )
         self.approvals = Approvals(self.db, self.delivery, self.directory, settings.owner, self._run_ended)
         self.tools_gate = ToolGate(self.db, self.directory, self.approvals)
-        self.commands = CommandRunner(self.db, self.api, self.hub, self.runs, self.hooks, self.outbox, self.approvals)
+        self.questions = Questions(self.db, self.delivery, self.directory, settings.owner)
+        self.commands = CommandRunner(
+            self.db, self.api, self.hub, self.runs, self.hooks, self.outbox, self.approvals, self.questions
+        )
         self.inbox = Inbox(
             self.db, self.directory, settings.owner, self.commands.run, self.lifecycle.queued, self.metrics.inbound
         )
@@ -136,6 +143,10 @@ class Gateway:
     async def decide_approval(self, approval_id: str, approve: bool, sender: str) -> DecisionReply:
         """A person's Approve / Deny from a channel's button (text commands go through the inbox)."""
         return await self.approvals.decide(approval_id, approve, sender)
+
+    async def answer_question(self, question_id: str, index: int, choice: int, sender: str) -> DecisionReply:
+        """A person's click on one of an ask_user question's options (0-based indexes)."""
+        return await self.questions.answer(question_id, sender, index=index, choice=choice)
 
     def add_channel(self, channel: Channel) -> None:
         """Register a channel before start(): its routes, its deliveries, its turn hooks."""
@@ -202,9 +213,11 @@ class Gateway:
             self.tasks,
             self.settings.long_poll_seconds,
             self.tools_gate,
+            self.questions,
         )
         app.add_subapp(RUN_API_PREFIX, run_api.app(auth))
         app.add_subapp(MODEL_PROXY_PREFIX, ModelApi(self.db, self.proxy, self.spend).app(auth))
+        app.add_subapp(MCP_PROXY_PREFIX, McpApi(self.db, self.mcp_proxy, self.tools_gate).app(auth))
         app.router.add_get("/healthz", _healthz)
         for channel in self.hooks:
             channel.install(app)
@@ -222,7 +235,9 @@ class Gateway:
 
     async def _model_proxy(self, app: web.Application) -> AsyncIterator[None]:
         await self.proxy.start()
+        await self.mcp_proxy.start()
         yield
+        await self.mcp_proxy.close()
         await self.proxy.close()
         await self.spend.flush()  # the usage of the answers just drained, before the store closes
 
@@ -241,6 +256,7 @@ class Gateway:
         self.tasks.spawn(self.group_status.run(), name="group-status")
         self.tasks.spawn(self.pruner.run(), name="store-retention")
         self.tasks.spawn(self.approvals.run(), name="approvals")
+        self.tasks.spawn(self.questions.run(), name="questions")
         yield
         await self.tasks.close()
 
@@ -271,6 +287,7 @@ class Gateway:
     async def _release_long_polls(self, app: web.Application) -> None:
         # Before the server waits for open requests: waiting runs' long-polls answer 'no turn' now.
         self.hub.close()
+        self.mcp_proxy.release()  # and open MCP event streams end (their clients reconnect)
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -49,6 +49,22 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def asking_channel(
+    session: Session, directory: Directory, caller: Caller, turn_id: str | None
+) -> tuple[str, str, str | None] | None:
+    """Where a person is asked: the asking turn's channel and thread, else the Group's first channel."""
+    turn = turn_store.get(session, turn_id) if turn_id else None
+    if turn is None:
+        turn = turn_store.delivered_to_run(session, caller.namespace, caller.run)
+    if turn is not None and turn.reply_channel and turn.reply_channel_id:
+        return (turn.reply_channel, turn.reply_channel_id, turn.reply_thread)
+    entry = directory.get(caller.namespace, caller.group)
+    if entry is None:
+        return None
+    kind, channel_id = entry.default_channel()
+    return (kind, channel_id, None)
+
+
 @dataclass(eq=False)  # a service: identity, not value
 class Approvals:
     db: Db
@@ -104,7 +120,7 @@ class Approvals:
         key: str,
         turn_id: str | None,
     ) -> tuple[ApprovalRow, bool]:
-        channel = self._where(session, caller, turn_id)
+        channel = asking_channel(session, self.directory, caller, turn_id)
         row, created = store.create(
             session,
             key=key,
@@ -148,19 +164,6 @@ class Approvals:
                 detail=json.dumps({"approval": row.id, "tool": tool, "argsDigest": digest, "decision": "ask"}),
             )
         return row, created
-
-    def _where(self, session: Session, caller: Caller, turn_id: str | None) -> tuple[str, str, str | None] | None:
-        """Where the request is posted: the asking turn's channel and thread, else the Group's first channel."""
-        turn = turn_store.get(session, turn_id) if turn_id else None
-        if turn is None:
-            turn = turn_store.delivered_to_run(session, caller.namespace, caller.run)
-        if turn is not None and turn.reply_channel and turn.reply_channel_id:
-            return (turn.reply_channel, turn.reply_channel_id, turn.reply_thread)
-        entry = self.directory.get(caller.namespace, caller.group)
-        if entry is None:
-            return None
-        kind, channel_id = entry.default_channel()
-        return (kind, channel_id, None)
 
     async def wait(self, approval_id: str, timeout: float) -> ApprovalRow | None:
         """The request once it is decided, or as it is after `timeout` seconds (None if it is gone)."""

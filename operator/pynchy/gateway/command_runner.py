@@ -14,6 +14,7 @@ from pynchy.gateway.commands import HELP, Command
 from pynchy.gateway.db import Db
 from pynchy.gateway.hooks import ChannelHooks
 from pynchy.gateway.outbox import Outbox
+from pynchy.gateway.questions import Questions
 from pynchy.gateway.replies import fail_turns
 from pynchy.gateway.routing import GroupEntry
 from pynchy.gateway.turnhub import TurnHub
@@ -35,6 +36,7 @@ class CommandRunner:
     hooks: ChannelHooks
     outbox: Outbox
     approvals: Approvals
+    questions: Questions
 
     async def run(self, entry: GroupEntry, inbound: Inbound, command: Command, argument: str = "") -> str:
         """Answer a command; the answer goes back through the ledger, keyed by the message."""
@@ -44,6 +46,11 @@ class CommandRunner:
                 argument, command == Command.APPROVE, inbound.sender, namespace=ns, group=group
             )
             reply = answer.text
+        elif command == Command.ANSWER:
+            question_id, _, words = argument.partition(" ")
+            reply = (
+                await self.questions.answer(question_id, inbound.sender, text=words, namespace=ns, group=group)
+            ).text
         elif command == Command.RESET:
             await self.db.call(_mark_reset, ns, group)
             reply = "Done: the next message starts a fresh conversation (saved memories are kept)."
@@ -95,9 +102,11 @@ class CommandRunner:
     async def _pending_text(self, ns: str, group: str) -> str:
         rows = await self.db.call(turn_store.open_turns, ns, group)
         asks = await self.approvals.pending(ns, group)
-        if not rows and not asks:
+        questions = await self.questions.pending(ns, group)
+        if not rows and not asks and not questions:
             return "Nothing pending. " + HELP
         lines = [f"- approval [{a.id}]: {a.tool} (`approve {a.id}` / `deny {a.id}`)" for a in asks]
+        lines += [f"- question [{q.id}] from the agent (`answer {q.id} <number>`)" for q in questions]
         for row in rows[:PENDING_LISTED]:
             state = "running" if row.state == turn_store.DELIVERED else "queued"
             prompt = row.prompt if len(row.prompt) <= 80 else row.prompt[:77] + "..."

@@ -12,6 +12,7 @@ class Command(StrEnum):
     PENDING = "pending"  # list what is running and queued, and the approval requests
     APPROVE = "approve"  # approve <id>: an approval request
     DENY = "deny"  # deny <id>
+    ANSWER = "answer"  # answer <id> <number | words>: a question the agent asked (ask_user)
 
 
 _RESET_VERBS = ("reset", "restart", "clear", "new", "wipe")
@@ -37,8 +38,15 @@ def parse_command(text: str) -> Command | None:
 _DECISION = re.compile(r"^[/!]?(approve|deny|reject)\s+\[?([a-z0-9]{4,16})\]?[.!]?$")
 
 
+_ANSWER = re.compile(r"^[/!]?answer\s+\[?([a-z0-9]{4,16})\]?\s+(.+)$", re.IGNORECASE | re.DOTALL)
+
+
 def parse_decision(text: str) -> tuple[Command, str] | None:
-    """`approve <id>` / `deny <id>` (also `reject <id>`, `/approve [id]`): the command and the id."""
+    """`approve <id>` / `deny <id>` (also `reject <id>`, `/approve [id]`), `answer <id> <n | words>`:
+    the command and its argument (the id; for answer, 'id words')."""
+    answer = _ANSWER.match(text.strip())
+    if answer is not None:
+        return Command.ANSWER, f"{answer.group(1).lower()} {answer.group(2).strip()}"
     match = _DECISION.match(" ".join(text.strip().lower().split()))
     if match is None:
         return None
@@ -47,5 +55,5 @@ def parse_decision(text: str) -> tuple[Command, str] | None:
 
 HELP = (
     "Commands: `reset` (fresh conversation), `stop` (stop the current run), `pending` (what is queued "
-    "and waiting for approval), `approve <id>` / `deny <id>` (an approval request)."
+    "and waiting for approval), `approve <id>` / `deny <id>` (an approval request), `answer <id> <n>` (a question)."
 )

@@ -131,12 +131,7 @@ def due(session: Session, now: datetime, limit: int = 100) -> list[ApprovalRow]:
 
 
 def next_expiry(session: Session) -> datetime | None:
-    stmt = (
-        select(ApprovalRow.expires_at)
-        .where(ApprovalRow.state == PENDING)
-        .order_by(ApprovalRow.expires_at)
-        .limit(1)
-    )
+    stmt = select(ApprovalRow.expires_at).where(ApprovalRow.state == PENDING).order_by(ApprovalRow.expires_at).limit(1)
     return session.scalar(stmt)
 
 
@@ -175,9 +170,7 @@ def consume(session: Session, run_uid: str, tool: str, args_digest: str) -> Appr
     )
     for row in candidates:
         taken = session.execute(
-            update(ApprovalRow)
-            .where(ApprovalRow.id == row.id, ApprovalRow.consumed.is_(False))
-            .values(consumed=True)
+            update(ApprovalRow).where(ApprovalRow.id == row.id, ApprovalRow.consumed.is_(False)).values(consumed=True)
         )
         if taken.rowcount == 1:  # type: ignore[attr-defined]
             return row

@@ -248,3 +248,33 @@ class ApprovalRow(Base):
         Index("ix_approvals_group", "namespace", "group", "state"),
         Index("ix_approvals_run", "run_uid", "tool", "state"),
     )
+
+
+class QuestionRow(Base):
+    """Questions an agent asked the user (ask_user), waiting for their answers."""
+
+    __tablename__ = "questions"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # typed in 'answer <id> …'
+    key: Mapped[str] = mapped_column(String(300))  # 'ask:<run uid>:<call id>': a retried call finds its row
+    namespace: Mapped[str] = mapped_column(String(63))
+    group: Mapped[str] = mapped_column(String(63))
+    run: Mapped[str] = mapped_column(String(253))
+    turn_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    questions: Mapped[str] = mapped_column(Text)  # JSON: [{question, options, allowFreeText}]
+    answers: Mapped[str] = mapped_column(Text, default="[]")  # JSON: one entry (or null) per question
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | answered | expired
+    answered_by: Mapped[str | None] = mapped_column(String(255), default=None)
+    channel: Mapped[str | None] = mapped_column(String(16), default=None)
+    channel_id: Mapped[str | None] = mapped_column(String(63), default=None)
+    thread: Mapped[str | None] = mapped_column(String(64), default=None)
+    outbound_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    answered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+
+    __table_args__ = (
+        UniqueConstraint("key", name="uq_questions_key"),
+        Index("ix_questions_state_expires_at", "state", "expires_at"),
+        Index("ix_questions_group", "namespace", "group", "state"),
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from pynchy.chat.protocol import (
     MAX_TEXT_CHARS,
     NDJSON,
     PING_SECONDS,
+    ApprovalAsked,
     ChannelInfo,
     ChannelList,
     ChannelSummary,
@@ -43,6 +45,7 @@ from pynchy.chat.protocol import (
     MessagesQuery,
     Ping,
     PostMessage,
+    QuestionAsked,
     Status,
     StreamHeader,
     TurnState,
@@ -156,6 +159,41 @@ class TurnFeed:
         self._notify()
 
 
+def approval_request_id(key: str) -> str | None:
+    """The approval id of an approval request's ledger key `approval:<id>` (not its `:outcome`)."""
+    prefix, sep, rest = key.partition(":")
+    if prefix != "approval" or not sep or not rest or ":" in rest:
+        return None
+    return rest
+
+
+def _approval_tool(blocks: str | None, approval_id: str) -> str:
+    """The tool named in the row's `{"approval": {"id", "tool"}}` data, else "a tool"."""
+    try:
+        data = json.loads(blocks) if blocks else None
+    except ValueError:
+        data = None
+    approval = data.get("approval") if isinstance(data, dict) else None
+    if isinstance(approval, dict) and approval.get("id") in (None, approval_id):
+        tool = approval.get("tool")
+        if isinstance(tool, str) and tool:
+            return tool
+    return "a tool"
+
+
+def _question(row: OutboundRow) -> QuestionAsked | None:
+    """The QuestionAsked of a question's ledger row `question:<id>` (its data in `blocks`)."""
+    prefix, _, rest = row.key.partition(":")
+    if prefix != "question" or not rest or ":" in rest:
+        return None
+    try:
+        data = json.loads(row.blocks) if row.blocks else None
+        asked = data["question"] if isinstance(data, dict) else None
+        return QuestionAsked(id=rest, questions=asked["questions"], text=row.text) if asked else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def final_event(row: TurnRow) -> TurnResult | TurnFailed:
     if row.is_error or row.state == turn_store.FAILED:
         return TurnFailed(message=row.reply or "the turn failed")
@@ -236,7 +274,9 @@ class LocalChannel:
 
     async def deliver(self, row: OutboundRow, *, maybe_sent: bool) -> str | None:
         # Nothing to send: the row is in the ledger, where clients read it by cursor. Waking
-        # their long-polls is all there is to do, and doing it twice is harmless.
+        # their long-polls is all there is to do, and doing it twice is harmless. An approval
+        # request also goes into its turn's feed, so the client streaming the turn can ask.
+        self._ask_in_feed(row)
         if row.channel_id is not None:
             self._wake(row.channel_id)
         return f"local:{row.id}"
@@ -254,6 +294,22 @@ class LocalChannel:
             feed.finish_from(turn)
 
     # -- feeds -----------------------------------------------------------------------------
+
+    def _ask_in_feed(self, row: OutboundRow) -> None:
+        """An approval request (`approval:<id>`) or an agent's question (`question:<id>`) of a turn
+        with a feed: an ApprovalAsked / QuestionAsked in it, once."""
+        feed = self._feeds.get(row.turn_id) if row.turn_id is not None else None
+        if feed is None or feed.finished:
+            return
+        approval_id = approval_request_id(row.key)
+        if approval_id is not None:
+            if any(isinstance(e, ApprovalAsked) and e.id == approval_id for e in feed.events):
+                return  # delivered again (a retry, a restated row): the feed has it already
+            feed.add(ApprovalAsked(id=approval_id, tool=_approval_tool(row.blocks, approval_id), text=row.text))
+            return
+        question = _question(row)
+        if question is not None and not any(isinstance(e, QuestionAsked) and e.id == question.id for e in feed.events):
+            feed.add(question)
 
     def _feed(self, turn_id: str, watch: TurnWatch | None = None) -> TurnFeed:
         feed = self._feeds.get(turn_id)

@@ -8,14 +8,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from pynchy.aio import TaskSet
+from pynchy.api.validation import format_errors
 from pynchy.gateway.agentruns import AgentRuns
 from pynchy.gateway.db import Db
 from pynchy.gateway.httpapi.runauth import RUN_CONTEXT, RunAuth, RunContext, RunTokenError
 from pynchy.gateway.lifecycle import TurnLifecycle
 from pynchy.gateway.problems import Handler, RequestError, api_error_body, bearer, parse, problems
+from pynchy.gateway.questions import Questions
 from pynchy.gateway.stats import StatsReporter
 from pynchy.gateway.toolgate import ToolGate
 from pynchy.gateway.tools import ToolError, Tools
@@ -25,13 +28,16 @@ from pynchy.logs import get_logger
 from pynchy.store import records
 from pynchy.store import turns as turn_store
 from pynchy_agent.protocol import (
+    ASK_USER,
     MAX_WAIT_SECONDS,
+    AskUserArgs,
     EventBatch,
     PermissionAnswer,
     PermissionRequest,
     RunInfo,
     SessionReport,
     ToolCall,
+    ToolResult,
     ToolUse,
     Turn,
     TurnFailed,
@@ -71,6 +77,7 @@ class RunApi:
     tasks: TaskSet
     long_poll_seconds: float
     gate: ToolGate
+    questions: Questions
 
     def app(self, auth: RunAuth) -> web.Application:
         """The sub-app, to mount at RUN_API_PREFIX."""
@@ -199,12 +206,21 @@ class RunApi:
         if not verdict.allowed:
             log.info("tool refused by the tool policy", run=ctx.name, tool=name, by=verdict.decided_by)
             raise RequestError(403, verdict.reason)
+        if name == ASK_USER:
+            return web.json_response((await self._ask_user(ctx, call)).wire())
         try:
             result = await self.tools.call(ctx.caller, name, call.arguments)
         except ToolError as exc:
             log.info("tool refused", run=ctx.name, tool=name, status=exc.status, reason=str(exc))
             raise RequestError(exc.status, str(exc)) from None
         return web.json_response(result.wire())
+
+    async def _ask_user(self, ctx: RunContext, call: ToolCall) -> ToolResult:
+        try:
+            args = AskUserArgs.model_validate(call.arguments)
+        except ValidationError as exc:
+            raise RequestError(422, "invalid arguments for ask_user: " + "; ".join(format_errors(exc))) from None
+        return await self.questions.ask(ctx.caller, ctx.claims.uid, args, call.call_id)
 
     async def permission(self, request: web.Request) -> web.Response:
         ctx = request[RUN_CONTEXT]

@@ -1,4 +1,5 @@
-"""Approve / Deny buttons clicked in Slack: a `block_actions` payload → the gateway's decision.
+"""Buttons clicked in Slack: a `block_actions` payload → the gateway's decision. Approve / Deny of
+an approval request, and the options of an agent's question (ask_user).
 
 The payload comes over Socket Mode (an `interactive` envelope) or over HTTP (a signed form POST with
 a `payload=<json>` field, to the same /slack/events URL); bolt acknowledges it at once and the
@@ -9,12 +10,14 @@ already, unknown id) is told to the person who clicked only, as an ephemeral mes
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pynchy.gateway.approvalview import ACTION_APPROVE, ACTION_DENY
 from pynchy.gateway.channels.base import DecisionReply
+from pynchy.gateway.questionview import ACTION_PATTERN as QUESTION_PATTERN
 from pynchy.gateway.slack.errors import describe
 from pynchy.gateway.slack.mrkdwn import to_mrkdwn
 from pynchy.logs import get_logger
@@ -22,6 +25,7 @@ from pynchy.logs import get_logger
 log = get_logger(__name__)
 
 Decide = Callable[[str, bool, str], Awaitable[DecisionReply]]  # (approval id, approve, sender)
+Answer = Callable[[str, int, int, str], Awaitable[DecisionReply]]  # (question id, question, option, sender)
 Ephemeral = Callable[[str, str, str, str | None], Awaitable[object]]  # (channel, user, text, thread ts)
 
 FAILED_REPLY = "Your decision on `{id}` could not be recorded just now; please try again."
@@ -37,6 +41,7 @@ class Click:
     channel_id: str
     message_ts: str | None
     thread_ts: str | None  # the thread the message is in (None at top level)
+    option: tuple[int, int] | None = None  # a question's button: (question index, option index)
 
     @property
     def sender(self) -> str:
@@ -50,7 +55,8 @@ def parse_click(body: dict[str, Any]) -> Click | str:
     if action is None:
         return "no action"
     action_id = action.get("action_id")
-    if action_id not in (ACTION_APPROVE, ACTION_DENY):
+    question = re.match(QUESTION_PATTERN, action_id) if isinstance(action_id, str) else None
+    if action_id not in (ACTION_APPROVE, ACTION_DENY) and question is None:
         return f"unknown action {action_id!r}"
     approval_id = action.get("value")
     container = _dict(body.get("container"))
@@ -73,13 +79,19 @@ def parse_click(body: dict[str, Any]) -> Click | str:
         message_ts=ts,
         # A thread's parent carries its own ts as thread_ts: it is not *in* a thread.
         thread_ts=thread if thread and thread != ts else None,
+        option=(int(question.group(1)), int(question.group(2))) if question else None,
     )
 
 
-async def answer_click(click: Click, decide: Decide, ephemeral: Ephemeral) -> None:
-    """Decide; tell the person (only them) when it was refused or failed. Never raises."""
+async def answer_click(click: Click, decide: Decide, ephemeral: Ephemeral, answer: Answer | None = None) -> None:
+    """Decide (or answer the question); tell the person (only them) when it was refused or failed. Never raises."""
     try:
-        reply = await decide(click.approval_id, click.approve, click.sender)
+        if click.option is not None:
+            if answer is None:
+                raise RuntimeError("this channel takes no answers to questions")
+            reply = await answer(click.approval_id, click.option[0], click.option[1], click.sender)
+        else:
+            reply = await decide(click.approval_id, click.approve, click.sender)
     except Exception as exc:
         log.warning(
             "slack approval button failed",

@@ -50,6 +50,8 @@ class Core(Protocol):
 
     async def decide_approval(self, approval_id: str, approve: bool, sender: str) -> DecisionReply: ...
 
+    async def answer_question(self, question_id: str, index: int, choice: int, sender: str) -> DecisionReply: ...
+
 
 class SlackChannel:
     kind: ChannelKind = "slack"
@@ -82,6 +84,7 @@ class SlackChannel:
             whoami=self.whoami,
             reply=self._reply_directly,
             decide=gateway.decide_approval,
+            answer=gateway.answer_question,
             ephemeral=self.api.post_ephemeral,
             background=self._background,
         )

@@ -29,7 +29,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from pynchy.aio import LogOnce
 from pynchy.gateway.approvalview import ACTION_PATTERN
 from pynchy.gateway.channels.base import Accepted, Inbound, Outcome
-from pynchy.gateway.slack.actions import Decide, Ephemeral, answer_click, parse_click
+from pynchy.gateway.questionview import ACTION_PATTERN as QUESTION_PATTERN
+from pynchy.gateway.slack.actions import Answer, Decide, Ephemeral, answer_click, parse_click
 from pynchy.gateway.slack.inbound import Identity, Skip, parse
 from pynchy.logs import get_logger
 
@@ -64,12 +65,14 @@ class EventReceiver:
         decide: Decide,
         ephemeral: Ephemeral,
         background: Callable[[Coroutine[Any, Any, Any]], None],
+        answer: Answer | None = None,
     ) -> None:
         self._token = token
         self._accept = accept
         self._whoami = whoami
         self._reply = reply
         self._decide = decide
+        self._answer = answer
         self._ephemeral = ephemeral
         self._background = background
         self._verifier = SignatureVerifier(signing_secret) if signing_secret else None
@@ -92,6 +95,7 @@ class EventReceiver:
         )
         self.app.event(re.compile(r".*"))(self._on_event)
         self.app.action(re.compile(ACTION_PATTERN))(self._on_action)
+        self.app.action(re.compile(QUESTION_PATTERN))(self._on_action)
 
     def _authorizer(self) -> Callable[..., Awaitable[AuthorizeResult]]:
         # A plain function: bolt passes arguments by the names it finds (a bound method's `self` confuses it).
@@ -198,7 +202,7 @@ class EventReceiver:
             user = body.get("user")
             log.warning("slack button ignored", reason=click, user=user.get("id") if isinstance(user, dict) else None)
             return
-        self._background(answer_click(click, self._decide, self._ephemeral))
+        self._background(answer_click(click, self._decide, self._ephemeral, self._answer))
 
     def _log_skip(self, skip: Skip, body: dict[str, Any]) -> None:
         if skip.known:

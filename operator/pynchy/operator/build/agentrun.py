@@ -30,6 +30,7 @@ from pynchy.operator.build.common import (
 )
 from pynchy.operator.settings import OperatorSettings
 from pynchy.runtoken import GRACE_SECONDS, RunClaims, issue
+from pynchy_agent.protocol import MCP_PROXY_PREFIX, MODEL_PROXY_PREFIX
 
 # Every kind agentrun_children emits. Nothing lists or prunes them: the run controls both, so they
 # go with it (garbage collection), and the pod is never replaced.
@@ -39,7 +40,6 @@ OWNED_KINDS: tuple[str, ...] = ("Secret", "Pod")
 WORKSPACE_DIR = "/workspace"
 HOME_DIR = "/home/agent"
 CONFIG_DIR = "/etc/pynchy/group"
-MCP_DIR = "/etc/pynchy/mcp"
 GIT_DIR = "/etc/pynchy/git"
 TMP_DIR = "/tmp"  # an emptyDir: the root filesystem is read-only
 TERMINATION_LOG = "/dev/termination-log"
@@ -133,9 +133,10 @@ def _env(run: dict[str, Any], g: Group, ws: Workspace | None, settings: Operator
         ("PYNCHY_IDLE_TIMEOUT_SECONDS", str(g.spec.agent.idle_timeout_seconds)),
         # = activeDeadlineSeconds: the runner tells "out of time" from other stops.
         ("PYNCHY_RUN_TIMEOUT_SECONDS", str(g.spec.agent.timeout_seconds)),
-        ("PYNCHY_MCP_SECRETS_DIR", MCP_DIR),
         ("PYNCHY_TERMINATION_LOG", TERMINATION_LOG),
-        ("ANTHROPIC_BASE_URL", gateway + "/model"),
+        ("ANTHROPIC_BASE_URL", gateway + MODEL_PROXY_PREFIX),
+        # The Group's MCP servers, through the gateway: their header Secrets never enter the pod.
+        ("PYNCHY_MCP_PROXY_URL", gateway + MCP_PROXY_PREFIX),
         # The pod is the sandbox; the Claude CLI wants this before it allows bypassPermissions.
         ("IS_SANDBOX", "1"),
         ("TMPDIR", TMP_DIR),
@@ -197,17 +198,6 @@ def _volumes(
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": TMP_DIR},
     ]
-    for i, server in enumerate(g.spec.agent.mcp_servers):
-        if server.headers_secret_ref:
-            # Server names may hold '_' and 63 characters; volume names may not, so number them.
-            vol = f"mcp-{i}"
-            volumes.append(
-                {
-                    "name": vol,
-                    "secret": {"secretName": server.headers_secret_ref.name, "defaultMode": SECRET_FILE_MODE},
-                }
-            )
-            mounts.append({"name": vol, "mountPath": f"{MCP_DIR}/{server.name}", "readOnly": True})
     git = ws.spec.git if ws else None
     if git and git.credentials_secret_ref:
         volumes.append(
