@@ -53,7 +53,7 @@ def test_the_floor_reaches_back_at_most_62_days_and_14_hours() -> None:
 def test_cutoffs_follow_the_policy() -> None:
     policy = retention.RetentionPolicy({"messages": 10, "outbound": 0, "usage": 1})
     cutoffs = policy.cutoffs(NOW.astimezone(zoneinfo.ZoneInfo("Asia/Tokyo")))
-    assert list(cutoffs) == ["messages", "turns", "usage", "audit"]  # KINDS order; outbound kept forever
+    assert list(cutoffs) == ["messages", "turns", "usage", "audit", "approvals", "questions"]  # outbound: forever
     assert cutoffs["messages"] == NOW - timedelta(days=10)
     assert cutoffs["turns"] == NOW - timedelta(days=retention.DEFAULT_DAYS["turns"])
     assert cutoffs["usage"] == retention.usage_floor(NOW)  # one day would cut into the budget month
@@ -78,7 +78,9 @@ def test_a_policy_refuses_what_it_cannot_do(days: dict[str, int], batch: int, me
 def test_the_settings_give_the_documented_defaults_for_every_kind() -> None:
     settings = GatewaySettings(run_token_key=KEY)
     assert settings.retention_policy == retention.RetentionPolicy(dict(retention.DEFAULT_DAYS), batch_size=500)
-    assert retention.DEFAULT_DAYS == {"messages": 90, "turns": 90, "outbound": 30, "usage": 400, "audit": 365}
+    assert retention.DEFAULT_DAYS == {
+        "messages": 90, "turns": 90, "outbound": 30, "usage": 400, "audit": 365, "approvals": 90, "questions": 90
+    }  # fmt: skip
     assert settings.retention_interval_seconds == 3600
     for kind in retention.KIND:  # a kind without its setting would be kept for its default, silently
         assert f"retention_{kind}_days" in GatewaySettings.model_fields, kind

@@ -21,13 +21,14 @@ from pynchy.aio import TaskSet
 from pynchy.gateway.db import Db
 from pynchy.gateway.pruner import Pruner
 from pynchy.store import outbound, retention, turns
-from pynchy.store.models import AuditRow, Base, MessageRow, OutboundRow, TurnRow, UsageRow
+from pynchy.store.models import ApprovalRow, AuditRow, Base, MessageRow, OutboundRow, QuestionRow, TurnRow, UsageRow
 
 NS = "team"
 NOW = datetime(2026, 12, 15, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 POLICY = retention.RetentionPolicy(
-    {"messages": 90, "turns": 90, "outbound": 30, "usage": 400, "audit": 365}, batch_size=2
+    {"messages": 90, "turns": 90, "outbound": 30, "usage": 400, "audit": 365, "approvals": 90, "questions": 90},
+    batch_size=2,
 )
 
 
@@ -58,6 +59,21 @@ def audit(run: str, at: datetime) -> AuditRow:
     return AuditRow(namespace=NS, group="a", run=run, action="send_message", allowed=True, at=at)
 
 
+def approval(approval_id: str, state: str, decided: datetime | None) -> ApprovalRow:
+    return ApprovalRow(
+        id=approval_id, key=approval_id, namespace=NS, group="a", run="r", run_uid="u", tool="Bash",
+        args_digest="d", summary="ls", state=state, consumed=False, created_at=decided or NOW - 500 * DAY,
+        expires_at=(decided or NOW) + DAY, decided_at=decided, reported=decided is not None,
+    )  # fmt: skip
+
+
+def question(question_id: str, state: str, closed: datetime | None) -> QuestionRow:
+    return QuestionRow(
+        id=question_id, key=question_id, namespace=NS, group="a", run="r", questions="[]", answers="[]",
+        state=state, created_at=closed or NOW - 500 * DAY, expires_at=(closed or NOW) + DAY, answered_at=closed,
+    )  # fmt: skip
+
+
 def add(session: Session, rows: list[Base]) -> None:
     session.add_all(rows)
 
@@ -70,6 +86,8 @@ def names(session: Session) -> dict[str, list[str]]:
         "outbound": list(session.scalars(select(OutboundRow.key).order_by(OutboundRow.id))),
         "usage": list(session.scalars(select(UsageRow.run).order_by(UsageRow.id))),
         "audit": list(session.scalars(select(AuditRow.run).order_by(AuditRow.id))),
+        "approvals": list(session.scalars(select(ApprovalRow.id).order_by(ApprovalRow.id))),
+        "questions": list(session.scalars(select(QuestionRow.id).order_by(QuestionRow.id))),
     }
 
 
@@ -118,11 +136,19 @@ def test_old_rows_go_in_small_batches_and_the_rest_stays(tx: Callable[..., Any],
         usage("usage-kept", NOW - 399 * DAY),
         audit("audit-old", NOW - 366 * DAY),
         audit("audit-kept", NOW - 364 * DAY),
+        # Decided long ago: go; still pending (however old): stays; decided lately: stays.
+        approval("apold", "denied", NOW - 91 * DAY),
+        approval("append", "pending", None),
+        approval("apnew", "approved", NOW - DAY),
+        question("qold", "expired", NOW - 91 * DAY),
+        question("qpend", "pending", None),
     ]
     tx(add, rows)
 
     counts = passes()
-    assert counts == {"messages": 5, "turns": 5, "outbound": 4, "usage": 2, "audit": 1}
+    assert counts == {
+        "messages": 5, "turns": 5, "outbound": 4, "usage": 2, "audit": 1, "approvals": 1, "questions": 1
+    }  # fmt: skip
     assert all(0 < n <= POLICY.batch_size for _kind, n in passes.batches), passes.batches
     assert tx(names) == {
         "messages": ["new"],
@@ -130,6 +156,8 @@ def test_old_rows_go_in_small_batches_and_the_rest_stays(tx: Callable[..., Any],
         "outbound": ["pending", "streaming", "sent-of-running-turn", "sent-recent"],
         "usage": ["usage-kept"],
         "audit": ["audit-kept"],
+        "approvals": ["apnew", "append"],
+        "questions": ["qpend"],
     }
 
     passes.batches.clear()
@@ -174,13 +202,23 @@ def test_the_newest_rows_stay_so_ids_and_seq_never_go_back(tx: Callable[..., Any
         ],
     )
     cursor = tx(lambda s: s.scalar(select(func.max(OutboundRow.id))))
-    assert passes() == {"messages": 2, "turns": 2, "outbound": 2, "usage": 2, "audit": 2}
+    assert passes() == {
+        "messages": 2,
+        "turns": 2,
+        "outbound": 2,
+        "usage": 2,
+        "audit": 2,
+        "approvals": 0,
+        "questions": 0,
+    }
     assert tx(names) == {
         "messages": ["m2"],
         "turns": ["t2", "b-last"],
         "outbound": ["o2"],
         "usage": ["u2"],
         "audit": ["a2"],
+        "approvals": [],
+        "questions": [],
     }
     row, _ = tx(outbound.add, key="after", namespace=NS, group="a", text="new", channel="local", channel_id="c1")
     assert row.id > cursor
@@ -210,6 +248,8 @@ def test_a_batch_reads_the_time_index_on_sqlite(tx: Callable[..., Any]) -> None:
         "outbound": "ix_outbound_state_created_at",
         "usage": "ix_usage_at",
         "audit": "ix_audit_at",
+        "approvals": "ix_approvals_decided_at",
+        "questions": "ix_questions_answered_at",
     }
     assert set(indexes) == set(retention.KIND)
     tx(add, [message("m", NOW), ledger("o", outbound.SENT, NOW), usage("u", NOW), audit("a", NOW)])

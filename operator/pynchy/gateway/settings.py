@@ -144,6 +144,15 @@ class GatewaySettings(BaseSettings):
         "audit",
         "Days the audit log of agent tool calls is kept; 0: forever.",
     )
+    retention_approvals_days: int = _retention_days(
+        "approvals",
+        "Days a decided approval request is kept after its decision (pending ones always are; the audit log "
+        "keeps each decision for its own period); 0: forever.",
+    )
+    retention_questions_days: int = _retention_days(
+        "questions",
+        "Days an agent's answered or expired question (ask_user) is kept; 0: forever.",
+    )
     retention_interval_seconds: float = Field(
         default=3600, gt=0, description="Seconds between two retention passes over the store."
     )

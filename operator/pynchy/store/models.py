@@ -247,6 +247,7 @@ class ApprovalRow(Base):
         Index("ix_approvals_state_expires_at", "state", "expires_at"),
         Index("ix_approvals_group", "namespace", "group", "state"),
         Index("ix_approvals_run", "run_uid", "tool", "state"),
+        Index("ix_approvals_decided_at", "decided_at"),  # retention: decided long ago (pending: NULL)
     )
 
 
@@ -277,4 +278,5 @@ class QuestionRow(Base):
         UniqueConstraint("key", name="uq_questions_key"),
         Index("ix_questions_state_expires_at", "state", "expires_at"),
         Index("ix_questions_group", "namespace", "group", "state"),
+        Index("ix_questions_answered_at", "answered_at"),  # retention: closed long ago (pending: NULL)
     )

@@ -11,6 +11,7 @@ Never deleted, whatever their age:
 * ledger rows not final (pending, streaming), and any row of a turn not finished (a streamed
   reply's row goes back to pending when its final text arrives);
 * usage since `usage_floor(now)`: budgets read the current day and month in each Group's zone;
+* approval requests and agent questions still pending (their decision time is empty);
 * the newest row of each table with a serial id: SQLite numbers a new row max(id) + 1, so deleting
   the newest would hand its id out again, and ids are cursors (the local channel reads the ledger
   after an id).
@@ -30,7 +31,7 @@ from sqlalchemy import func as sql
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from pynchy.store import outbound, turns
-from pynchy.store.models import AuditRow, MessageRow, OutboundRow, TurnRow, UsageRow
+from pynchy.store.models import ApprovalRow, AuditRow, MessageRow, OutboundRow, QuestionRow, TurnRow, UsageRow
 
 # The zones furthest east are UTC+14: no budget's day or month starts earlier, relative to UTC.
 EARLIEST_ZONE = timedelta(hours=14)
@@ -84,6 +85,9 @@ KINDS: tuple[Kind, ...] = (
     Kind("outbound", OutboundRow.id, OutboundRow.created_at, 30, _final_ledger_rows),
     Kind("usage", UsageRow.id, UsageRow.at, 400, floor=usage_floor),
     Kind("audit", AuditRow.id, AuditRow.at, 365),
+    # Decided (or closed) long ago; a pending request has no decision time, so it is never old.
+    Kind("approvals", ApprovalRow.id, ApprovalRow.decided_at, 90, serial=False),
+    Kind("questions", QuestionRow.id, QuestionRow.answered_at, 90, serial=False),
 )
 KIND = {kind.name: kind for kind in KINDS}
 DEFAULT_DAYS = {kind.name: kind.default_days for kind in KINDS}

@@ -49,6 +49,7 @@ def upgrade() -> None:
     op.create_index("ix_approvals_state_expires_at", "approvals", ["state", "expires_at"])
     op.create_index("ix_approvals_group", "approvals", ["namespace", "group", "state"])
     op.create_index("ix_approvals_run", "approvals", ["run_uid", "tool", "state"])
+    op.create_index("ix_approvals_decided_at", "approvals", ["decided_at"])
 
     op.create_table(
         "questions",
@@ -73,6 +74,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_questions_state_expires_at", "questions", ["state", "expires_at"])
     op.create_index("ix_questions_group", "questions", ["namespace", "group", "state"])
+    op.create_index("ix_questions_answered_at", "questions", ["answered_at"])
 
 
 def downgrade() -> None:
