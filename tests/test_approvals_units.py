@@ -256,3 +256,23 @@ def _all_questions(session: Any) -> list[Any]:
     from pynchy.store.models import QuestionRow
 
     return list(session.scalars(select(QuestionRow)))
+
+
+def test_a_decision_after_the_run_ended_is_recorded_and_reported(tmp_path: Path) -> None:
+    async def scenario(client: TestClient[Any, Any], parts: Parts) -> None:
+        parts.index.on_event("ADDED", run_obj("r1"))
+        pre = await permission(client, "Bash", "u1", command="make release")
+        parts.index.on_event("DELETED", run_obj("r1"))  # the run is gone before anyone decided
+        reply = await parts.approvals.decide(pre["approval"], True, "owner")
+        assert reply.decided
+        assert "the run that asked had already ended" in reply.text
+        outcome = await parts.db.call(outbound.by_key, f"approval:{pre['approval']}:outcome")
+        assert "already ended" in outcome.text
+        [decided] = [
+            json.loads(a.detail)
+            for a in await parts.db.call(records.audit_log, "home", "demo")
+            if a.action == "approval:Bash" and json.loads(a.detail)["decision"] == "approved"
+        ]
+        assert decided["runEnded"] is True
+
+    serve(tmp_path, scenario, spec=POLICY)
