@@ -15,7 +15,6 @@ replaces the buttons (or follows as a message in channels that cannot edit).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from sqlalchemy.orm import Session
 from pynchy.gateway import approvalview as view
 from pynchy.gateway.channels.base import DecisionReply
 from pynchy.gateway.db import Db
+from pynchy.gateway.deadlines import Waiting, sweep_forever
 from pynchy.gateway.delivery import Delivery
 from pynchy.gateway.routing import Directory, sender_allowed
 from pynchy.gateway.tools import Caller
@@ -37,8 +37,6 @@ from pynchy.store.models import ApprovalRow
 
 log = get_logger(__name__)
 
-POLL_SECONDS = 1.0  # waiters re-read their row this often (a decision taken by another replica)
-SWEEP_SECONDS = 5.0  # the sweeper looks at least this often (deadlines, outcomes left unreported)
 DEFAULT_TIMEOUT_SECONDS = 300
 
 Clock = Callable[[], datetime]
@@ -73,8 +71,11 @@ class Approvals:
     owner: str | None  # the Slack user 'owner' stands for (the local channel's user is always 'owner')
     run_ended: RunEnded
     clock: Clock = _utc_now
-    _wake: dict[str, set[asyncio.Event]] = field(default_factory=dict, init=False)
     _kick: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _waiting: Waiting[ApprovalRow] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._waiting = Waiting(lambda key: self.db.call(store.get, key), self._expire, lambda: self.clock())
 
     # -- asking ------------------------------------------------------------------------
 
@@ -167,31 +168,7 @@ class Approvals:
 
     async def wait(self, approval_id: str, timeout: float) -> ApprovalRow | None:
         """The request once it is decided, or as it is after `timeout` seconds (None if it is gone)."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + timeout
-        event = asyncio.Event()
-        self._wake.setdefault(approval_id, set()).add(event)
-        try:
-            while True:
-                row = await self.db.call(store.get, approval_id)
-                if row is None or row.state != store.PENDING:
-                    return row
-                if row.expires_at <= self.clock():
-                    await self._expire(row.id)
-                    continue
-                left = until - loop.time()
-                if left <= 0:
-                    return row
-                deadline = (row.expires_at - self.clock()).total_seconds()
-                event.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), timeout=max(0.0, min(POLL_SECONDS, left, deadline)))
-        finally:
-            waiters = self._wake.get(approval_id)
-            if waiters is not None:
-                waiters.discard(event)
-                if not waiters:
-                    del self._wake[approval_id]
+        return await self._waiting.wait(approval_id, timeout)
 
     async def consume(self, run_uid: str, tool: str, digest: str) -> ApprovalRow | None:
         """An approved request of this run for exactly this call, used up (one approval, one call)."""
@@ -297,8 +274,7 @@ class Approvals:
         self.delivery.kick()
 
     def _wake_up(self, approval_id: str) -> None:
-        for event in self._wake.get(approval_id, ()):
-            event.set()
+        self._waiting.wake(approval_id)
 
     def decided(self, approval_id: str) -> None:
         """Wake the waiters of a request decided in this process."""
@@ -324,16 +300,8 @@ class Approvals:
             self._report(session, row, self.run_ended(row.namespace, row.run))
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-                nxt = await self.db.call(store.next_expiry)
-            except Exception:
-                log.exception("approval sweep failed; retrying")
-                nxt = None
-            wait = SWEEP_SECONDS
-            if nxt is not None:
-                wait = max(0.05, min(wait, (nxt - self.clock()).total_seconds()))
-            self._kick.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), timeout=wait)
+        await sweep_forever(self._sweep_pass, self._kick, lambda: self.clock(), "approval")
+
+    async def _sweep_pass(self) -> datetime | None:
+        await self.sweep()
+        return await self.db.call(store.next_expiry)

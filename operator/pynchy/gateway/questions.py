@@ -9,7 +9,6 @@ deadline column turns an unanswered question into a clear "nobody answered" resu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,9 +17,10 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import Session
 
 from pynchy.gateway import questionview as view
-from pynchy.gateway.approvals import DEFAULT_TIMEOUT_SECONDS, POLL_SECONDS, SWEEP_SECONDS, asking_channel
+from pynchy.gateway.approvals import DEFAULT_TIMEOUT_SECONDS, asking_channel
 from pynchy.gateway.channels.base import DecisionReply
 from pynchy.gateway.db import Db
+from pynchy.gateway.deadlines import Waiting, sweep_forever
 from pynchy.gateway.delivery import Delivery
 from pynchy.gateway.routing import Directory, sender_allowed
 from pynchy.gateway.tools import Caller
@@ -46,8 +46,11 @@ class Questions:
     directory: Directory
     owner: str | None
     clock: Callable[[], datetime] = _utc_now
-    _wake: dict[str, set[asyncio.Event]] = field(default_factory=dict, init=False)
     _kick: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _waiting: Waiting[QuestionRow] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._waiting = Waiting(lambda key: self.db.call(store.get, key), self._expire, lambda: self.clock())
 
     def timeout_of(self, namespace: str, group: str) -> int:
         entry = self.directory.get(namespace, group)
@@ -64,7 +67,7 @@ class Questions:
             self.delivery.kick()
             self._kick.set()
         timeout = self.timeout_of(caller.namespace, caller.group)
-        final = await self._wait(row.id, timeout + EXTRA_WAIT_SECONDS) or row
+        final = await self._waiting.wait(row.id, timeout + EXTRA_WAIT_SECONDS) or row
         data = {"question": final.id, "state": final.state, "answers": view.answers(final)}
         return ToolResult(text=view.tool_result_text(final, timeout), data=data)
 
@@ -101,32 +104,6 @@ class Questions:
                 blocks=json.dumps(layout),
             )
         return row, created
-
-    async def _wait(self, question_id: str, timeout: float) -> QuestionRow | None:
-        loop = asyncio.get_running_loop()
-        until = loop.time() + timeout
-        event = asyncio.Event()
-        self._wake.setdefault(question_id, set()).add(event)
-        try:
-            while True:
-                row = await self.db.call(store.get, question_id)
-                if row is None or row.state != store.PENDING:
-                    return row
-                if row.expires_at <= self.clock():
-                    await self._expire(row.id)
-                    continue
-                left = until - loop.time()
-                if left <= 0:
-                    return row
-                event.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), timeout=max(0.0, min(POLL_SECONDS, left)))
-        finally:
-            waiters = self._wake.get(question_id)
-            if waiters is not None:
-                waiters.discard(event)
-                if not waiters:
-                    del self._wake[question_id]
 
     # -- answers -----------------------------------------------------------------------
 
@@ -229,25 +206,16 @@ class Questions:
         self.delivery.kick()
 
     def _wake_up(self, question_id: str) -> None:
-        for event in self._wake.get(question_id, ()):
-            event.set()
+        self._waiting.wake(question_id)
 
     async def pending(self, namespace: str, group: str) -> list[QuestionRow]:
         return await self.db.call(store.pending, namespace, group)
 
     async def run(self) -> None:
         """The sweeper: questions past their deadline are closed (and the channel told)."""
-        while True:
-            nxt = None
-            try:
-                for row in await self.db.call(store.due, self.clock()):
-                    await self._expire(row.id)
-                nxt = await self.db.call(store.next_expiry)
-            except Exception:
-                log.exception("question sweep failed; retrying")
-            wait = SWEEP_SECONDS
-            if nxt is not None:
-                wait = max(0.05, min(wait, (nxt - self.clock()).total_seconds()))
-            self._kick.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), timeout=wait)
+        await sweep_forever(self._sweep_pass, self._kick, lambda: self.clock(), "question")
+
+    async def _sweep_pass(self) -> datetime | None:
+        for row in await self.db.call(store.due, self.clock()):
+            await self._expire(row.id)
+        return await self.db.call(store.next_expiry)
