@@ -64,6 +64,8 @@ def operator_env(operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("PYNCHY_HOST_PATH_ALLOWLIST", "/srv/pynchy")
     monkeypatch.setenv("PYNCHY_WORKERS", "4")
     monkeypatch.setenv("PYNCHY_RUN_TOKEN_KEY", RUN_TOKEN_KEY)
+    # Whom the Groups' MCP Roles bind: the identity of gateway_kubeconfig.
+    monkeypatch.setenv("PYNCHY_GATEWAY_SERVICE_ACCOUNT", GATEWAY_SERVICE_ACCOUNT)
 
 
 @pytest.fixture
@@ -80,6 +82,8 @@ def operator(operator_env: None) -> Iterator[object]:
 
 # Shared by the operator (which signs run tokens) and the gateway (which verifies them).
 RUN_TOKEN_KEY = "pynchy-test-run-token-key-0123456789abcdef0123456"
+# The gateway's ServiceAccount (as in manifests/base/gateway/rbac.yaml), namespace/name.
+GATEWAY_SERVICE_ACCOUNT = "pynchy-system/pynchy-gateway"
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +91,7 @@ def gateway_kubeconfig(control_plane: ControlPlane) -> Path:
     """Credentials of the gateway's ServiceAccount, bound to exactly manifests/base/gateway/rbac.yaml."""
     control_plane.kubectl("create", "namespace", "pynchy-system", check=False)
     control_plane.kubectl("apply", "-f", str(REPO / "manifests/base/gateway/rbac.yaml"))
-    return control_plane.service_account_kubeconfig("pynchy-system", "pynchy-gateway")
+    return control_plane.service_account_kubeconfig(*GATEWAY_SERVICE_ACCOUNT.split("/"))
 
 
 def make_gateway(kubeconfig: Path, data_dir: Path, upstream: str, api_key: str | None, **overrides: object) -> object:

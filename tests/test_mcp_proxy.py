@@ -308,17 +308,45 @@ def test_sse_events_come_out_whole() -> None:
 def test_the_gateway_reads_header_secrets_with_its_own_rbac(
     control_plane: ControlPlane, gateway_kubeconfig: Path, namespace: str
 ) -> None:
+    """Through the Role pynchy-mcp-<group> the operator builds (applied here without the operator, for a
+    real Group): the Secrets the Group names are read (or missing), any other is refused."""
+    from pynchy.api.resources import Group
+    from pynchy.operator.build.group import mcp_secrets_access
+    from pynchy.operator.settings import OperatorSettings
+
     control_plane.kubectl("-n", namespace, "create", "secret", "generic", "notes", "--from-literal=X-Api-Key=k1")
+    control_plane.kubectl("-n", namespace, "create", "secret", "generic", "other", "--from-literal=X-Api-Key=k2")
     ref = {"name": "notes", "url": "http://mcp.test/mcp", "headersSecretRef": {"name": "notes"}}
+    gone = {**ref, "name": "gone", "headersSecretRef": {"name": "gone"}}
+    manifest = {
+        "apiVersion": "pynchy.dev/v1alpha1",
+        "kind": "Group",
+        "metadata": {"name": "scribe", "namespace": namespace},
+        "spec": {"channels": [{"local": {"name": "scribe"}}], "agent": {"mcpServers": [ref, gone]}},
+    }
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    raw = json.loads(control_plane.kubectl("-n", namespace, "get", "group", "scribe", "-o", "json").stdout)
+    settings = OperatorSettings(run_token_key=KEY, gateway_service_account="pynchy-system/pynchy-gateway")
+    access = mcp_secrets_access(Group.from_k8s(raw), raw, settings)
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": access}))
 
     async def main() -> None:
         api = KubeApi(official.new_client_from_config(str(gateway_kubeconfig)))
         try:
             secrets = SecretHeaders(api)
-            assert await secrets.get(namespace, McpServer.model_validate(ref)) == {"X-Api-Key": "k1"}
-            gone = McpServer.model_validate({**ref, "headersSecretRef": {"name": "gone"}})
+            notes = McpServer.model_validate(ref)
+            for _ in range(100):  # the authorizer sees a new RoleBinding within moments
+                try:
+                    assert await secrets.get(namespace, notes, group="scribe") == {"X-Api-Key": "k1"}
+                    break
+                except RequestError:
+                    await asyncio.sleep(0.1)
+            assert await secrets.get(namespace, notes, group="scribe") == {"X-Api-Key": "k1"}
             with pytest.raises(RequestError, match=f"Secret 'gone' does not exist in namespace '{namespace}'"):
-                await secrets.get(namespace, gone)
+                await secrets.get(namespace, McpServer.model_validate(gone), group="scribe")
+            other = McpServer.model_validate({**ref, "name": "other", "headersSecretRef": {"name": "other"}})
+            with pytest.raises(RequestError, match=r"403 Forbidden.*Role pynchy-mcp-scribe"):
+                await secrets.get(namespace, other, group="scribe")
         finally:
             api.close()
 

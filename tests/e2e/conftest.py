@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import RUN_TOKEN_KEY, make_gateway
+from conftest import GATEWAY_SERVICE_ACCOUNT, RUN_TOKEN_KEY, make_gateway
 from doubles.anthropic import ScriptedModel
 from doubles.slack import BOT_TOKEN, OWNER, SIGNING_SECRET, SlackDouble
 from pynchy.devnode import Address, DevNode, Sandbox
@@ -67,6 +67,7 @@ def running_stack(
     monkeypatch.setenv("PYNCHY_GATEWAY_URL", gateway.url)
     monkeypatch.setenv("PYNCHY_NAMESPACES", namespace)
     monkeypatch.setenv("PYNCHY_WORKERS", "4")
+    monkeypatch.setenv("PYNCHY_GATEWAY_SERVICE_ACCOUNT", GATEWAY_SERVICE_ACCOUNT)  # gateway_kubeconfig's identity
     operator = EmbeddedOperator().start()
     node_name = "dev-" + hashlib.sha1(namespace.encode()).hexdigest()[:10]
     node = DevNode(

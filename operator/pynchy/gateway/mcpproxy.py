@@ -232,7 +232,8 @@ class SecretHeaders:
         self._clock = clock
         self._cache: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
 
-    async def get(self, namespace: str, server: McpServer) -> dict[str, str]:
+    async def get(self, namespace: str, server: McpServer, group: str | None = None) -> dict[str, str]:
+        """`group` (the Group whose server it is) only makes a refusal's message name its Role."""
         ref = server.headers_secret_ref
         if ref is None:
             return {}
@@ -244,8 +245,16 @@ class SecretHeaders:
         try:
             secret = await self._api.get("Secret", namespace, ref.name)
         except KubeError as exc:
+            hint = ""
+            if exc.status == 403:
+                role = f"pynchy-mcp-{group}" if group else "pynchy-mcp-<group>"
+                hint = (
+                    f"; the gateway may read only the Secrets its Group's Role {role} in namespace {namespace!r} "
+                    f"names: check that the Role exists and lists {ref.name!r}, and the Group's status (the "
+                    "operator writes the Role when it reconciles the Group, and says there if it could not)"
+                )
             raise RequestError(
-                502, f"Secret {ref.name!r} in namespace {namespace!r} cannot be read: {exc}; {what}"
+                502, f"Secret {ref.name!r} in namespace {namespace!r} cannot be read: {exc}; {what}{hint}"
             ) from None
         if secret is None:
             raise RequestError(502, f"Secret {ref.name!r} does not exist in namespace {namespace!r}; {what}")

@@ -47,6 +47,8 @@ RESOURCES: dict[str, ResourceType] = {
     # The same kind in events.k8s.io (series, reportingController): keyed Kind.group, see resource_key.
     EVENTS_V1: ResourceType("/apis/events.k8s.io/v1", "events"),
     "NetworkPolicy": ResourceType("/apis/networking.k8s.io/v1", "networkpolicies"),
+    "Role": ResourceType("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ResourceType("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "StorageClass": ResourceType("/apis/storage.k8s.io/v1", "storageclasses", namespaced=False),
     "RuntimeClass": ResourceType("/apis/node.k8s.io/v1", "runtimeclasses", namespaced=False),
     "Group": ResourceType("/apis/pynchy.dev/v1alpha1", "groups"),

@@ -127,6 +127,8 @@ async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_:
 
 @kopf.on.event("v1", "serviceaccounts", labels=_MANAGED)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=_MANAGED)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=_MANAGED)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=_MANAGED)
 async def child_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.on_child_event(dict(body))
 

@@ -1,4 +1,5 @@
-"""Group → ServiceAccount, state PVC, ConfigMap, NetworkPolicy, and a truthful status."""
+"""Group → ServiceAccount, state PVC, ConfigMap, NetworkPolicy, the gateway's Role for the MCP header
+Secrets (when any are named), and a truthful status."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -10,6 +11,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pynchy.api.base import QUANTITY
 
 CommaList = Annotated[list[str], NoDecode]
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a namespace name
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")  # a ServiceAccount name (at most 253)
 
 
 def _split(value: object) -> object:
@@ -38,6 +41,11 @@ class OperatorSettings(BaseSettings):
     gateway_pod_labels: dict[str, str] = Field(
         default_factory=lambda: {"app.kubernetes.io/name": "pynchy-gateway"},
         description="Labels of the gateway pods (JSON); agent pods may reach them.",
+    )
+    gateway_service_account: str = Field(
+        default="pynchy-system/pynchy-gateway",
+        description="ServiceAccount of the gateway, as <namespace>/<name>: each Group that names MCP header "
+        "Secrets gets a Role pynchy-mcp-<group> letting exactly this account read exactly those Secrets.",
     )
     gateway_port: int = Field(default=8080, ge=1, le=65535, description="Port of the gateway's run API.")
     gateway_url: str = Field(
@@ -108,6 +116,17 @@ class OperatorSettings(BaseSettings):
                 raise ValueError(f"{prefix!r} must be an absolute path without '..'")
         return [p.rstrip("/") or "/" for p in value]
 
+    @field_validator("gateway_service_account")
+    @classmethod
+    def _namespace_slash_name(cls, value: str) -> str:
+        namespace, slash, name = value.strip().partition("/")
+        if not slash or not _DNS_LABEL.fullmatch(namespace) or not _DNS_SUBDOMAIN.fullmatch(name) or len(name) > 253:
+            raise ValueError(
+                f"{value!r} is not <namespace>/<name> of the gateway's ServiceAccount (two lowercase DNS names, "
+                "for example pynchy-system/pynchy-gateway)"
+            )
+        return f"{namespace}/{name}"
+
     @field_validator("run_token_key")
     @classmethod
     def _long_enough(cls, value: SecretStr) -> SecretStr:
@@ -122,6 +141,12 @@ class OperatorSettings(BaseSettings):
                 f"PYNCHY_METRICS_PORT and PYNCHY_LIVENESS_PORT are both {self.metrics_port}; give them different ports"
             )
         return self
+
+    @property
+    def gateway_service_account_ref(self) -> tuple[str, str]:
+        """(namespace, name) of the gateway's ServiceAccount."""
+        namespace, _, name = self.gateway_service_account.partition("/")
+        return namespace, name
 
     def host_path_allowed(self, path: str) -> bool:
         if ".." in path.split("/"):

@@ -85,7 +85,7 @@ class McpApi:
         ctx = request[RUN_CONTEXT]
         server = find_server(ctx, request.match_info["server"])
         tail = request.match_info.get("tail")
-        headers = request_headers(request, await self.proxy.secrets.get(ctx.namespace, server))
+        headers = request_headers(request, await self.proxy.secrets.get(ctx.namespace, server, group=ctx.group_name))
         body = await request.read()
         call = tool_call(body) if request.method == "POST" else None
         owner = (ctx.namespace, ctx.name, server.name)

@@ -36,6 +36,11 @@ def group_network_policy_name(group: str) -> str:
     return f"pynchy-{group}"
 
 
+def group_mcp_role_name(group: str) -> str:
+    """The Role (and its RoleBinding) that lets the gateway read the Group's MCP header Secrets."""
+    return f"pynchy-mcp-{group}"
+
+
 def workspace_claim_name(workspace: str) -> str:
     return f"pynchy-ws-{workspace}"
 

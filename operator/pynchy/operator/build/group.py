@@ -1,4 +1,5 @@
-"""Group → ServiceAccount, agent-home PVC, config ConfigMap, NetworkPolicy."""
+"""Group → ServiceAccount, agent-home PVC, config ConfigMap, NetworkPolicy, and (when its MCP servers
+name header Secrets) the Role and RoleBinding that let the gateway read exactly those Secrets."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pynchy.operator.build.common import (
     base_labels,
     content_hash,
     group_config_map_name,
+    group_mcp_role_name,
     group_network_policy_name,
     group_sa_name,
     group_state_claim_name,
@@ -25,7 +27,15 @@ from pynchy.operator.settings import OperatorSettings
 DIRECTIVE_SEPARATOR = "\n\n---\n\n"
 # Every kind group_children emits. The Group reconciler lists these (and prunes what it controls
 # and no longer wants) by this tuple, so a kind added here is also pruned.
-OWNED_KINDS: tuple[str, ...] = ("ServiceAccount", "PersistentVolumeClaim", "ConfigMap", "NetworkPolicy")
+OWNED_KINDS: tuple[str, ...] = (
+    "ServiceAccount",
+    "PersistentVolumeClaim",
+    "ConfigMap",
+    "NetworkPolicy",
+    "Role",
+    "RoleBinding",
+)
+RBAC_API_VERSION = "rbac.authorization.k8s.io/v1"
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,38 @@ def network_policy(g: Group, raw: dict[str, Any], settings: OperatorSettings) ->
     }
 
 
+def mcp_secret_names(g: Group) -> list[str]:
+    """The Secrets the Group's MCP servers take their headers from (headersSecretRef): sorted, unique."""
+    return sorted({m.headers_secret_ref.name for m in g.spec.agent.mcp_servers if m.headers_secret_ref})
+
+
+def mcp_secrets_access(g: Group, raw: dict[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
+    """A Role granting `get` on exactly the Group's MCP header Secrets, bound to the gateway's
+    ServiceAccount (its MCP proxy adds those headers itself); nothing when the Group names none."""
+    secrets = mcp_secret_names(g)
+    if not secrets:
+        return []
+    name = g.metadata.name
+    namespace = str(g.metadata.namespace)
+    role_name = group_mcp_role_name(name)
+    labels = _labels(name, "gateway-mcp-access")
+    sa_namespace, sa_name = settings.gateway_service_account_ref
+    role = {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "Role",
+        "metadata": metadata(role_name, namespace, labels, raw),
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": secrets}],
+    }
+    binding = {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "RoleBinding",
+        "metadata": metadata(role_name, namespace, dict(labels), raw),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
+        "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_namespace}],
+    }
+    return [role, binding]
+
+
 def group_children(
     g: Group, raw: dict[str, Any], inputs: GroupInputs, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
@@ -169,4 +211,5 @@ def group_children(
         state_claim(g, raw),
         config_map(g, raw, inputs, settings),
         network_policy(g, raw, settings),
+        *mcp_secrets_access(g, raw, settings),
     ]
