@@ -1,6 +1,6 @@
-"""A small real MCP server (the `mcp` SDK's MCPServer on uvicorn) on loopback, in its own thread, for
-tests that drive it from synchronous code: its tools record that they ran, and every HTTP request's
-headers are kept, so a test can see what reached the server (and what did not)."""
+"""A small real MCP server (the `mcp` SDK's MCPServer on uvicorn) on loopback (or `host`), in its own
+thread, for tests that drive it from synchronous code: its tools record that they ran, and every HTTP
+request's headers are kept, so a test can see what reached the server (and what did not)."""
 
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ class NotesServer:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
-    port: int = 0
+    port: int = 0  # where to listen (0: a free port); the port listened on once started
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp" if self.transport == "http" else f"http://127.0.0.1:{self.port}/sse"
+        return f"http://{self.host}:{self.port}" + ("/mcp" if self.transport == "http" else "/sse")
 
     def _app(self) -> Any:
         server = MCPServer("notes")
@@ -46,7 +47,8 @@ class NotesServer:
             with self._lock:
                 return "\n".join(self.notes) or "no notes"
 
-        app = server.streamable_http_app() if self.transport == "http" else server.sse_app()
+        # The SDK checks the Host header (DNS rebinding protection) only for a loopback host.
+        app = server.streamable_http_app(host=self.host) if self.transport == "http" else server.sse_app(host=self.host)
 
         async def recording(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] == "http":
@@ -58,7 +60,7 @@ class NotesServer:
 
     def start(self) -> NotesServer:
         sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((self.host, self.port))
         sock.listen()  # connections wait in the backlog until uvicorn serves
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self._app(), log_level="warning", lifespan="on", timeout_graceful_shutdown=2)

@@ -3,6 +3,7 @@ agent container from the host (its processes, environment and root filesystem)."
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -10,9 +11,10 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cluster.helpers import get, is_ready, wait_for
 from conftest import REPO, RUN_TOKEN_KEY
@@ -34,6 +36,8 @@ spec:
   channels: [{{local: {{name: {name}}}}}]
   {extra}
 """
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 def write_test_overlay(directory: Path, images: dict[str, BuiltImage], model_url: str) -> Path:
@@ -199,17 +203,23 @@ class Install:
     # -- the local channel, as a person uses it --
 
     def chat(
-        self, namespace: str, channel: str, message: str, home: Path, timeout: float = 240
+        self, namespace: str, channel: str, message: str, home: Path, timeout: float = 240, stdin: str | None = None
     ) -> tuple[int, str, str]:
-        """`pynchy chat <channel> -m <message>` on the host, through the port-forward."""
+        """`pynchy chat <channel> -m <message>` on the host, through the port-forward. With `stdin`, the
+        interactive session, piped: `message`, then the lines of `stdin` (answers to its prompts:
+        `Approve? [y/N]`, a question's choices), and it leaves at the end of its input."""
         home.mkdir(parents=True, exist_ok=True)
         config = home / "chat.yaml"
         config.write_text(f"gateway_url: {self.gateway_url}\ntoken: {CHAT_TOKEN}\nnamespace: {namespace}\n")
         env = {k: v for k, v in os.environ.items() if k not in ("PYNCHY_CHAT_URL", "PYNCHY_CHAT_TOKEN")}
         env |= {"PYNCHY_CONFIG": str(config), "XDG_STATE_HOME": str(home / "state"), "NO_COLOR": "1"}
+        argv = [sys.executable, "-m", "pynchy", "chat", channel]
+        if stdin is None:
+            argv += ["-m", message, "--timeout", str(int(timeout))]
         proc = subprocess.run(
-            [sys.executable, "-m", "pynchy", "chat", channel, "-m", message, "--timeout", str(int(timeout))],
+            argv,
             env=env,
+            input=None if stdin is None else f"{message}\n{stdin}",
             capture_output=True,
             text=True,
             timeout=timeout + 30,
@@ -246,3 +256,31 @@ class Install:
             if f"pod{uid}" in folder and any(folder.endswith(cid) for cid in ids):
                 pids.update(int(p) for p in procs.read_text().split())
         return sorted(pids)
+
+
+def in_node_network(node: RealNode, fn: Callable[[], T]) -> T:
+    """`fn()` in a thread that joined the node's network namespace: a socket it opens lives there (so
+    a server can listen on the node's own address, link_node_ip), and threads it starts stay there."""
+    assert node.net is not None
+    netns = node.net.netns_path
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fd = os.open(netns, os.O_RDONLY)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into {netns}")
+            finally:
+                os.close(fd)
+            result.append(fn())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="in-node-network")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
