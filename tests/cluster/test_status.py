@@ -99,7 +99,7 @@ def test_status_shows_groups_runs_the_queue_and_the_store(
     assert row.split()[-3:] == ["$0.00", "$0.00", "none"]  # today, this month, budget
     assert any("home-run" in ln and "$0.25" in ln for ln in lines), proc.stdout
     assert f"Gateway ({base}/status): store ok (" in proc.stdout
-    assert "1 queued turn, 0 running; 1 active run; pending approvals n/a" in proc.stdout
+    assert "1 queued turn, 0 running; 1 active run; pending approvals 0" in proc.stdout
     assert lines[-1] == "Healthy."
 
 
