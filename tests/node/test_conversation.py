@@ -129,7 +129,7 @@ def test_pynchy_status_reaches_the_gateway_pod_through_the_api_servers_service_p
         assert gateway["error"] is None
         health = gateway["health"]
         assert health["store"]["ok"] is True  # the gateway's SQLite file on its PVC
-        assert (health["queue_depth"], health["running_turns"], health["pending_approvals"]) == (0, 0, None)
+        assert (health["queue_depth"], health["running_turns"], health["pending_approvals"]) == (0, 0, 0)
         groups = report["groups"]
         assert isinstance(groups, list)
         assert [(g["name"], g["ready"], g["channels"]) for g in groups] == [("demo", "True", "local:demo")]
