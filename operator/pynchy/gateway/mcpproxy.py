@@ -362,7 +362,10 @@ class McpProxy:
             return response
         finally:
             self._streaming.discard(upstream)
-            upstream.close()
+            if upstream.content.at_eof():
+                upstream.release()  # read to the end: the connection goes back to the pool for the next call
+            else:
+                upstream.close()  # cut off (the caller left, a stream ended at shutdown): not reusable
 
     async def _relay_events(
         self, upstream: aiohttp.ClientResponse, response: web.StreamResponse, server: McpServer, owner: Owner
