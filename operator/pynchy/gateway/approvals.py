@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
+from pynchy.api.group import DEFAULT_APPROVAL_TIMEOUT_SECONDS
 from pynchy.gateway import approvalview as view
 from pynchy.gateway.channels.base import DecisionReply
 from pynchy.gateway.db import Db
@@ -37,7 +38,6 @@ from pynchy.store.models import ApprovalRow
 
 log = get_logger(__name__)
 
-DEFAULT_TIMEOUT_SECONDS = 300
 
 Clock = Callable[[], datetime]
 RunEnded = Callable[[str, str], bool]  # (namespace, run name) -> the run is over or gone
@@ -45,6 +45,13 @@ RunEnded = Callable[[str, str], bool]  # (namespace, run name) -> the run is ove
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def approval_timeout(directory: Directory, namespace: str, group: str) -> int:
+    """How long the Group's people have to decide (or answer): its tool policy's, else the API default."""
+    entry = directory.get(namespace, group)
+    policy = entry.spec.agent.tool_policy if entry is not None else None
+    return policy.approval_timeout_seconds if policy is not None else DEFAULT_APPROVAL_TIMEOUT_SECONDS
 
 
 def asking_channel(
@@ -80,9 +87,7 @@ class Approvals:
     # -- asking ------------------------------------------------------------------------
 
     def timeout_of(self, namespace: str, group: str) -> int:
-        entry = self.directory.get(namespace, group)
-        policy = entry.spec.agent.tool_policy if entry is not None else None
-        return policy.approval_timeout_seconds if policy is not None else DEFAULT_TIMEOUT_SECONDS
+        return approval_timeout(self.directory, namespace, group)
 
     async def request(
         self,

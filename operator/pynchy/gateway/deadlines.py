@@ -71,9 +71,6 @@ class Waiting(Generic[R]):
                 if not events:
                     del self._events[key]
 
-    def __len__(self) -> int:
-        return len(self._events)
-
 
 async def sweep_forever(
     sweep: Callable[[], Awaitable[datetime | None]], kick: asyncio.Event, clock: Callable[[], datetime], what: str

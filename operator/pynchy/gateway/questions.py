@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import Session
 
 from pynchy.gateway import questionview as view
-from pynchy.gateway.approvals import DEFAULT_TIMEOUT_SECONDS, asking_channel
+from pynchy.gateway.approvals import approval_timeout, asking_channel
 from pynchy.gateway.channels.base import DecisionReply
 from pynchy.gateway.db import Db
 from pynchy.gateway.deadlines import Waiting, sweep_forever
@@ -53,9 +53,7 @@ class Questions:
         self._waiting = Waiting(lambda key: self.db.call(store.get, key), self._expire, lambda: self.clock())
 
     def timeout_of(self, namespace: str, group: str) -> int:
-        entry = self.directory.get(namespace, group)
-        policy = entry.spec.agent.tool_policy if entry is not None else None
-        return policy.approval_timeout_seconds if policy is not None else DEFAULT_TIMEOUT_SECONDS
+        return approval_timeout(self.directory, namespace, group)
 
     async def ask(self, caller: Caller, run_uid: str, args: AskUserArgs, call_id: str | None) -> ToolResult:
         """Post the questions (once per call id) and wait for every answer or the deadline."""

@@ -24,7 +24,7 @@ from pynchy.gateway.tools import Caller
 from pynchy.store import approvals as approval_store
 from pynchy.store import records
 from pynchy.store.models import ApprovalRow
-from pynchy_agent.toolpolicy import Action, Policy, arguments_digest
+from pynchy_agent.toolpolicy import Action, Policy, Rule, arguments_digest
 
 SUMMARY_CHARS = 1200
 EXTRA_WAIT_SECONDS = 5.0  # past the deadline: the sweeper or the waiter itself denies it by then
@@ -64,8 +64,10 @@ class ToolGate:
 
     def policy(self, namespace: str, group: str) -> Policy:
         entry = self.directory.get(namespace, group)
-        raw = entry.spec.agent.tool_policy if entry is not None else None
-        return Policy.of(raw.model_dump(by_alias=True) if raw is not None else None)
+        spec = entry.spec.agent.tool_policy if entry is not None else None
+        if spec is None:
+            return Policy()
+        return Policy(tuple(Rule(tuple(r.tools), r.action) for r in spec.rules), spec.default)
 
     def action(self, caller: Caller, tool: str) -> Action:
         return self.policy(caller.namespace, caller.group).action(tool)
@@ -75,7 +77,7 @@ class ToolGate:
         return [s.name for s in entry.spec.agent.mcp_servers] if entry is not None else []
 
     def _denied(self, caller: Caller, tool: str) -> str:
-        index = self.policy(caller.namespace, caller.group).rule_index(tool)
+        index = self.policy(caller.namespace, caller.group).rule_index(tool)  # only on a refusal
         rule = f"rule {index + 1}" if index is not None else "its default"
         return (
             f"The Group's tool policy denies {tool} ({rule} of spec.agent.toolPolicy). "

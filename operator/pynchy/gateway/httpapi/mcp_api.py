@@ -15,7 +15,7 @@ from aiohttp import web
 
 from pynchy.api.group import McpServer
 from pynchy.gateway.db import Db
-from pynchy.gateway.httpapi.runauth import RUN_CONTEXT, RunAuth, RunContext, RunTokenError
+from pynchy.gateway.httpapi.runauth import RUN_CONTEXT, RunAuth, RunContext, live_run_middleware
 from pynchy.gateway.mcpproxy import (
     Gate,
     GateVerdict,
@@ -27,7 +27,7 @@ from pynchy.gateway.mcpproxy import (
     sse_session,
     tool_call,
 )
-from pynchy.gateway.problems import Handler, RequestError, bearer, problems
+from pynchy.gateway.problems import RequestError, bearer, problems
 from pynchy.logs import get_logger
 from pynchy.store import records
 from pynchy_agent.toolpolicy import arguments_digest
@@ -39,22 +39,6 @@ METHODS = ("GET", "POST", "DELETE")
 def jsonrpc_error_body(status: int, message: str) -> dict[str, Any]:
     code = mcp_types.INVALID_REQUEST if status < 500 else mcp_types.INTERNAL_ERROR
     return {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
-
-
-def authenticate(auth: RunAuth) -> Any:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            ctx = await auth.context(bearer(request))
-            if ctx.run.over:
-                raise RunTokenError("the run is over")
-        except RunTokenError as exc:
-            raise RequestError(401, str(exc)) from None
-        request[RUN_CONTEXT] = ctx
-        response: web.StreamResponse = await handler(request)
-        return response
-
-    return middleware
 
 
 def find_server(ctx: RunContext, name: str) -> McpServer:
@@ -74,7 +58,7 @@ class McpApi:
 
     def app(self, auth: RunAuth) -> web.Application:
         """The sub-app, to mount at MCP_PROXY_PREFIX."""
-        app = web.Application(middlewares=[problems(jsonrpc_error_body), authenticate(auth)])
+        app = web.Application(middlewares=[problems(jsonrpc_error_body), live_run_middleware(auth, bearer)])
         for method in METHODS:
             app.router.add_route(method, "/{server}", self.handle)
             app.router.add_route(method, "/{server}/{tail:.*}", self.handle)

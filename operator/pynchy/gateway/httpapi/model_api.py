@@ -10,8 +10,8 @@ from aiohttp import web
 
 from pynchy.api.group import GroupSpec
 from pynchy.gateway.db import Db
-from pynchy.gateway.httpapi.runauth import RUN_CONTEXT, RunAuth, RunTokenError
-from pynchy.gateway.problems import Handler, RequestError, bearer, problems
+from pynchy.gateway.httpapi.runauth import RUN_CONTEXT, RunAuth, live_run_middleware
+from pynchy.gateway.problems import RequestError, bearer, problems
 from pynchy.gateway.proxy import ModelProxy
 from pynchy.gateway.spend import SpendGuard
 from pynchy.gateway.usage import ModelUsage
@@ -26,20 +26,9 @@ def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}}
 
 
-def authenticate(auth: RunAuth) -> Any:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            ctx = await auth.context(request.headers.get("x-api-key") or bearer(request))
-            if ctx.run.over:
-                raise RunTokenError("the run is over")
-        except RunTokenError as exc:
-            raise RequestError(401, str(exc)) from None
-        request[RUN_CONTEXT] = ctx
-        response: web.StreamResponse = await handler(request)
-        return response
-
-    return middleware
+def _api_key(request: web.Request) -> str | None:
+    """The CLI sends the run token as its API key (x-api-key), or as a bearer token (auth token mode)."""
+    return request.headers.get("x-api-key") or bearer(request)
 
 
 # What the Claude Code CLI calls; nothing else of the Anthropic API is forwarded.
@@ -78,7 +67,7 @@ class ModelApi:
 
     def app(self, auth: RunAuth) -> web.Application:
         """The sub-app, to mount at MODEL_PROXY_PREFIX."""
-        app = web.Application(middlewares=[problems(anthropic_error_body), authenticate(auth)])
+        app = web.Application(middlewares=[problems(anthropic_error_body), live_run_middleware(auth, _api_key)])
         app.router.add_route("*", "/{tail:.*}", self.forward)
         return app
 
