@@ -654,7 +654,11 @@ class ApprovalGateway(ThreadedServer):
         await self.channel.turn_queued(turn)
         watch = self.watches[turn.id]
         watch.events.put_nowait(TextDelta(text="Let me run it."))
-        await asyncio.sleep(0.05)  # the feed takes these before the request
+        feed = self.channel._feeds[turn.id]
+        for _ in range(2000):  # the feed has taken the text before the request is delivered
+            if any(isinstance(e, TextDelta) for e in feed.events):
+                break
+            await asyncio.sleep(0.005)
         data = json.dumps({"approval": {"id": APPROVAL, "tool": "Bash"}}) if self.blocks else None
         request = await self._ledger(f"approval:{APPROVAL}", REQUEST, turn.id, data)
         await self.channel.deliver(request, maybe_sent=False)
@@ -732,16 +736,20 @@ def test_one_shot_without_a_terminal_shows_the_request_and_waits_for_another_cli
 ) -> None:
     approvals.blocks = False  # a gateway that does not say the tool yet
 
+    session, out, err = session_for(approvals)
+
     def another_client() -> None:
         assert approvals.asked.wait(20)
-        time.sleep(0.2)
+        deadline = time.monotonic() + 20
+        while 'reply "approve' not in err.getvalue():  # the session has shown the request: decide now
+            assert time.monotonic() < deadline, "the session never showed the request"
+            time.sleep(0.01)
         cfg = ChatConfig(gateway_url=approvals.base_url, token=TOKEN, namespace=None, path=Path("/nowhere"))
         with ChatClient(cfg) as client:
             client.send("demo", f"approve {APPROVAL}", "other-client-1", Deadline(20))
 
     decider = threading.Thread(target=another_client)
     decider.start()
-    session, out, err = session_for(approvals)
     stdin = io.StringIO("y\n")
     try:
         assert session.one_shot("run the build", 30, stdin) == 0
